@@ -1,0 +1,20 @@
+# retina-exporter: every target does the set-up it needs first (idempotent).
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup run test bench clean-lab
+
+setup:
+	@bash scripts/setup.sh
+
+run: setup
+	$(PY) -m retina_exporter.cli demo
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) bench/run_all.py
+
+clean-lab: setup
+	$(PY) -m retina_exporter.cli lab down --all

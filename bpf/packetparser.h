@@ -1,0 +1,170 @@
+/* packetparser.h — layouts shared by the kernel side (packetparser.bpf.c) and the user side
+ * (retina_exporter/plugins/packetparser/layout.py mirrors every struct here; tests check size and offsets).
+ *
+ * Byte order: IP addresses in network order (as on the wire), everything else in host order.
+ * Times: CLOCK_BOOTTIME nanoseconds (bpf_ktime_get_boot_ns, kernel >= 5.8).
+ * IPv4 addresses occupy the first 4 bytes of a 16-byte field; the rest is zero; ip_version says which.
+ */
+#ifndef RETINA_PACKETPARSER_H
+#define RETINA_PACKETPARSER_H
+
+/* Observation points: where a TC hook sees the packet. */
+#define OBS_FROM_ENDPOINT 0 /* pod veth (host side), TC ingress: the pod sent it */
+#define OBS_TO_ENDPOINT 1   /* pod veth (host side), TC egress: the pod receives it */
+#define OBS_FROM_NETWORK 2  /* host interface, TC ingress */
+#define OBS_TO_NETWORK 3    /* host interface, TC egress */
+
+/* Traffic direction of a connection, from the observation point of its first packet. */
+#define DIR_UNKNOWN 0
+#define DIR_INGRESS 1
+#define DIR_EGRESS 2
+
+/* TCP flag bits: the header's flag byte, NS (the low bit of the data-offset byte) as bit 8. */
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define TCP_FLAG_PSH 0x08
+#define TCP_FLAG_ACK 0x10
+#define TCP_FLAG_URG 0x20
+#define TCP_FLAG_ECE 0x40
+#define TCP_FLAG_CWR 0x80
+#define TCP_FLAG_NS 0x100
+
+/* Index of each count in packet_event.flag_counts. */
+#define FLAG_IDX_FIN 0
+#define FLAG_IDX_SYN 1
+#define FLAG_IDX_RST 2
+#define FLAG_IDX_PSH 3
+#define FLAG_IDX_ACK 4
+#define FLAG_IDX_URG 5
+#define FLAG_IDX_ECE 6
+#define FLAG_IDX_CWR 7
+#define FLAG_IDX_NS 8
+#define FLAG_IDX_SYNACK 9 /* packets with SYN and ACK both set */
+#define FLAG_COUNT 10
+
+/* Why an event was emitted. */
+#define REPORT_EVERY_PACKET 0 /* dataAggregationLevel=low */
+#define REPORT_NEW 1          /* first packet of a connection (sampled) */
+#define REPORT_FLAGS 2        /* SYN, FIN, RST, URG, ECE, CWR or NS in the packet */
+#define REPORT_FLAG_CHANGE 3  /* a flag not seen before in this direction (sampled) */
+#define REPORT_INTERVAL 4     /* conntrackReportInterval elapsed since the direction's last report */
+#define REPORT_CLOSE 5        /* teardown: the final ACK after both FINs, or a packet after the close */
+#define REPORT_SWEEP 6        /* user-space sweep of a quiet connection's unreported counts (no packet) */
+#define REPORT_EXPIRED 7      /* sweep of an expired entry, just before it is deleted */
+
+/* Connection states kept in ct_entry.state. */
+#define CT_STATE_OPEN 0
+#define CT_STATE_CLOSING 1 /* FIN seen in both directions */
+#define CT_STATE_CLOSED 2  /* final ACK or RST seen */
+
+/* Lifetimes in nanoseconds (as the reference agents). */
+#define CT_LIFETIME_TCP_NS (360ULL * 1000000000ULL)
+#define CT_SYN_TIMEOUT_NS (60ULL * 1000000000ULL)
+#define CT_TIME_WAIT_NS (30ULL * 1000000000ULL)
+#define CT_LIFETIME_NONTCP_NS (60ULL * 1000000000ULL)
+
+/* Counters in the lost-event per-CPU array. */
+#define LOST_RINGBUF_FULL 0 /* bpf_ringbuf_reserve failed; the counts stay in the entry and ride on a later report */
+#define LOST_CT_FULL 1      /* conntrack entry could not be created; the packet is reported without conntrack */
+#define LOST_SLOTS 2
+
+/* Conntrack key: the 5-tuple in the direction of the connection's initiator, plus the interface, so that the
+ * same packet seen on two interfaces of this node (pod A's veth, then pod B's) is accounted once per
+ * observation point. 44 bytes. */
+struct ct_key {
+	__u8 src_ip[16];  /* 0 */
+	__u8 dst_ip[16];  /* 16 */
+	__u16 src_port;   /* 32; ICMP echo: the identifier */
+	__u16 dst_port;   /* 34; ICMP echo: the identifier */
+	__u32 ifindex;    /* 36 */
+	__u8 proto;       /* 40 */
+	__u8 ip_version;  /* 41: 4 or 6 */
+	__u8 _pad[2];     /* 42 */
+};
+
+/* Per-direction counts the kernel has not reported yet. Each field is only ever changed with 64-bit atomics
+ * (fetch-and-add on the packet path, exchange-with-zero when reported), so no count is lost or reported twice
+ * when several CPUs (or the sweep) touch the same entry. The rare flags, which force a report of their own, are
+ * packed as eight 8-bit lanes in `rare_flags` (lane = RARE_LANE_*); a lane only holds more than one count while
+ * ring-buffer reservations fail. 40 bytes. */
+struct ct_counters {
+	__u64 bytes;      /* 0 */
+	__u64 packets;    /* 8 */
+	__u64 ack;        /* 16: packets with ACK */
+	__u64 psh;        /* 24: packets with PSH */
+	__u64 rare_flags; /* 32: lanes FIN SYN RST URG ECE CWR NS SYNACK */
+};
+
+#define RARE_LANE_FIN 0
+#define RARE_LANE_SYN 1
+#define RARE_LANE_RST 2
+#define RARE_LANE_URG 3
+#define RARE_LANE_ECE 4
+#define RARE_LANE_CWR 5
+#define RARE_LANE_NS 6
+#define RARE_LANE_SYNACK 7
+
+/* Conntrack entry (LRU hash value). Index 0 of the pairs is the initiator->responder direction, 1 the reply
+ * direction. 160 bytes. */
+struct ct_entry {
+	__u64 eviction_ns;              /* 0: boot ns after which the entry is stale */
+	__u64 last_seen_ns;             /* 8 */
+	__u64 last_report_ns[2];        /* 16 */
+	struct ct_counters unreported[2]; /* 32 */
+	__u64 total_bytes[2];           /* 112: cumulative, for conntrack metrics */
+	__u64 total_packets[2];         /* 128 */
+	__u16 flags_seen[2];            /* 144 */
+	__u8 traffic_direction;         /* 148: DIR_* of the connection */
+	__u8 direction_unknown;         /* 149: 1 when the handshake was not seen */
+	__u8 obs_point[2];              /* 150: observation point of each direction on this interface */
+	__u8 state;                     /* 152: CT_STATE_* */
+	__u8 _pad[7];                   /* 153 */
+};
+
+/* One event in the ring buffer. 120 bytes. */
+struct packet_event {
+	__u64 ts_ns;             /* 0: boot ns */
+	__u64 bytes;             /* 8: bytes this event accounts for (this packet + unreported) */
+	__u8 src_ip[16];         /* 16: this packet's source (sweep: the direction's source) */
+	__u8 dst_ip[16];         /* 32 */
+	__u32 packets;           /* 48: packets this event accounts for (>= 1) */
+	__u32 ifindex;           /* 52 */
+	__u32 packet_bytes;      /* 56: this packet's skb->len; 0 for sweep events */
+	__u16 src_port;          /* 60 */
+	__u16 dst_port;          /* 62 */
+	__u16 tcp_flags;         /* 64: this packet's TCP_FLAG_* bits */
+	__u8 proto;              /* 66 */
+	__u8 ip_version;         /* 67 */
+	__u8 obs_point;          /* 68 */
+	__u8 traffic_direction;  /* 69 */
+	__u8 is_reply;           /* 70 */
+	__u8 report_reason;      /* 71: REPORT_* */
+	__u8 icmp_type;          /* 72 */
+	__u8 icmp_code;          /* 73 */
+	__u16 _pad;              /* 74 */
+	__u32 flag_counts[FLAG_COUNT]; /* 76: per-flag packet counts over the packets accounted for */
+	__u32 _pad2;             /* 116 */
+};
+
+/* Runtime configuration (array map, index 0), written by user space before attaching. */
+struct pp_config {
+	__u64 report_interval_ns;  /* conntrackReportInterval */
+	__u32 aggregation_high;    /* 0: low (every packet), 1: high (conntrack-gated) */
+	__u32 sampling_threshold;  /* a packet is sampled when bpf_get_prandom_u32() <= this (U32_MAX: all) */
+};
+
+/* Input of the ct_sweep program (run through BPF_PROG_TEST_RUN), after a 14-byte dummy Ethernet header. */
+struct sweep_request {
+	struct ct_key key; /* 0 */
+	__u32 flags;       /* 44: SWEEP_F_* */
+};
+
+#define SWEEP_F_EXPIRE 1 /* delete the entry if it is past its eviction time (after harvesting) */
+
+/* ct_sweep return values (>= 0: events emitted) */
+#define SWEEP_RET_NO_ENTRY 0xff00
+#define SWEEP_RET_RINGBUF_FULL 0xff01
+#define SWEEP_RET_BAD_REQUEST 0xff02
+
+#endif /* RETINA_PACKETPARSER_H */

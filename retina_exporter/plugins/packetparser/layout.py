@@ -1,0 +1,146 @@
+"""Python mirror of ``bpf/packetparser.h``: one ctypes structure per C struct, plus precompiled decoders.
+
+The ctypes structures are the single source of size and offsets on the user side (tests compare them with the C
+compiler's view); the hot-path decoder is a ``struct.Struct`` built from the same field list.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import struct
+
+FLAG_COUNT = 10
+
+# Report reasons (REPORT_* in packetparser.h), index = value.
+REPORT_EVERY_PACKET = 0
+REPORT_NEW = 1
+REPORT_FLAGS = 2
+REPORT_FLAG_CHANGE = 3
+REPORT_INTERVAL = 4
+REPORT_CLOSE = 5
+REPORT_SWEEP = 6
+REPORT_EXPIRED = 7
+
+CT_STATE_OPEN = 0
+CT_STATE_CLOSING = 1
+CT_STATE_CLOSED = 2
+
+LOST_RINGBUF_FULL = 0
+LOST_CT_FULL = 1
+LOST_SLOTS = 2
+
+SWEEP_F_EXPIRE = 1
+SWEEP_RET_NO_ENTRY = 0xFF00
+SWEEP_RET_RINGBUF_FULL = 0xFF01
+SWEEP_RET_BAD_REQUEST = 0xFF02
+
+RARE_LANES = ("FIN", "SYN", "RST", "URG", "ECE", "CWR", "NS", "SYNACK")
+
+
+class CtKey(ct.Structure):
+    """``struct ct_key`` (44 bytes): the 5-tuple in the initiator's direction plus the interface."""
+
+    _fields_ = [
+        ("src_ip", ct.c_uint8 * 16),
+        ("dst_ip", ct.c_uint8 * 16),
+        ("src_port", ct.c_uint16),
+        ("dst_port", ct.c_uint16),
+        ("ifindex", ct.c_uint32),
+        ("proto", ct.c_uint8),
+        ("ip_version", ct.c_uint8),
+        ("_pad", ct.c_uint8 * 2),
+    ]
+
+
+class CtCounters(ct.Structure):
+    """``struct ct_counters`` (40 bytes): one direction's unreported counts."""
+
+    _fields_ = [
+        ("bytes", ct.c_uint64),
+        ("packets", ct.c_uint64),
+        ("ack", ct.c_uint64),
+        ("psh", ct.c_uint64),
+        ("rare_flags", ct.c_uint64),
+    ]
+
+
+class CtEntry(ct.Structure):
+    """``struct ct_entry`` (160 bytes). Index 0 of each pair: initiator -> responder; 1: replies."""
+
+    _fields_ = [
+        ("eviction_ns", ct.c_uint64),
+        ("last_seen_ns", ct.c_uint64),
+        ("last_report_ns", ct.c_uint64 * 2),
+        ("unreported", CtCounters * 2),
+        ("total_bytes", ct.c_uint64 * 2),
+        ("total_packets", ct.c_uint64 * 2),
+        ("flags_seen", ct.c_uint16 * 2),
+        ("traffic_direction", ct.c_uint8),
+        ("direction_unknown", ct.c_uint8),
+        ("obs_point", ct.c_uint8 * 2),
+        ("state", ct.c_uint8),
+        ("_pad", ct.c_uint8 * 7),
+    ]
+
+
+class PacketEvent(ct.Structure):
+    """``struct packet_event`` (120 bytes), one ring-buffer record."""
+
+    _fields_ = [
+        ("ts_ns", ct.c_uint64),
+        ("bytes", ct.c_uint64),
+        ("src_ip", ct.c_uint8 * 16),
+        ("dst_ip", ct.c_uint8 * 16),
+        ("packets", ct.c_uint32),
+        ("ifindex", ct.c_uint32),
+        ("packet_bytes", ct.c_uint32),
+        ("src_port", ct.c_uint16),
+        ("dst_port", ct.c_uint16),
+        ("tcp_flags", ct.c_uint16),
+        ("proto", ct.c_uint8),
+        ("ip_version", ct.c_uint8),
+        ("obs_point", ct.c_uint8),
+        ("traffic_direction", ct.c_uint8),
+        ("is_reply", ct.c_uint8),
+        ("report_reason", ct.c_uint8),
+        ("icmp_type", ct.c_uint8),
+        ("icmp_code", ct.c_uint8),
+        ("_pad", ct.c_uint16),
+        ("flag_counts", ct.c_uint32 * FLAG_COUNT),
+        ("_pad2", ct.c_uint32),
+    ]
+
+
+class PpConfig(ct.Structure):
+    """``struct pp_config``: runtime configuration, array map index 0."""
+
+    _fields_ = [
+        ("report_interval_ns", ct.c_uint64),
+        ("aggregation_high", ct.c_uint32),
+        ("sampling_threshold", ct.c_uint32),
+    ]
+
+
+class SweepRequest(ct.Structure):
+    """``struct sweep_request``: input of ``ct_sweep`` after a 14-byte dummy Ethernet header."""
+
+    _fields_ = [("key", CtKey), ("flags", ct.c_uint32)]
+
+
+# Hot-path decoder of PacketEvent: native byte order and no padding surprises (checked against ctypes in tests).
+EVENT_STRUCT = struct.Struct("=QQ16s16sIIIHHHBBBBBBBBH10II")
+EVENT_SIZE = EVENT_STRUCT.size
+
+CT_KEY_STRUCT = struct.Struct("=16s16sHHIBB2x")
+
+
+def sampling_threshold(rate: int) -> int:
+    """``dataSamplingRate`` N -> the u32 threshold under which ``bpf_get_prandom_u32()`` marks a packet sampled."""
+    if rate <= 1:
+        return 0xFFFFFFFF
+    return 0xFFFFFFFF // rate
+
+
+def unpack_rare_flags(value: int) -> dict[str, int]:
+    """Split ``ct_counters.rare_flags`` into its eight 8-bit lanes."""
+    return {name: (value >> (8 * i)) & 0xFF for i, name in enumerate(RARE_LANES)}

@@ -1,0 +1,275 @@
+"""The packetparser kernel program fed crafted packets through BPF_PROG_TEST_RUN (no interfaces involved).
+
+Each test uses its own 5-tuples, resets the conntrack map and drains the ring buffer before it starts."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import socket
+import time
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import (
+    ICMPv6EchoRequest,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+)
+from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
+from scapy.packet import Raw
+
+from retina_exporter.bpf.syscall import prog_test_run
+from retina_exporter.flow import record as R
+from retina_exporter.plugins.packetparser import layout
+from retina_exporter.plugins.packetparser.loader import LoadOptions
+from retina_exporter.plugins.packetparser.reader import EventDecoder, RingBufferReader
+from retina_exporter.plugins.packetparser.sweeper import ConntrackSweeper
+
+TC_ACT_UNSPEC = -1  # "no verdict": the packet continues
+A4, B4 = "10.1.0.1", "10.1.0.2"
+A6, B6 = "fd00::1", "fd00::2"
+
+
+class ListSink:
+    def __init__(self):
+        self.items = []
+
+    def write_batch(self, items):
+        self.items.extend(items)
+
+
+@pytest.fixture(scope="module")
+def harness(pp_program_low):
+    sink = ListSink()
+    reader = RingBufferReader(pp_program_low.bpf, "events", EventDecoder("test-node"), sink, batch_size=1)
+    h = Harness(pp_program_low, reader, sink)
+    yield h
+    pp_program_low.configure(LoadOptions())
+
+
+class Harness:
+    def __init__(self, prog, reader, sink):
+        self.prog = prog
+        self.reader = reader
+        self.sink = sink
+
+    def reset(self, **opts):
+        self.prog.configure(LoadOptions(**opts))
+        self.prog.conntrack.clear()
+        self.reader.drain()
+        self.sink.items.clear()
+
+    def run(self, pkt, hook="endpoint_ingress", repeat=1) -> int:
+        res = prog_test_run(self.prog.prog_fd(hook), bytes(pkt), repeat=repeat)
+        assert res.retval == TC_ACT_UNSPEC, "a packetparser program must never change the verdict"
+        return res.retval
+
+    def events(self):
+        self.reader.drain()
+        out = list(self.sink.items)
+        self.sink.items.clear()
+        return out
+
+
+def eth(payload):
+    return Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / payload
+
+
+def ip4(s):
+    return socket.inet_aton(s)
+
+
+def ip6(s):
+    return socket.inet_pton(socket.AF_INET6, s)
+
+
+def test_layouts_match_the_compiled_c(pp_program_low):
+    """The Python mirror has the C compiler's sizes and offsets (bcc builds its ctypes from the C types)."""
+    assert ct.sizeof(pp_program_low.conntrack.Key) == ct.sizeof(layout.CtKey) == 44
+    assert ct.sizeof(pp_program_low.conntrack.Leaf) == ct.sizeof(layout.CtEntry) == 160
+    assert ct.sizeof(pp_program_low.config_map.Leaf) == ct.sizeof(layout.PpConfig) == 16
+    assert ct.sizeof(layout.PacketEvent) == layout.EVENT_SIZE == 120
+    for ours, theirs in ((layout.CtKey, pp_program_low.conntrack.Key), (layout.CtEntry, pp_program_low.conntrack.Leaf)):
+        for name, *_ in ours._fields_:
+            if name.startswith("_"):
+                continue
+            assert getattr(ours, name).offset == getattr(theirs, name).offset, name
+    # The struct.Struct decoder agrees with the ctypes layout field by field.
+    ev = layout.PacketEvent()
+    ev.ts_ns, ev.bytes, ev.packets, ev.ifindex, ev.packet_bytes = 1, 2, 3, 4, 5
+    ev.src_port, ev.dst_port, ev.tcp_flags, ev.proto, ev.ip_version = 6, 7, 8, 9, 10
+    ev.obs_point, ev.traffic_direction, ev.is_reply, ev.report_reason = 11, 12, 13, 14
+    ev.icmp_type, ev.icmp_code = 15, 16
+    for i in range(10):
+        ev.flag_counts[i] = 100 + i
+    vals = layout.EVENT_STRUCT.unpack(bytes(ev))
+    assert vals[0:2] == (1, 2) and vals[4:18] == (3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16)
+    assert vals[19:29] == tuple(range(100, 110))
+
+
+def test_low_every_packet_tcp_handshake_direction_and_flags(harness):
+    harness.reset()
+    syn = eth(IP(src=A4, dst=B4) / TCP(sport=40000, dport=80, flags="S"))
+    synack = eth(IP(src=B4, dst=A4) / TCP(sport=80, dport=40000, flags="SA"))
+    ack = eth(IP(src=A4, dst=B4) / TCP(sport=40000, dport=80, flags="A"))
+    harness.run(syn, "endpoint_ingress")  # the pod sent it: FROM_ENDPOINT, egress
+    harness.run(synack, "endpoint_egress")
+    harness.run(ack, "endpoint_ingress")
+    evs = harness.events()
+    assert [e.tcp_flags for e in evs] == [R.TCP_SYN, R.TCP_SYN | R.TCP_ACK, R.TCP_ACK]
+    assert [e.is_reply for e in evs] == [False, True, False]
+    assert [e.obs_point for e in evs] == [R.OBS_FROM_ENDPOINT, R.OBS_TO_ENDPOINT, R.OBS_FROM_ENDPOINT]
+    assert all(e.direction == R.DIR_EGRESS for e in evs)
+    assert [e.packets for e in evs] == [1, 1, 1]
+    assert [e.bytes for e in evs] == [len(syn), len(synack), len(ack)]
+    assert [e.packet_bytes for e in evs] == [len(syn), len(synack), len(ack)]
+    assert evs[0].src_ip == ip4(A4) and evs[0].dst_ip == ip4(B4) and evs[0].ip_version == 4
+    assert (evs[1].src_port, evs[1].dst_port) == (80, 40000)
+    assert evs[1].flag_counts[1] == 1 and evs[1].flag_counts[4] == 1 and evs[1].flag_counts[9] == 1
+    assert all(e.report_reason == layout.REPORT_EVERY_PACKET for e in evs)
+
+
+def test_tcp_flags_ece_cwr_ns(harness):
+    harness.reset()
+    pkt = eth(IP(src=A4, dst=B4) / TCP(sport=40001, dport=80, flags="SECN"))
+    harness.run(pkt)
+    (ev,) = harness.events()
+    assert ev.tcp_flags == R.TCP_SYN | R.TCP_ECE | R.TCP_CWR | R.TCP_NS
+    assert ev.flag_counts == (0, 1, 0, 0, 0, 0, 1, 1, 1, 0)
+
+
+def test_high_aggregation_rides_and_teardown_is_exact(harness):
+    """High level: data packets accumulate; the FINs and the final ACK are reported; totals are exact."""
+    harness.reset(aggregation_high=True, report_interval_ns=3600 * 10**9)
+    c, s = (A4, 41000), (B4, 8080)
+
+    def tcp(src, dst, flags, payload=b""):
+        return eth(IP(src=src[0], dst=dst[0]) / TCP(sport=src[1], dport=dst[1], flags=flags) / Raw(payload))
+
+    pkts = [
+        (tcp(c, s, "S"), "endpoint_ingress"),
+        (tcp(s, c, "SA"), "endpoint_egress"),
+        (tcp(c, s, "A"), "endpoint_ingress"),
+    ]
+    pkts += [(tcp(c, s, "PA", b"x" * 100), "endpoint_ingress") for _ in range(10)]
+    pkts += [(tcp(s, c, "A"), "endpoint_egress") for _ in range(5)]
+    pkts += [
+        (tcp(c, s, "FA"), "endpoint_ingress"),
+        (tcp(s, c, "A"), "endpoint_egress"),
+        (tcp(s, c, "FA"), "endpoint_egress"),
+        (tcp(c, s, "A"), "endpoint_ingress"),  # the final ACK: the reference agents never report it
+    ]
+    for p, hook in pkts:
+        harness.run(p, hook)
+    evs = harness.events()
+    assert sum(e.packets for e in evs) == len(pkts)
+    assert sum(e.bytes for e in evs) == sum(len(p) for p, _ in pkts)
+    # Per direction exactness.
+    fwd = [e for e in evs if not e.is_reply]
+    rev = [e for e in evs if e.is_reply]
+    assert sum(e.packets for e in fwd) == 1 + 1 + 10 + 1 + 1
+    assert sum(e.packets for e in rev) == 1 + 5 + 1 + 1
+    # Flag totals over all packets.
+    totals = [sum(e.flag_counts[i] for e in evs) for i in range(10)]
+    assert totals[layout.FLAG_COUNT - 1] == 1  # one SYN-ACK
+    assert totals[1] == 2  # SYN: the SYN and the SYN-ACK
+    assert totals[0] == 2  # FIN
+    assert totals[3] == 10  # PSH
+    assert totals[4] == len(pkts) - 1  # every packet but the SYN has ACK
+    # Fewer events than packets, and the last event is the final ACK.
+    assert len(evs) < len(pkts)
+    assert evs[-1].report_reason == layout.REPORT_CLOSE and evs[-1].tcp_flags == R.TCP_ACK
+    assert evs[0].report_reason == layout.REPORT_NEW
+
+
+def test_high_aggregation_sweep_harvests_quiet_udp(harness):
+    harness.reset(aggregation_high=True, report_interval_ns=10**9)
+    pkt = eth(IP(src=A4, dst=B4) / UDP(sport=5000, dport=6000) / Raw(b"y" * 50))
+    for _ in range(20):
+        harness.run(pkt)
+    evs = harness.events()
+    assert sum(e.packets for e in evs) == 1  # only the new-connection report so far
+    sweeper = ConntrackSweeper(harness.prog, interval_ns=10**9)
+    # Not quiet long enough yet: nothing is harvested.
+    assert sweeper.sweep_once().harvested == 0
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and sweeper.sweep_once().harvested == 0:
+        time.sleep(0.05)
+    evs += harness.events()
+    assert sum(e.packets for e in evs) == 20
+    assert sum(e.bytes for e in evs) == 20 * len(pkt)
+    assert evs[-1].report_reason == layout.REPORT_SWEEP and evs[-1].packet_bytes == 0
+    assert evs[-1].packets == 19 and evs[-1].obs_point == R.OBS_FROM_ENDPOINT
+
+
+def test_repeat_counts_exactly_under_test_run_repeat(harness):
+    harness.reset()
+    pkt = eth(IP(src=A4, dst=B4) / UDP(sport=5001, dport=6001) / Raw(b"z" * 10))
+    harness.run(pkt, repeat=1000)
+    evs = harness.events()
+    lost = harness.prog.lost_counts()["ringbuf_full"]
+    assert sum(e.packets for e in evs) == 1000, lost
+
+
+def test_ipv6_and_icmp(harness):
+    harness.reset()
+    harness.run(eth(IPv6(src=A6, dst=B6) / UDP(sport=7000, dport=53) / Raw(b"q" * 30)))
+    harness.run(eth(IP(src=A4, dst=B4) / ICMP(type=8, id=77, seq=1)))
+    harness.run(eth(IP(src=B4, dst=A4) / ICMP(type=0, id=77, seq=1)), "endpoint_egress")
+    harness.run(eth(IPv6(src=A6, dst=B6) / ICMPv6EchoRequest(id=5, seq=1)))
+    u6, echo, reply, echo6 = harness.events()
+    assert u6.ip_version == 6 and u6.src_ip == ip6(A6) and u6.dst_ip == ip6(B6)
+    assert (u6.proto, u6.src_port, u6.dst_port) == (17, 7000, 53)
+    assert (echo.proto, echo.icmp_type, echo.is_reply) == (1, 8, False)
+    assert (reply.icmp_type, reply.is_reply) == (0, True)  # matched through the echo identifier
+    assert (echo6.proto, echo6.icmp_type, echo6.ip_version) == (58, 128, 6)
+
+
+@pytest.mark.parametrize(
+    "pkt,expect",
+    [
+        # Truncated: IPv4 header cut short -> not an IP flow, not counted. (The kernel's test-run refuses a short
+        # IP header behind a plain Ethernet header, so the packet goes behind a VLAN tag.)
+        (bytes(Ether() / Dot1Q(vlan=3) / IP(src=A4, dst=B4) / UDP())[:18 + 12], None),
+        # Bad IHL (< 5) -> not counted.
+        (bytes(eth(IP(src=A4, dst=B4, ihl=4) / UDP(sport=1, dport=2))), None),
+        # Not IP at all.
+        (bytes(Ether(type=0x0806) / Raw(b"\x00" * 28)), None),
+        # Truncated TCP header: counted with ports 0.
+        (bytes(eth(IP(src=A4, dst=B4) / TCP(sport=1, dport=2)))[:14 + 20 + 6], (6, 0, 0)),
+        # IPv4 options (IHL 6): ports still found.
+        (bytes(eth(IP(src=A4, dst=B4, options=b"\x01\x01\x01\x01") / UDP(sport=11, dport=12))), (17, 11, 12)),
+        # Non-first IPv4 fragment: counted, ports unknown.
+        (bytes(eth(IP(src=A4, dst=B4, frag=100, proto=17) / Raw(b"a" * 40))), (17, 0, 0)),
+        # First IPv4 fragment (MF set, offset 0): ports known.
+        (bytes(eth(IP(src=A4, dst=B4, flags="MF") / UDP(sport=13, dport=14) / Raw(b"b" * 40))), (17, 13, 14)),
+        # IPv6 with hop-by-hop, routing and destination-options headers.
+        (bytes(eth(IPv6(src=A6, dst=B6) / IPv6ExtHdrHopByHop() / IPv6ExtHdrRouting() / IPv6ExtHdrDestOpt()
+                   / TCP(sport=15, dport=16, flags="S"))), (6, 15, 16)),
+        # IPv6 first fragment, then a later fragment.
+        (bytes(eth(IPv6(src=A6, dst=B6) / IPv6ExtHdrFragment(offset=0, m=1) / UDP(sport=17, dport=18))), (17, 17, 18)),
+        (bytes(eth(IPv6(src=A6, dst=B6) / IPv6ExtHdrFragment(offset=10, nh=17) / Raw(b"c" * 16))), (17, 0, 0)),
+        # IPv6 header truncated.
+        (bytes(Ether() / Dot1Q(vlan=3) / IPv6(src=A6, dst=B6) / UDP())[:18 + 30], None),
+        # VLAN and QinQ.
+        (bytes(Ether() / Dot1Q(vlan=5) / IP(src=A4, dst=B4) / UDP(sport=19, dport=20)), (17, 19, 20)),
+        (bytes(Ether() / Dot1AD(vlan=6) / Dot1Q(vlan=7) / IP(src=A4, dst=B4) / UDP(sport=21, dport=22)), (17, 21, 22)),
+        # VLAN header itself cut short.
+        (bytes(Ether() / Dot1Q(vlan=3) / IP(src=A4, dst=B4))[:16], None),
+    ],
+    ids=["trunc-ipv4", "bad-ihl", "arp", "trunc-tcp", "ipv4-options", "ipv4-frag-later", "ipv4-frag-first",
+         "ipv6-exthdrs", "ipv6-frag-first", "ipv6-frag-later", "trunc-ipv6", "vlan", "qinq", "trunc-vlan"],
+)
+def test_malformed_and_unusual_packets(harness, pkt, expect):
+    harness.reset()
+    harness.run(pkt)
+    evs = harness.events()
+    if expect is None:
+        assert evs == []
+    else:
+        (ev,) = evs
+        assert (ev.proto, ev.src_port, ev.dst_port) == expect
+        assert ev.packets == 1 and ev.bytes == len(pkt) == ev.packet_bytes
