@@ -14,15 +14,22 @@ from pathlib import Path
 
 from retina_exporter.errors import StartupError
 from retina_exporter.plugins.packetparser import layout
+from retina_exporter.sysfs import missing_capabilities
 
 log = logging.getLogger(__name__)
 
 BPF_DIR = Path(__file__).resolve().parents[3] / "bpf"
 SOURCE = BPF_DIR / "packetparser.bpf.c"
 
-# Program names in the C file; all start with no common prefix, so TC attachments are tagged by these names.
-CLASSIFIERS = ("endpoint_ingress", "endpoint_egress", "host_ingress", "host_egress")
-SWEEP_PROGRAM = "ct_sweep"
+# Program names in the C file (at most 15 characters: the kernel's name length). Every one starts with
+# PROGRAM_PREFIX, which is how stale TC attachments of an earlier run are recognised.
+PROGRAM_PREFIX = "retina_"
+FROM_ENDPOINT = "retina_from_ep"  # pod veth, TC ingress
+TO_ENDPOINT = "retina_to_ep"  # pod veth, TC egress
+FROM_NETWORK = "retina_from_net"  # host interface, TC ingress
+TO_NETWORK = "retina_to_net"  # host interface, TC egress
+CLASSIFIERS = (FROM_ENDPOINT, TO_ENDPOINT, FROM_NETWORK, TO_NETWORK)
+SWEEP_PROGRAM = "retina_ct_sweep"
 PAGE_SIZE = 4096
 
 
@@ -57,8 +64,12 @@ class PacketParserProgram:
                 f"packetParserRingBufferSize={options.ring_buffer_bytes} must be a power of two >= {PAGE_SIZE}"
             )
         check_kernel_headers()
-        if os.geteuid() != 0:
-            raise StartupError("packetparser needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON): run as root")
+        missing = missing_capabilities()
+        if missing:
+            raise StartupError(
+                f"packetparser needs {', '.join(missing)}: run the agent as root or grant the capabilities "
+                "(securityContext.capabilities.add in the DaemonSet)"
+            )
         from bcc import BPF  # imported late: the module needs root-only kernel access on import in some builds
 
         self._bpf_cls = BPF

@@ -118,10 +118,13 @@ class RingBufferReader:
         return self._thread is not None and self._thread.is_alive()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread, then hand on whatever is still in the ring."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        self._stop.clear()
+        self.drain()
 
     def drain(self) -> None:
         """Consume what is in the ring now (for callers that poll themselves, e.g. benchmarks and tests)."""

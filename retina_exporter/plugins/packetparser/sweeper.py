@@ -48,12 +48,14 @@ class ConntrackSweeper:
         self.last = SweepStats()
         self.sweeps = 0
 
-    def sweep_once(self) -> SweepStats:
-        """One pass over the map. Safe to call from any thread (the kernel does the harvesting)."""
+    def sweep_once(self, force: bool = False) -> SweepStats:
+        """One pass over the map. Safe to call from any thread (the kernel does the harvesting).
+
+        ``force`` harvests every entry with unreported packets, quiet or not (shutdown, tests)."""
         started = time.monotonic()
         stats = SweepStats()
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-        fd = self._program.prog_fd("ct_sweep")
+        fd = self._program.prog_fd("retina_ct_sweep")
         table = self._program.conntrack
         todo: list[tuple[bytes, int]] = []
         try:
@@ -67,7 +69,7 @@ class ConntrackSweeper:
                 pending = entry.unreported[0].packets or entry.unreported[1].packets
                 if now >= entry.eviction_ns:
                     todo.append((bytes(key), layout.SWEEP_F_EXPIRE))
-                elif pending and now - entry.last_seen_ns >= self._interval_ns:
+                elif pending and (force or now - entry.last_seen_ns >= self._interval_ns):
                     todo.append((bytes(key), 0))
         except Exception as exc:  # an empty map makes bcc's batch lookup raise ENOENT
             if "No such file" not in str(exc) and "ENOENT" not in str(exc):

@@ -1,0 +1,1 @@
+"""Prometheus (and later OTLP) export of the agent's metrics."""

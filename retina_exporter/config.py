@@ -1,0 +1,540 @@
+"""Agent configuration: a YAML file plus ``RETINA_<KEY>`` environment overrides, validated at start-up.
+
+Key names follow Retina's ``config.yaml`` where Retina has the knob (``apiServer.port``, ``enabledPlugin``,
+``dataAggregationLevel`` …). The reference for every key is ``docs/config.md``.
+
+Precedence: defaults < file < environment. The environment variable of a key is ``RETINA_`` plus the key
+upper-cased with dots replaced by ``_`` (``apiServer.port`` → ``RETINA_APISERVER_PORT``,
+``enablePodLevel`` → ``RETINA_ENABLEPODLEVEL``). Only those names are read: other ``RETINA_*`` variables
+(Kubernetes injects ``RETINA_PORT``, ``RETINA_SERVICE_HOST`` … for a Service named ``retina``) are ignored, and so
+is an empty variable (as viper does).
+
+Every problem raises :class:`ConfigError` with a one-line message naming the key (dotted path), the bad value, where
+it came from and what is accepted. Retina keys that this agent does not use (:data:`RETINA_IGNORED_KEYS`) are
+accepted with a warning in :attr:`Config.warnings`; any other key is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import mmap
+import os
+import re
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "KNOWN_PLUGINS",
+    "RETINA_IGNORED_KEYS",
+    "env_var_name",
+    "format_duration",
+    "load_config",
+    "parse_duration",
+]
+
+
+class ConfigError(ValueError):
+    """Invalid configuration. ``str(error)`` is one line, fit to print before exiting with status 2."""
+
+
+#: Plugins that can be listed in ``enabledPlugin``.
+KNOWN_PLUGINS: tuple[str, ...] = ("packetparser", "dropreason", "packetforward", "linuxutil", "dns", "tcpretrans")
+
+#: Retina keys accepted for compatibility but not used (yet): each one found gives a warning, not an error.
+#: When a feature lands, move its key from here into ``_KEYS`` (and ``Config``, and docs/config.md).
+RETINA_IGNORED_KEYS: tuple[str, ...] = (
+    "metricsInterval",
+    "metricsIntervalDuration",
+    "enableTelemetry",
+    "telemetryInterval",
+    "remoteContext",
+    "enableAnnotations",
+    "bypassLookupIPOfInterest",
+    "enableConntrackMetrics",
+    "packetParserRingBuffer",
+    "filterMapMaxEntries",
+    "metricsConfiguration",
+    "enrichment",
+)
+
+_NS_PER_S = 1_000_000_000
+_MAX_DURATION_NS = 2**63 - 1  # Go's time.Duration range
+_PAGE_SIZE = mmap.PAGESIZE  # BPF ring buffers must be a power-of-two multiple of the page size
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective agent configuration. Defaults here are the documented defaults."""
+
+    api_server_host: str = "0.0.0.0"
+    """Address the HTTP server (``/metrics``, ``/debug/*``) listens on."""
+    api_server_port: int = 10093
+    """TCP port of the HTTP server."""
+    enabled_plugins: tuple[str, ...] = ("packetparser",)
+    """Plugins to run, in the configured order, without duplicates."""
+    enable_pod_level: bool = False
+    """Pod-level (advanced) metrics and flow enrichment."""
+    data_aggregation_level: str = "low"
+    """``"low"`` (host interfaces too, every packet reported) or ``"high"`` (pod veths, conntrack-gated)."""
+    data_sampling_rate: int = 1
+    """Report 1 packet in N (1 = every packet)."""
+    conntrack_report_interval_ns: int = 30 * _NS_PER_S
+    """Periodic report interval per connection and direction, in nanoseconds."""
+    conntrack_map_size: int = 262144
+    """Entries in the kernel conntrack LRU hash."""
+    ring_buffer_size: int = 8 * 1024 * 1024
+    """Size of the packetparser BPF ring buffer, in bytes (a power of two)."""
+    enable_tcx: str = "auto"
+    """``"auto"``: attach with TCX where the kernel has it (>= 6.6), else clsact; ``"off"``: always clsact."""
+    host_interfaces: tuple[str, ...] = ()
+    """Host (uplink) interface names to hook; empty means detect them."""
+    node_name: str = field(default_factory=socket.gethostname)
+    """Name of this node in flows and metrics."""
+    log_level: str = "info"
+    """``"debug"``, ``"info"``, ``"warning"`` or ``"error"``."""
+    output_ring_capacity: int = 4095
+    """Slots in the in-process flow ring (2^n - 1)."""
+    bpf_pin_path: str = "/sys/fs/bpf/retina"
+    """bpffs directory where maps are pinned."""
+    warnings: tuple[str, ...] = ()
+    """One message per Retina key that was given but is not used."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The effective configuration with Retina's key names (nested ``apiServer``), as for ``/debug/config``.
+
+        Durations are rendered as strings such as ``"30s"``; the result loads back to an equal ``Config``.
+        """
+        out: dict[str, Any] = {}
+        for key in _KEYS:
+            value = getattr(self, key.attr)
+            if key.render is not None:
+                value = key.render(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            *sections, leaf = key.name.split(".")
+            target = out
+            for section in sections:
+                target = target.setdefault(section, {})
+            target[leaf] = value
+        return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Durations
+
+
+_DURATION_UNITS_NS: dict[str, int] = {
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,  # U+00B5 micro sign
+    "μs": 1_000,  # U+03BC Greek mu
+    "ms": 1_000_000,
+    "s": _NS_PER_S,
+    "m": 60 * _NS_PER_S,
+    "h": 3600 * _NS_PER_S,
+}
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_DURATION_PART = re.compile(rf"({_NUMBER})(ns|us|µs|μs|ms|s|m|h)")
+_DURATION_FULL = re.compile(rf"(?:{_NUMBER}(?:ns|us|µs|μs|ms|s|m|h))+")
+_SECONDS_ONLY = re.compile(_NUMBER)
+
+
+def parse_duration(text: str | int | float) -> int:
+    """Parse a duration and return it in integer nanoseconds (sub-nanosecond fractions are truncated).
+
+    Accepts Go ``time.ParseDuration`` syntax without a sign (``"500ms"``, ``"30s"``, ``"1m30s"``, ``"1.5h"``;
+    units ns, us/µs, ms, s, m, h) or a plain number of **seconds** (``30``, ``"2.5"``). Raises
+    :class:`ConfigError` for anything else, including negative values.
+    """
+    if isinstance(text, bool):
+        raise ConfigError(f"invalid duration {_show(text)}: expected e.g. '30s', '1m30s', '500ms' or seconds")
+    if isinstance(text, (int, float)):
+        if text < 0 or not math.isfinite(text):
+            raise ConfigError(f"invalid duration {_show(text)}: must be a non-negative number of seconds")
+        seconds = Decimal(text) if isinstance(text, int) else Decimal(repr(text))
+        total = int(seconds * _NS_PER_S)
+    elif isinstance(text, str):
+        s = text.strip()
+        if _SECONDS_ONLY.fullmatch(s):
+            total = int(Decimal(s) * _NS_PER_S)
+        elif _DURATION_FULL.fullmatch(s):
+            total = int(
+                sum(Decimal(num) * _DURATION_UNITS_NS[unit] for num, unit in _DURATION_PART.findall(s))
+            )
+        else:
+            raise ConfigError(
+                f"invalid duration {_show(text)}: expected e.g. '30s', '1m30s', '500ms' "
+                "(units ns, us, ms, s, m, h) or a number of seconds"
+            )
+    else:
+        raise ConfigError(f"invalid duration {_show(text)}: expected a string or a number of seconds")
+    if total > _MAX_DURATION_NS:
+        raise ConfigError(f"invalid duration {_show(text)}: longer than the maximum of {_MAX_DURATION_NS}ns")
+    return total
+
+
+def format_duration(ns: int) -> str:
+    """Render integer nanoseconds compactly in a form :func:`parse_duration` reads back: ``"1m30s"``, ``"500ms"``."""
+    if ns == 0:
+        return "0s"
+    if ns < _NS_PER_S:
+        for unit, size in (("ms", 1_000_000), ("us", 1_000)):
+            if ns % size == 0:
+                return f"{ns // size}{unit}"
+        return f"{ns}ns"
+    whole, frac = divmod(ns, _NS_PER_S)
+    hours, rest = divmod(whole, 3600)
+    minutes, seconds = divmod(rest, 60)
+    out = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "")
+    if frac:
+        out += f"{seconds}.{frac:09d}".rstrip("0") + "s"
+    elif seconds:
+        out += f"{seconds}s"
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Value parsers. Each takes a YAML value or an environment string and returns the Config value, or raises _Invalid.
+
+
+class _Invalid(Exception):
+    """A value was rejected; ``args[0]`` is an optional reason shown before the accepted values."""
+
+
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no"})
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise _Invalid(None)
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+        return int(value.strip())
+    raise _Invalid("not an integer")
+
+
+def _int_range(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        number = _integer(value)
+        if not low <= number <= high:
+            raise _Invalid("out of range")
+        return number
+
+    return parse
+
+
+def _sampling_rate(value: Any) -> int:
+    number = _int_range(0, 2**32 - 1)(value)
+    return number or 1  # 0 means 1, as in Retina
+
+
+def _power_of_two(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        number = _int_range(low, high)(value)
+        if number & (number - 1):
+            raise _Invalid("not a power of two")
+        return number
+
+    return parse
+
+
+def _ring_capacity(value: Any) -> int:
+    number = _int_range(1, 2**20 - 1)(value)
+    if (number + 1) & number:
+        raise _Invalid("not one less than a power of two")
+    return number
+
+
+def _choice(*choices: str, aliases: Mapping[str, str] | None = None) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if isinstance(value, str):
+            text = value.strip().lower()
+            text = (aliases or {}).get(text, text)
+            if text in choices:
+                return text
+        raise _Invalid(None)
+
+    return parse
+
+
+def _tcx(value: Any) -> str:
+    if isinstance(value, str) and value.strip().lower() in ("auto", "off"):
+        return value.strip().lower()
+    return "auto" if _bool(value) else "off"  # YAML's `off` is the boolean false
+
+
+def _duration_at_least(minimum_ns: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        try:
+            ns = parse_duration(value)
+        except ConfigError:
+            raise _Invalid("not a duration") from None
+        if ns < minimum_ns:
+            raise _Invalid(f"below the minimum of {format_duration(minimum_ns)}")
+        return ns
+
+    return parse
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # e.g. a numeric node name
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise _Invalid(None)
+
+
+def _abs_path(value: Any) -> str:
+    path = _text(value)
+    if not path.startswith("/"):
+        raise _Invalid("not an absolute path")
+    return path
+
+
+def _str_list(value: Any) -> list[str]:
+    """A YAML list of strings, or a comma-separated string (environment, or viper-style in the file)."""
+    if isinstance(value, str):
+        items: list[Any] = value.split(",")
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise _Invalid("not a list")
+    out: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise _Invalid(f"item {_show(item)} is not a string")
+        item = item.strip()
+        if item and item not in out:
+            out.append(item)
+    return out
+
+
+def _plugins(value: Any) -> tuple[str, ...]:
+    names = [name.lower() for name in _str_list(value)]
+    for name in names:
+        if name not in KNOWN_PLUGINS:
+            raise _Invalid(f"unknown plugin {name!r}")
+    return tuple(dict.fromkeys(names))
+
+
+_IFNAME = re.compile(r"[^\s/:]{1,15}")  # Linux IFNAMSIZ is 16 including the NUL
+
+
+def _interfaces(value: Any) -> tuple[str, ...]:
+    names = _str_list(value)
+    for name in names:
+        if not _IFNAME.fullmatch(name) or name in (".", ".."):
+            raise _Invalid(f"invalid interface name {name!r}")
+    return tuple(names)
+
+
+@dataclass(frozen=True)
+class _Key:
+    name: str  # dotted key as written in the file
+    attr: str  # Config attribute
+    parse: Callable[[Any], Any]
+    accepted: str
+    render: Callable[[Any], Any] | None = None  # for to_dict
+
+    @property
+    def env(self) -> str:
+        return env_var_name(self.name)
+
+
+_KEYS: tuple[_Key, ...] = (
+    _Key("apiServer.host", "api_server_host", _text, "a non-empty host name or IP address"),
+    _Key("apiServer.port", "api_server_port", _int_range(1, 65535), "an integer from 1 to 65535"),
+    _Key("enabledPlugin", "enabled_plugins", _plugins,
+         "a list (or comma-separated string) of: " + ", ".join(KNOWN_PLUGINS)),
+    _Key("enablePodLevel", "enable_pod_level", _bool, "true, false (also 1/0, yes/no)"),
+    _Key("dataAggregationLevel", "data_aggregation_level", _choice("low", "high"), "low, high"),
+    _Key("dataSamplingRate", "data_sampling_rate", _sampling_rate,
+         "an integer from 1 to 4294967295 (0 means 1)"),
+    _Key("conntrackReportInterval", "conntrack_report_interval_ns", _duration_at_least(_NS_PER_S),
+         "a duration of at least 1s such as '30s', '1m30s', '1500ms', or a number of seconds", format_duration),
+    _Key("conntrackMapSize", "conntrack_map_size", _int_range(1024, 16777216), "an integer from 1024 to 16777216"),
+    _Key("packetParserRingBufferSize", "ring_buffer_size", _power_of_two(_PAGE_SIZE, 2**30),
+         f"a power of two from {_PAGE_SIZE} (the page size) to 1073741824 (1 GiB), in bytes"),
+    _Key("enableTCX", "enable_tcx", _tcx, "auto, off (true means auto, false means off)"),
+    _Key("hostInterfaces", "host_interfaces", _interfaces,
+         "a list (or comma-separated string) of interface names of 1 to 15 characters"),
+    _Key("nodeName", "node_name", _text, "a non-empty string"),
+    _Key("logLevel", "log_level", _choice("debug", "info", "warning", "error", aliases={"warn": "warning"}),
+         "debug, info, warning (or warn), error"),
+    _Key("outputRingCapacity", "output_ring_capacity", _ring_capacity,
+         "one less than a power of two, 2^n - 1 with 1 <= n <= 20 (1, 3, 7, ... 4095, ... 1048575)"),
+    _Key("bpfPinPath", "bpf_pin_path", _abs_path, "an absolute path"),
+)
+_BY_NAME: dict[str, _Key] = {key.name: key for key in _KEYS}
+_SECTIONS: dict[str, tuple[str, ...]] = {}  # "apiServer" -> ("host", "port")
+for _k in _KEYS:
+    if "." in _k.name:
+        _section, _leaf = _k.name.split(".", 1)
+        _SECTIONS[_section] = _SECTIONS.get(_section, ()) + (_leaf,)
+_TOP_LEVEL: tuple[str, ...] = tuple(dict.fromkeys(k.name.split(".", 1)[0] for k in _KEYS))
+
+
+def env_var_name(key: str) -> str:
+    """The environment variable that overrides ``key``: ``apiServer.port`` → ``RETINA_APISERVER_PORT``."""
+    return "RETINA_" + key.upper().replace(".", "_")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """A one-line rendering of a value for error messages (strings quoted, YAML spelling for booleans/null)."""
+    if value is None:
+        text = "null"
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    else:
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe loader that rejects duplicate keys instead of silently keeping the last one."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            duplicate = key in seen
+        except TypeError:
+            continue  # unhashable: the base constructor reports it
+        if duplicate:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {_show(key)}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _read_yaml(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path}: not UTF-8 text (byte offset {exc.start})") from None
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(p for p in (exc.context, exc.problem) if p)
+        raise ConfigError(f"config file {path}: invalid YAML{where}: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path}: invalid YAML: {' '.join(str(exc).split())}") from None
+
+
+def _unknown_key(path: str, key: Any, prefix: str, candidates: tuple[str, ...]) -> ConfigError:
+    dotted = prefix + key if isinstance(key, str) else None
+    if dotted is None:
+        where = prefix.rstrip(".") or "the top level"
+        return ConfigError(f"config file {path}: key {_show(key)} under {where} is not a string")
+    lowered = {c.lower(): c for c in candidates}
+    match = difflib.get_close_matches(key.lower(), list(lowered), n=1, cutoff=0.6)
+    if match:
+        hint = f" (did you mean {prefix + lowered[match[0]]!r}?)"
+    else:
+        hint = "; known keys: " + ", ".join(prefix + c for c in candidates if c not in RETINA_IGNORED_KEYS)
+    return ConfigError(f"config file {path}: unknown key {dotted!r}{hint}")
+
+
+def _collect_file(path: str, data: Any, raw: dict[str, tuple[Any, str]], warnings: list[str]) -> None:
+    """Check the file's keys and record each known key's raw value as ``raw[dotted] = (value, source)``."""
+    if data is None:
+        return  # empty file
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {path}: expected a mapping of keys to values at the top level, got {_show(data)}"
+        )
+    source = f"in {path}"
+    for key, value in data.items():
+        if key in _SECTIONS:
+            if value is None:
+                continue
+            leaves = _SECTIONS[key]
+            if not isinstance(value, dict):
+                accepted = "a mapping with keys " + ", ".join(leaves)
+                raise ConfigError(f"{key}: invalid value {_show(value)} {source}; accepted: {accepted}")
+            for leaf, leaf_value in value.items():
+                if leaf not in leaves:
+                    raise _unknown_key(path, leaf, key + ".", leaves)
+                raw[f"{key}.{leaf}"] = (leaf_value, source)
+        elif key in _BY_NAME:
+            raw[key] = (value, source)
+        elif key in RETINA_IGNORED_KEYS:
+            warnings.append(
+                f"config key {key!r} {source} is a Retina setting that retina-exporter does not use; ignored"
+            )
+        else:
+            raise _unknown_key(path, key, "", _TOP_LEVEL + RETINA_IGNORED_KEYS)
+
+
+def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Config:
+    """Load and validate the configuration.
+
+    ``path`` is the YAML file, or ``None`` for defaults plus environment. ``env`` defaults to ``os.environ``;
+    ``RETINA_<KEY>`` variables override the file. A ``null`` value in the file means the default.
+    Raises :class:`ConfigError` (one-line message) on any problem.
+    """
+    env = os.environ if env is None else env
+    raw: dict[str, tuple[Any, str]] = {}
+    warnings: list[str] = []
+    if path is not None:
+        _collect_file(path, _read_yaml(path), raw, warnings)
+    for key in _KEYS:
+        value = env.get(key.env)
+        if value is not None and value.strip():
+            raw[key.name] = (value.strip(), f"from environment variable {key.env}")
+    for name in RETINA_IGNORED_KEYS:
+        var = env_var_name(name)
+        if env.get(var, "").strip():
+            warnings.append(
+                f"environment variable {var} sets Retina key {name!r}, which retina-exporter does not use; ignored"
+            )
+
+    values: dict[str, Any] = {}
+    for key in _KEYS:
+        if key.name not in raw or raw[key.name][0] is None:
+            continue
+        value, source = raw[key.name]
+        try:
+            values[key.attr] = key.parse(value)
+        except _Invalid as exc:
+            reason = f": {exc.args[0]}" if exc.args and exc.args[0] else ""
+            raise ConfigError(
+                f"{key.name}: invalid value {_show(value)} {source}{reason}; accepted: {key.accepted}"
+            ) from None
+    return dataclasses.replace(Config(), **values, warnings=tuple(warnings))

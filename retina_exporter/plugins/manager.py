@@ -1,0 +1,88 @@
+"""Starts the enabled plugins, isolates failures, reconciles periodically and stops everything on shutdown.
+
+A plugin that fails to init or start is stopped (to release whatever it got half-way) and recorded: the others
+keep running, ``/readyz`` lists the failure and ``controlplane_networkobservability_plugin_manager_failed_to_reconcile``
+counts it with ``reason=<plugin>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from retina_exporter.plugins.base import Plugin, PluginContext
+
+log = logging.getLogger(__name__)
+
+
+class PluginManager:
+    def __init__(self, plugins: list[Plugin], ctx: PluginContext, reconcile_period_s: float = 10.0) -> None:
+        self.plugins = plugins
+        self.ctx = ctx
+        self.failures: dict[str, str] = {}
+        self.started: list[Plugin] = []
+        self._period = reconcile_period_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _fail(self, plugin: Plugin, stage: str, exc: BaseException) -> None:
+        msg = f"{stage}: {exc}"
+        self.failures[plugin.name] = msg
+        self.ctx.telemetry.failed_to_reconcile(plugin.name)
+        log.error("plugin %s failed to %s", plugin.name, msg)
+
+    def start(self) -> None:
+        for plugin in self.plugins:
+            try:
+                plugin.init(self.ctx)
+                plugin.start()
+            except Exception as exc:  # isolate: the others keep running
+                self._fail(plugin, "start", exc)
+                try:
+                    plugin.stop()
+                except Exception:
+                    log.exception("plugin %s failed to stop after a failed start", plugin.name)
+                continue
+            self.started.append(plugin)
+            log.info("plugin %s started", plugin.name)
+        self._thread = threading.Thread(target=self._reconcile_loop, name="plugin-reconcile", daemon=True)
+        self._thread.start()
+
+    def _reconcile_loop(self) -> None:
+        while not self._stop.wait(self._period):
+            self.reconcile_once()
+
+    def reconcile_once(self) -> None:
+        with self._lock:
+            for plugin in list(self.started):
+                try:
+                    plugin.reconcile()
+                    self.failures.pop(plugin.name, None)
+                except Exception as exc:
+                    self._fail(plugin, "reconcile", exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        with self._lock:
+            for plugin in reversed(self.started):
+                try:
+                    plugin.stop()
+                except Exception:
+                    log.exception("plugin %s failed to stop", plugin.name)
+            self.started.clear()
+
+    def not_ready_reasons(self) -> list[str]:
+        reasons = [f"plugin {name} failed: {why}" for name, why in sorted(self.failures.items())]
+        started = {p.name for p in self.started}
+        for plugin in self.plugins:
+            if plugin.name not in started and plugin.name not in self.failures:
+                reasons.append(f"plugin {plugin.name} not started")
+        for plugin in self.started:
+            reasons.extend(f"plugin {plugin.name}: {r}" for r in plugin.health())
+        return reasons
+
+    def readers_alive(self) -> bool:
+        return bool(self.started) and all(p.readers_alive() for p in self.started)

@@ -1,0 +1,119 @@
+"""Finds pod veths (netlink RTMGRP_LINK events plus an initial dump) and tells the plugin when one appears or goes.
+
+A pod veth is the host side of a veth pair whose peer lives in another network namespace: a ``veth`` link with
+``IFLA_LINK_NETNSID`` set. Host interfaces named in ``hostInterfaces`` are never treated as pod veths.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import threading
+from typing import Callable
+
+from pyroute2 import IPRoute
+
+log = logging.getLogger(__name__)
+
+RTMGRP_LINK = 0x1
+
+
+def _attr(msg, name):
+    try:
+        return msg.get_attr(name)
+    except Exception:
+        return None
+
+
+def link_kind(msg) -> str | None:
+    info = _attr(msg, "IFLA_LINKINFO")
+    if info is None:
+        return None
+    return info.get_attr("IFLA_INFO_KIND")
+
+
+def is_pod_veth(msg, excluded: set[str]) -> bool:
+    name = _attr(msg, "IFLA_IFNAME")
+    if not name or name in excluded:
+        return False
+    return link_kind(msg) == "veth" and _attr(msg, "IFLA_LINK_NETNSID") is not None
+
+
+class VethWatcher:
+    def __init__(
+        self,
+        on_add: Callable[[int, str], None],
+        on_remove: Callable[[int, str], None],
+        excluded: set[str] | None = None,
+    ) -> None:
+        self._on_add = on_add
+        self._on_remove = on_remove
+        self._excluded = excluded or set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.known: dict[int, str] = {}
+        self._ipr = IPRoute()
+        self._ipr.bind(groups=RTMGRP_LINK)
+
+    def _handle(self, msg) -> None:
+        event = msg.get("event")
+        index = msg.get("index")
+        name = _attr(msg, "IFLA_IFNAME") or ""
+        if event == "RTM_NEWLINK":
+            if index in self.known:
+                return
+            if is_pod_veth(msg, self._excluded):
+                self.known[index] = name
+                try:
+                    self._on_add(index, name)
+                except Exception:
+                    log.exception("attaching to %s failed", name)
+        elif event == "RTM_DELLINK":
+            if self.known.pop(index, None) is not None:
+                try:
+                    self._on_remove(index, name)
+                except Exception:
+                    log.exception("forgetting %s failed", name)
+
+    def scan(self) -> None:
+        """Dump links now (start-up, and reconcile) and handle every pod veth not known yet."""
+        with IPRoute() as ipr:
+            links = list(ipr.get_links())
+        present = set()
+        for msg in links:
+            present.add(msg.get("index"))
+            msg["event"] = "RTM_NEWLINK"
+            self._handle(msg)
+        for index in [i for i in self.known if i not in present]:
+            name = self.known.pop(index)
+            self._on_remove(index, name)
+
+    def _run(self) -> None:
+        fd = self._ipr.fileno()
+        while not self._stop.is_set():
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if not ready:
+                continue
+            try:
+                for msg in self._ipr.get():
+                    self._handle(msg)
+            except Exception:
+                log.exception("netlink read failed")
+
+    def start(self) -> None:
+        self.scan()
+        self._thread = threading.Thread(target=self._run, name="veth-watcher", daemon=True)
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+        try:
+            self._ipr.close()
+        except Exception:
+            pass

@@ -1,0 +1,736 @@
+"""Tests for retina_exporter.config: every key, env overrides, errors and docs/config.md consistency."""
+
+from __future__ import annotations
+
+import mmap
+import pathlib
+import re
+import socket
+
+import pytest
+import yaml
+
+from retina_exporter.config import (
+    KNOWN_PLUGINS,
+    RETINA_IGNORED_KEYS,
+    Config,
+    ConfigError,
+    env_var_name,
+    format_duration,
+    load_config,
+    parse_duration,
+)
+
+DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "config.md"
+S = 1_000_000_000
+
+
+def write(tmp_path: pathlib.Path, text: str) -> str:
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def load_text(tmp_path: pathlib.Path, text: str, env: dict[str, str] | None = None) -> Config:
+    return load_config(write(tmp_path, text), env or {})
+
+
+def error_of(tmp_path: pathlib.Path, text: str, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_text(tmp_path, text, env)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+# ---------------------------------------------------------------------------------------------------- defaults
+
+
+def test_defaults_without_file_or_env() -> None:
+    cfg = load_config(None, {})
+    assert cfg.api_server_host == "0.0.0.0"
+    assert cfg.api_server_port == 10093
+    assert cfg.enabled_plugins == ("packetparser",)
+    assert cfg.enable_pod_level is False
+    assert cfg.data_aggregation_level == "low"
+    assert cfg.data_sampling_rate == 1
+    assert cfg.conntrack_report_interval_ns == 30 * S
+    assert cfg.conntrack_map_size == 262144
+    assert cfg.ring_buffer_size == 8388608
+    assert cfg.enable_tcx == "auto"
+    assert cfg.host_interfaces == ()
+    assert cfg.node_name == socket.gethostname()
+    assert cfg.log_level == "info"
+    assert cfg.output_ring_capacity == 4095
+    assert cfg.bpf_pin_path == "/sys/fs/bpf/retina"
+    assert cfg.warnings == ()
+    assert cfg == Config()
+
+
+def test_empty_file_and_null_values_mean_defaults(tmp_path: pathlib.Path) -> None:
+    assert load_text(tmp_path, "") == Config()
+    assert load_text(tmp_path, "# only a comment\n") == Config()
+    assert load_text(tmp_path, "apiServer:\nhostInterfaces:\nlogLevel: null\n") == Config()
+
+
+def test_config_is_frozen() -> None:
+    cfg = Config()
+    with pytest.raises(AttributeError):
+        cfg.api_server_port = 1  # type: ignore[misc]
+
+
+def test_env_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RETINA_ENABLEPODLEVEL", "true")
+    monkeypatch.setenv("RETINA_APISERVER_PORT", "9999")
+    cfg = load_config(None)
+    assert cfg.enable_pod_level is True
+    assert cfg.api_server_port == 9999
+
+
+# ------------------------------------------------------------------------------------------------ every key set
+
+FULL = """
+apiServer:
+  host: 127.0.0.1
+  port: 9965
+enabledPlugin: [dropreason, packetparser, dns]
+enablePodLevel: true
+dataAggregationLevel: HIGH
+dataSamplingRate: 10
+conntrackReportInterval: 1m30s
+conntrackMapSize: 1024
+packetParserRingBufferSize: 1048576
+enableTCX: off
+hostInterfaces: [eth0, ens5]
+nodeName: node-7
+logLevel: DEBUG
+outputRingCapacity: 1023
+bpfPinPath: /sys/fs/bpf/test
+"""
+
+
+def test_every_key_from_file(tmp_path: pathlib.Path) -> None:
+    cfg = load_text(tmp_path, FULL)
+    assert cfg == Config(
+        api_server_host="127.0.0.1",
+        api_server_port=9965,
+        enabled_plugins=("dropreason", "packetparser", "dns"),
+        enable_pod_level=True,
+        data_aggregation_level="high",
+        data_sampling_rate=10,
+        conntrack_report_interval_ns=90 * S,
+        conntrack_map_size=1024,
+        ring_buffer_size=1048576,
+        enable_tcx="off",
+        host_interfaces=("eth0", "ens5"),
+        node_name="node-7",
+        log_level="debug",
+        output_ring_capacity=1023,
+        bpf_pin_path="/sys/fs/bpf/test",
+    )
+
+
+ENV_ALL = {
+    "RETINA_APISERVER_HOST": "::1",
+    "RETINA_APISERVER_PORT": "8080",
+    "RETINA_ENABLEDPLUGIN": "tcpretrans,linuxutil",
+    "RETINA_ENABLEPODLEVEL": "yes",
+    "RETINA_DATAAGGREGATIONLEVEL": "high",
+    "RETINA_DATASAMPLINGRATE": "3",
+    "RETINA_CONNTRACKREPORTINTERVAL": "2s",
+    "RETINA_CONNTRACKMAPSIZE": "16777216",
+    "RETINA_PACKETPARSERRINGBUFFERSIZE": "1073741824",
+    "RETINA_ENABLETCX": "false",
+    "RETINA_HOSTINTERFACES": "eth1",
+    "RETINA_NODENAME": "from-env",
+    "RETINA_LOGLEVEL": "error",
+    "RETINA_OUTPUTRINGCAPACITY": "1048575",
+    "RETINA_BPFPINPATH": "/run/bpf",
+}
+
+
+def test_every_key_from_env() -> None:
+    cfg = load_config(None, ENV_ALL)
+    assert cfg == Config(
+        api_server_host="::1",
+        api_server_port=8080,
+        enabled_plugins=("tcpretrans", "linuxutil"),
+        enable_pod_level=True,
+        data_aggregation_level="high",
+        data_sampling_rate=3,
+        conntrack_report_interval_ns=2 * S,
+        conntrack_map_size=16777216,
+        ring_buffer_size=1 << 30,
+        enable_tcx="off",
+        host_interfaces=("eth1",),
+        node_name="from-env",
+        log_level="error",
+        output_ring_capacity=1048575,
+        bpf_pin_path="/run/bpf",
+    )
+
+
+def test_env_overrides_file_for_every_key(tmp_path: pathlib.Path) -> None:
+    assert load_text(tmp_path, FULL, ENV_ALL) == load_config(None, ENV_ALL)
+
+
+def test_env_var_names() -> None:
+    assert env_var_name("apiServer.port") == "RETINA_APISERVER_PORT"
+    assert env_var_name("enablePodLevel") == "RETINA_ENABLEPODLEVEL"
+    assert env_var_name("dataAggregationLevel") == "RETINA_DATAAGGREGATIONLEVEL"
+    assert set(ENV_ALL) == {env_var_name(k) for k in _all_keys()}
+
+
+def test_empty_and_unrelated_env_vars_are_ignored(tmp_path: pathlib.Path) -> None:
+    env = {
+        "RETINA_APISERVER_PORT": "",  # empty: unset, as with viper
+        "RETINA_LOGLEVEL": "   ",
+        "RETINA_PORT": "tcp://10.0.0.1:10093",  # injected by Kubernetes for a Service named retina
+        "RETINA_SERVICE_HOST": "10.0.0.1",
+    }
+    cfg = load_text(tmp_path, "apiServer:\n  port: 7000\n", env)
+    assert cfg.api_server_port == 7000
+    assert cfg.log_level == "info"
+    assert cfg.warnings == ()
+
+
+def test_env_values_are_stripped() -> None:
+    assert load_config(None, {"RETINA_NODENAME": "  n1 \n"}).node_name == "n1"
+
+
+# --------------------------------------------------------------------------------------------------- list parsing
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("dns", ("dns",)),
+        ("dns,packetparser", ("dns", "packetparser")),
+        (" dns , packetparser ,, ", ("dns", "packetparser")),
+        ("DNS,dns,PacketParser", ("dns", "packetparser")),
+    ],
+)
+def test_plugin_list_from_env(text: str, expected: tuple[str, ...]) -> None:
+    assert load_config(None, {"RETINA_ENABLEDPLUGIN": text}).enabled_plugins == expected
+
+
+def test_plugin_list_forms_in_file(tmp_path: pathlib.Path) -> None:
+    assert load_text(tmp_path, "enabledPlugin: []\n").enabled_plugins == ()
+    assert load_text(tmp_path, "enabledPlugin: 'dns, linuxutil'\n").enabled_plugins == ("dns", "linuxutil")
+    # The Retina Helm chart renders this exact line (enabledPlugin_linux default).
+    line = 'enabledPlugin: ["dropreason","packetforward","linuxutil","dns"]\n'
+    assert load_text(tmp_path, line).enabled_plugins == ("dropreason", "packetforward", "linuxutil", "dns")
+    assert load_text(tmp_path, f"enabledPlugin: [{', '.join(KNOWN_PLUGINS)}]\n").enabled_plugins == KNOWN_PLUGINS
+
+
+def test_unknown_plugin_names_accepted_plugins(tmp_path: pathlib.Path) -> None:
+    message = error_of(tmp_path, "enabledPlugin: [packetparser, hnsstats]\n")
+    assert message.startswith("enabledPlugin: invalid value ['packetparser', 'hnsstats'] in ")
+    assert "unknown plugin 'hnsstats'" in message
+    assert "accepted: a list (or comma-separated string) of: " + ", ".join(KNOWN_PLUGINS) in message
+
+
+def test_plugin_list_item_must_be_string(tmp_path: pathlib.Path) -> None:
+    message = error_of(tmp_path, "enabledPlugin: [dns, 7]\n")
+    assert "enabledPlugin: invalid value ['dns', 7]" in message
+    assert "item 7 is not a string" in message
+    assert "enabledPlugin: invalid value {'a': 1}" in error_of(tmp_path, "enabledPlugin: {a: 1}\n")
+
+
+def test_host_interfaces(tmp_path: pathlib.Path) -> None:
+    assert load_config(None, {"RETINA_HOSTINTERFACES": "eth0, eth1,eth0"}).host_interfaces == ("eth0", "eth1")
+    assert load_text(tmp_path, "hostInterfaces: [a23456789012345]\n").host_interfaces == ("a23456789012345",)
+    message = error_of(tmp_path, "hostInterfaces: [a234567890123456]\n")
+    assert "hostInterfaces: invalid value ['a234567890123456']" in message
+    assert "invalid interface name 'a234567890123456'" in message
+    assert "accepted: a list (or comma-separated string) of interface names of 1 to 15 characters" in message
+    assert "invalid interface name 'a/b'" in error_of(tmp_path, "hostInterfaces: ['a/b']\n")
+
+
+# --------------------------------------------------------------------------------------------------- booleans
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("true", True), ("TRUE", True), ("1", True), ("yes", True), ("Yes", True),
+     ("false", False), ("False", False), ("0", False), ("no", False), ("NO", False)],
+)
+def test_bool_from_env(text: str, expected: bool) -> None:
+    assert load_config(None, {"RETINA_ENABLEPODLEVEL": text}).enable_pod_level is expected
+
+
+def test_bool_in_file(tmp_path: pathlib.Path) -> None:
+    assert load_text(tmp_path, "enablePodLevel: true\n").enable_pod_level is True
+    assert load_text(tmp_path, "enablePodLevel: 'yes'\n").enable_pod_level is True
+    assert load_text(tmp_path, "enablePodLevel: false\n").enable_pod_level is False
+
+
+@pytest.mark.parametrize("bad", ["maybe", "2", "on"])
+def test_bad_bool_from_env(bad: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"RETINA_ENABLEPODLEVEL": bad})
+    assert str(info.value) == (
+        f"enablePodLevel: invalid value '{bad}' from environment variable RETINA_ENABLEPODLEVEL; "
+        "accepted: true, false (also 1/0, yes/no)"
+    )
+
+
+def test_bad_bool_in_file(tmp_path: pathlib.Path) -> None:
+    path = write(tmp_path, "enablePodLevel: 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert str(info.value) == f"enablePodLevel: invalid value 3 in {path}; accepted: true, false (also 1/0, yes/no)"
+
+
+# --------------------------------------------------------------------------------------------- scalar keys
+
+
+def test_api_server(tmp_path: pathlib.Path) -> None:
+    assert load_text(tmp_path, "apiServer: {port: 1}\n").api_server_port == 1
+    assert load_text(tmp_path, "apiServer: {port: '65535'}\n").api_server_port == 65535
+    path = write(tmp_path, "apiServer:\n  port: 70000\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert str(info.value) == (
+        f"apiServer.port: invalid value 70000 in {path}: out of range; accepted: an integer from 1 to 65535"
+    )
+    assert "apiServer.port: invalid value 0 " in error_of(tmp_path, "apiServer: {port: 0}\n")
+    assert "apiServer.port: invalid value true " in error_of(tmp_path, "apiServer: {port: true}\n")
+    assert "not an integer" in error_of(tmp_path, "apiServer: {port: 10093.0}\n")
+    message = error_of(tmp_path, "apiServer: {host: ''}\n")
+    assert "apiServer.host: invalid value ''" in message
+    assert "accepted: a non-empty host name or IP address" in message
+    message = error_of(tmp_path, "apiServer: 10093\n")
+    assert "apiServer: invalid value 10093 in " in message
+    assert "accepted: a mapping with keys host, port" in message
+
+
+def test_api_server_port_env_error_names_variable() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"RETINA_APISERVER_PORT": "http"})
+    assert str(info.value) == (
+        "apiServer.port: invalid value 'http' from environment variable RETINA_APISERVER_PORT: not an integer; "
+        "accepted: an integer from 1 to 65535"
+    )
+
+
+def test_env_error_wins_over_valid_file_and_vice_versa(tmp_path: pathlib.Path) -> None:
+    # The effective (env) value is validated, and the message names the variable, not the file.
+    message = error_of(tmp_path, "apiServer: {port: 8080}\n", {"RETINA_APISERVER_PORT": "0"})
+    assert "from environment variable RETINA_APISERVER_PORT" in message
+    # A bad file value overridden from the environment is not used, so it is not an error.
+    assert load_text(tmp_path, "apiServer: {port: 0}\n", {"RETINA_APISERVER_PORT": "81"}).api_server_port == 81
+
+
+def test_data_aggregation_level(tmp_path: pathlib.Path) -> None:
+    assert load_text(tmp_path, "dataAggregationLevel: High\n").data_aggregation_level == "high"
+    assert load_config(None, {"RETINA_DATAAGGREGATIONLEVEL": "LOW"}).data_aggregation_level == "low"
+    message = error_of(tmp_path, "dataAggregationLevel: medium\n")
+    assert message.startswith("dataAggregationLevel: invalid value 'medium' in ")
+    assert message.endswith("; accepted: low, high")
+
+
+@pytest.mark.parametrize(("value", "expected"), [("0", 1), ("1", 1), ("7", 7), ("4294967295", 4294967295)])
+def test_data_sampling_rate(value: str, expected: int) -> None:
+    assert load_config(None, {"RETINA_DATASAMPLINGRATE": value}).data_sampling_rate == expected
+
+
+@pytest.mark.parametrize("bad", ["-1", "4294967296", "1.5", "x"])
+def test_bad_data_sampling_rate(bad: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"RETINA_DATASAMPLINGRATE": bad})
+    message = str(info.value)
+    assert message.startswith(
+        f"dataSamplingRate: invalid value '{bad}' from environment variable RETINA_DATASAMPLINGRATE"
+    )
+    assert message.endswith("accepted: an integer from 1 to 4294967295 (0 means 1)")
+
+
+@pytest.mark.parametrize(("value", "ok"), [(1023, False), (1024, True), (16777216, True), (16777217, False)])
+def test_conntrack_map_size(tmp_path: pathlib.Path, value: int, ok: bool) -> None:
+    text = f"conntrackMapSize: {value}\n"
+    if ok:
+        assert load_text(tmp_path, text).conntrack_map_size == value
+    else:
+        message = error_of(tmp_path, text)
+        assert message.startswith(f"conntrackMapSize: invalid value {value} in ")
+        assert message.endswith(": out of range; accepted: an integer from 1024 to 16777216")
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (mmap.PAGESIZE // 2, "out of range"),
+        (3 * mmap.PAGESIZE, "not a power of two"),
+        (1 << 31, "out of range"),
+        (8388607, "not a power of two"),
+    ],
+)
+def test_bad_ring_buffer_size(tmp_path: pathlib.Path, value: int, reason: str) -> None:
+    message = error_of(tmp_path, f"packetParserRingBufferSize: {value}\n")
+    assert message.startswith(f"packetParserRingBufferSize: invalid value {value} in ")
+    assert f": {reason}; accepted: a power of two from {mmap.PAGESIZE} (the page size) to 1073741824 (1 GiB)" in message
+
+
+@pytest.mark.parametrize("value", [mmap.PAGESIZE, 8388608, 1 << 30])
+def test_ring_buffer_size(tmp_path: pathlib.Path, value: int) -> None:
+    assert load_text(tmp_path, f"packetParserRingBufferSize: {value}\n").ring_buffer_size == value
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("auto", "auto"), ("AUTO", "auto"), ("off", "off"), ("'off'", "off"), ("false", "off"), ("true", "auto"),
+     ("no", "off"), ("'0'", "off")],
+)
+def test_enable_tcx_in_file(tmp_path: pathlib.Path, text: str, expected: str) -> None:
+    assert load_text(tmp_path, f"enableTCX: {text}\n").enable_tcx == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [("off", "off"), ("Auto", "auto"), ("true", "auto"), ("0", "off")])
+def test_enable_tcx_from_env(text: str, expected: str) -> None:
+    assert load_config(None, {"RETINA_ENABLETCX": text}).enable_tcx == expected
+
+
+def test_bad_enable_tcx(tmp_path: pathlib.Path) -> None:
+    message = error_of(tmp_path, "enableTCX: force\n")
+    assert message.startswith("enableTCX: invalid value 'force' in ")
+    assert message.endswith("; accepted: auto, off (true means auto, false means off)")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("debug", "debug"), ("INFO", "info"), ("warning", "warning"), ("warn", "warning"), ("Error", "error")],
+)
+def test_log_level(text: str, expected: str) -> None:
+    assert load_config(None, {"RETINA_LOGLEVEL": text}).log_level == expected
+
+
+def test_bad_log_level(tmp_path: pathlib.Path) -> None:
+    message = error_of(tmp_path, "logLevel: trace\n")
+    assert message.startswith("logLevel: invalid value 'trace' in ")
+    assert message.endswith("; accepted: debug, info, warning (or warn), error")
+
+
+def test_node_name_and_pin_path(tmp_path: pathlib.Path) -> None:
+    assert load_text(tmp_path, "nodeName: 12345\n").node_name == "12345"
+    assert "nodeName: invalid value '' " in error_of(tmp_path, "nodeName: ''\n")
+    message = error_of(tmp_path, "bpfPinPath: sys/fs/bpf\n")
+    assert message.startswith("bpfPinPath: invalid value 'sys/fs/bpf' in ")
+    assert message.endswith(": not an absolute path; accepted: an absolute path")
+
+
+# ------------------------------------------------------------------------------------------- output ring capacity
+
+
+@pytest.mark.parametrize("value", [1, 3, 7, 1023, 4095, 65535, 1048575])
+def test_output_ring_capacity(tmp_path: pathlib.Path, value: int) -> None:
+    assert load_text(tmp_path, f"outputRingCapacity: {value}\n").output_ring_capacity == value
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [(0, "out of range"), (2, "not one less than a power of two"), (1000, "not one less than a power of two"),
+     (4096, "not one less than a power of two"), (2097151, "out of range"), (-1, "out of range")],
+)
+def test_bad_output_ring_capacity(tmp_path: pathlib.Path, value: int, reason: str) -> None:
+    message = error_of(tmp_path, f"outputRingCapacity: {value}\n")
+    assert message.startswith(f"outputRingCapacity: invalid value {value} in ")
+    assert message.endswith(
+        f": {reason}; accepted: one less than a power of two, 2^n - 1 with 1 <= n <= 20"
+        " (1, 3, 7, ... 4095, ... 1048575)"
+    )
+
+
+# ------------------------------------------------------------------------------------------------------ durations
+
+
+@pytest.mark.parametrize(
+    ("text", "ns"),
+    [
+        ("30s", 30 * S),
+        ("1m", 60 * S),
+        ("500ms", 500_000_000),
+        ("1m30s", 90 * S),
+        ("1h2m3s", 3723 * S),
+        ("1.5s", 1_500_000_000),
+        (".5s", 500_000_000),
+        ("2h", 7200 * S),
+        ("10us", 10_000),
+        ("10µs", 10_000),
+        ("10μs", 10_000),
+        ("7ns", 7),
+        ("1.0000000009s", 1_000_000_000),  # sub-nanosecond part truncated
+        ("0", 0),
+        ("30", 30 * S),
+        ("2.5", 2_500_000_000),
+        (" 45s ", 45 * S),
+        (30, 30 * S),
+        (0.25, 250_000_000),
+    ],
+)
+def test_parse_duration(text: str | int | float, ns: int) -> None:
+    assert parse_duration(text) == ns
+
+
+@pytest.mark.parametrize("bad", ["", "s", "30x", "-1s", "1m 30s", "1e3s", "30S", "1..5s", True, -1, float("nan"), None])
+def test_parse_duration_rejects(bad: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_duration(bad)  # type: ignore[arg-type]
+    assert str(info.value).startswith("invalid duration ")
+
+
+def test_parse_duration_overflow() -> None:
+    assert parse_duration("2562047h") == 2562047 * 3600 * S
+    with pytest.raises(ConfigError, match="longer than the maximum"):
+        parse_duration("2562048h")
+
+
+@pytest.mark.parametrize(
+    ("ns", "text"),
+    [(0, "0s"), (7, "7ns"), (10_000, "10us"), (500_000_000, "500ms"), (30 * S, "30s"), (90 * S, "1m30s"),
+     (3600 * S, "1h"), (3723 * S, "1h2m3s"), (1_500_000_000, "1.5s"), (61 * S + 1, "1m1.000000001s")],
+)
+def test_format_duration_round_trip(ns: int, text: str) -> None:
+    assert format_duration(ns) == text
+    assert parse_duration(text) == ns
+
+
+def test_conntrack_report_interval(tmp_path: pathlib.Path) -> None:
+    assert load_text(tmp_path, "conntrackReportInterval: 1m30s\n").conntrack_report_interval_ns == 90 * S
+    assert load_text(tmp_path, "conntrackReportInterval: 45\n").conntrack_report_interval_ns == 45 * S
+    assert load_text(tmp_path, "conntrackReportInterval: 1s\n").conntrack_report_interval_ns == S
+    assert load_text(tmp_path, "conntrackReportInterval: 1500ms\n").conntrack_report_interval_ns == 1_500_000_000
+    assert load_config(None, {"RETINA_CONNTRACKREPORTINTERVAL": "2m"}).conntrack_report_interval_ns == 120 * S
+
+
+def test_conntrack_report_interval_below_minimum(tmp_path: pathlib.Path) -> None:
+    path = write(tmp_path, "conntrackReportInterval: 500ms\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert str(info.value) == (
+        f"conntrackReportInterval: invalid value '500ms' in {path}: below the minimum of 1s; "
+        "accepted: a duration of at least 1s such as '30s', '1m30s', '1500ms', or a number of seconds"
+    )
+    assert ": below the minimum of 1s;" in error_of(tmp_path, "conntrackReportInterval: 0\n")
+    assert ": not a duration;" in error_of(tmp_path, "conntrackReportInterval: thirty\n")
+
+
+# -------------------------------------------------------------------------------------- unknown and ignored keys
+
+
+def test_unknown_key_suggests_close_match(tmp_path: pathlib.Path) -> None:
+    path = write(tmp_path, "enablePodLvl: true\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert str(info.value) == f"config file {path}: unknown key 'enablePodLvl' (did you mean 'enablePodLevel'?)"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "suggestion"),
+    [
+        ("enablepodlevel: true\n", "enablepodlevel", "enablePodLevel"),  # keys are case-sensitive
+        ("apiServer:\n  prot: 1\n", "apiServer.prot", "apiServer.port"),
+        ("enabledPlugins: [dns]\n", "enabledPlugins", "enabledPlugin"),
+        ("metricInterval: 10\n", "metricInterval", "metricsInterval"),  # close to an ignored Retina key
+        ("ringBufferSize: 4096\n", "ringBufferSize", "packetParserRingBufferSize"),
+    ],
+)
+def test_unknown_key_suggestions(tmp_path: pathlib.Path, text: str, key: str, suggestion: str) -> None:
+    assert error_of(tmp_path, text).endswith(f": unknown key {key!r} (did you mean {suggestion!r}?)")
+
+
+def test_unknown_key_without_match_lists_known_keys(tmp_path: pathlib.Path) -> None:
+    message = error_of(tmp_path, "zzz: 1\n")
+    assert message.endswith(
+        ": unknown key 'zzz'; known keys: apiServer, enabledPlugin, enablePodLevel, dataAggregationLevel, "
+        "dataSamplingRate, conntrackReportInterval, conntrackMapSize, packetParserRingBufferSize, enableTCX, "
+        "hostInterfaces, nodeName, logLevel, outputRingCapacity, bpfPinPath"
+    )
+    assert error_of(tmp_path, "apiServer: {zzz: 1}\n").endswith(
+        ": unknown key 'apiServer.zzz'; known keys: apiServer.host, apiServer.port"
+    )
+
+
+def test_non_string_key(tmp_path: pathlib.Path) -> None:
+    # YAML 1.1 reads an unquoted `on` key as the boolean true.
+    assert error_of(tmp_path, "on: 1\n").endswith(": key true under the top level is not a string")
+    assert error_of(tmp_path, "apiServer: {1: 2}\n").endswith(": key 1 under apiServer is not a string")
+
+
+def test_ignored_retina_keys_warn(tmp_path: pathlib.Path) -> None:
+    path = write(
+        tmp_path,
+        "metricsIntervalDuration: 10s\nenableTelemetry: false\n"
+        "metricsConfiguration:\n  a: [1, 2]\nenablePodLevel: true\n",
+    )
+    cfg = load_config(path, {})
+    assert cfg.enable_pod_level is True
+    assert cfg.warnings == tuple(
+        f"config key {k!r} in {path} is a Retina setting that retina-exporter does not use; ignored"
+        for k in ("metricsIntervalDuration", "enableTelemetry", "metricsConfiguration")
+    )
+
+
+def test_every_ignored_key_is_accepted(tmp_path: pathlib.Path) -> None:
+    cfg = load_text(tmp_path, "".join(f"{k}: 1\n" for k in RETINA_IGNORED_KEYS))
+    assert len(cfg.warnings) == len(RETINA_IGNORED_KEYS) == 12
+    assert cfg.to_dict() == Config(node_name=cfg.node_name).to_dict()
+
+
+def test_ignored_key_from_env_warns() -> None:
+    cfg = load_config(None, {"RETINA_ENABLECONNTRACKMETRICS": "true"})
+    assert cfg.warnings == (
+        "environment variable RETINA_ENABLECONNTRACKMETRICS sets Retina key 'enableConntrackMetrics', "
+        "which retina-exporter does not use; ignored",
+    )
+
+
+def test_stock_retina_helm_config_loads(tmp_path: pathlib.Path) -> None:
+    # What Retina's chart renders into config.yaml with its default values.
+    text = """apiServer:
+  host: 0.0.0.0
+  port: 10093
+logLevel: debug
+enabledPlugin: ["dropreason","packetforward","linuxutil","dns"]
+metricsInterval: 
+metricsIntervalDuration: 10s
+enableTelemetry: false
+enablePodLevel: true
+enableConntrackMetrics: false
+remoteContext: false
+enableAnnotations: true
+bypassLookupIPOfInterest: false
+dataAggregationLevel: low
+telemetryInterval: 15m
+dataSamplingRate: 1
+"""
+    cfg = load_text(tmp_path, text)
+    assert cfg.enabled_plugins == ("dropreason", "packetforward", "linuxutil", "dns")
+    assert cfg.enable_pod_level is True
+    assert cfg.log_level == "debug"
+    assert len(cfg.warnings) == 8
+
+
+# ------------------------------------------------------------------------------------------------ file problems
+
+
+def test_missing_file(tmp_path: pathlib.Path) -> None:
+    path = str(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert str(info.value) == f"config file {path}: cannot read: No such file or directory"
+
+
+def test_directory_instead_of_file(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(str(tmp_path), {})
+    assert str(info.value) == f"config file {tmp_path}: cannot read: Is a directory"
+
+
+def test_not_utf8(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_bytes(b"nodeName: \xff\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), {})
+    assert str(info.value) == f"config file {path}: not UTF-8 text (byte offset 10)"
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path: pathlib.Path) -> None:
+    path = write(tmp_path, "enablePodLevel: true\napiServer:\n  port: 1\n   host: x\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"config file {path}: invalid YAML at line 4, column 8: ")
+    assert "mapping values are not allowed here" in message
+
+
+def test_unclosed_flow_list(tmp_path: pathlib.Path) -> None:
+    message = error_of(tmp_path, "enabledPlugin: [dns\nlogLevel: info\n")
+    assert re.search(r": invalid YAML at line \d+, column \d+: ", message)
+
+
+def test_duplicate_key_is_an_error(tmp_path: pathlib.Path) -> None:
+    path = write(tmp_path, "logLevel: info\nnodeName: a\nlogLevel: debug\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert str(info.value) == f"config file {path}: invalid YAML at line 3, column 1: duplicate key 'logLevel'"
+
+
+def test_top_level_must_be_a_mapping(tmp_path: pathlib.Path) -> None:
+    assert error_of(tmp_path, "- a\n- b\n").endswith(
+        ": expected a mapping of keys to values at the top level, got ['a', 'b']"
+    )
+
+
+def test_config_error_is_value_error() -> None:
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_long_values_are_truncated_in_messages(tmp_path: pathlib.Path) -> None:
+    message = error_of(tmp_path, f"logLevel: {'x' * 500}\n")
+    assert "..." in message
+    assert len(message) < 300
+
+
+# -------------------------------------------------------------------------------------------------- to_dict
+
+
+def test_to_dict_defaults() -> None:
+    assert Config(node_name="n").to_dict() == {
+        "apiServer": {"host": "0.0.0.0", "port": 10093},
+        "enabledPlugin": ["packetparser"],
+        "enablePodLevel": False,
+        "dataAggregationLevel": "low",
+        "dataSamplingRate": 1,
+        "conntrackReportInterval": "30s",
+        "conntrackMapSize": 262144,
+        "packetParserRingBufferSize": 8388608,
+        "enableTCX": "auto",
+        "hostInterfaces": [],
+        "nodeName": "n",
+        "logLevel": "info",
+        "outputRingCapacity": 4095,
+        "bpfPinPath": "/sys/fs/bpf/retina",
+    }
+
+
+def test_to_dict_round_trips(tmp_path: pathlib.Path) -> None:
+    cfg = load_text(tmp_path, FULL)
+    assert cfg.to_dict()["conntrackReportInterval"] == "1m30s"
+    assert cfg.to_dict()["enableTCX"] == "off"
+    assert load_text(tmp_path, yaml.safe_dump(cfg.to_dict())) == cfg
+
+
+# ------------------------------------------------------------------------------------------------------ docs
+
+
+def _all_keys() -> list[str]:
+    out: list[str] = []
+    for name, value in Config(node_name="n").to_dict().items():
+        out.extend(f"{name}.{leaf}" for leaf in value) if isinstance(value, dict) else out.append(name)
+    return out
+
+
+def test_docs_list_every_key_env_var_and_ignored_key() -> None:
+    docs = DOCS.read_text(encoding="utf-8")
+    rows = [line for line in docs.splitlines() if line.startswith("| `")]
+    for key in _all_keys():
+        row = next((r for r in rows if re.match(rf"\| `{re.escape(key)}`( \*\(ours\)\*)? \|", r)), None)
+        assert row is not None, key
+        assert f"`{env_var_name(key)}`" in row, key
+        default_cell = row.split(" | ")[2]
+        if key != "nodeName":  # documented as the host name
+            value = Config().to_dict()
+            for part in key.split("."):
+                value = value[part]
+            assert yaml.safe_load(default_cell.strip("`")) == value, key
+    for key in RETINA_IGNORED_KEYS:
+        assert f"`{key}`" in docs, key
+    for plugin in KNOWN_PLUGINS:
+        assert f"`{plugin}`" in docs, plugin
+
+
+def test_yaml_merge_key_may_be_overridden(tmp_path: pathlib.Path) -> None:
+    cfg = load_text(tmp_path, "apiServer:\n  <<: {host: h1, port: 1}\n  port: 2\n")
+    assert (cfg.api_server_host, cfg.api_server_port) == ("h1", 2)
