@@ -106,7 +106,11 @@ class Agent:
                 "securityContext"
             )
         ensure_bpffs()
-        self.manager.start()
+        try:
+            self.manager.start()
+        except StartupError:
+            self.http.stop()
+            raise
         self.http.start()
         log.info("retina-exporter %s listening on %s:%d", __version__, self.cfg.api_server_host, self.http.port)
 

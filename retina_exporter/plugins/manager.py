@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from retina_exporter.errors import StartupError
 from retina_exporter.plugins.base import Plugin, PluginContext
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,16 @@ class PluginManager:
             try:
                 plugin.init(self.ctx)
                 plugin.start()
+            except StartupError:
+                # Something the user must fix (config key, interface, capability, headers): not a plugin
+                # failure to ride out. Release what was started and let the agent exit with status 2.
+                for p in [plugin] + list(reversed(self.started)):
+                    try:
+                        p.stop()
+                    except Exception:
+                        log.exception("plugin %s failed to stop", p.name)
+                self.started.clear()
+                raise
             except Exception as exc:  # isolate: the others keep running
                 self._fail(plugin, "start", exc)
                 try:

@@ -74,7 +74,10 @@ class AgentHTTPServer:
         self._thread.start()
 
     def stop(self) -> None:
-        self.server.shutdown()
+        if self._thread is not None:  # shutdown() waits for serve_forever, so only after start()
+            self.server.shutdown()
+            self._thread.join(5)
+            self._thread = None
         self.server.server_close()
 
 

@@ -1,0 +1,449 @@
+"""Conversion of a :class:`~retina_exporter.flow.record.FlowRecord` into a Hubble ``flow.Flow`` protobuf.
+
+This runs at the edges only (gRPC ``GetFlows``, ``/debug/flows``), never per kernel event; it costs about
+3-4 µs for a UDP/ICMP record, 8 µs for an aggregated TCP record, 14 µs with two enriched endpoints
+(``bench/bench_convert.py``).
+
+What is filled, and how it maps to Hubble/Cilium:
+
+* ``time`` from ``time_ns``; ``verdict``; ``Type = L3_L4``; ``node_name``.
+* ``IP``: text addresses (``socket.inet_ntop``) and ``ipVersion`` (IPv4 = 1, IPv6 = 2).
+* ``l4``: TCP (ports and all nine ``TCPFlags`` including ECE/CWR/NS), UDP (ports), ICMPv4/ICMPv6 (type, code).
+* ``event_type``: ``{type: 4 (trace), sub_type: 5 from-endpoint | 0 to-endpoint | 10 from-network |
+  11 to-network}``; for a DROPPED verdict ``{type: 1 (drop), sub_type: drop reason code}``, and
+  ``drop_reason``/``drop_reason_desc`` carry the same code.
+* ``trace_observation_point`` (FROM_ENDPOINT = 5, TO_ENDPOINT = 101, FROM_NETWORK = 10, TO_NETWORK = 11),
+  ``traffic_direction`` (INGRESS/EGRESS/TRAFFIC_DIRECTION_UNKNOWN), ``is_reply`` (a BoolValue, left unset when
+  the record does not know) and the deprecated ``reply`` bool, ``interface`` (index, name; unset for index 0).
+* ``Summary`` as Cilium's ``threefour`` parser writes it: ``"TCP Flags: SYN, ACK"`` (flags in Cilium's order
+  SYN, ACK, RST, FIN, PSH, URG, ECE, CWR, NS), ``"UDP"``, ``"ICMPv4 EchoRequest"``, ``"ICMPv6 EchoReply"``,
+  ``"ICMPv4 DestinationUnreachable(Port)"`` (gopacket's ICMP type/code names), else ``"IPv4"``/``"IPv6"``.
+* ``source``/``destination`` from enricher objects when present (see :func:`fill_endpoint`), else unset.
+
+**Packet and byte counts ride in** ``extensions`` **exactly like Retina's**: a ``google.protobuf.Any`` packing a
+``google.protobuf.Struct`` whose keys are Retina's (``pkg/utils`` ``ExtKey*``) plus one of ours:
+
+* ``bytes``: this packet's own length in bytes (``skb->len``; ``packet_bytes``),
+* ``previously_observed_packets``: packets this flow accounts for besides its own packet (``packets - 1``),
+* ``previously_observed_bytes``: bytes of those packets (``bytes - packet_bytes``),
+* ``previously_observed_tcp_flags`` (TCP only): a Struct ``{"SYN": n, "ACK": n, "FIN": n, "RST": n, "PSH": n,
+  "URG": n, "ECE": n, "CWR": n, "NS": n}`` counting packets per flag over those previously observed packets
+  (the record's ``flag_counts`` minus this packet's own flags), plus ``"SYNACK": n`` (packets with SYN and ACK
+  together) when n > 0,
+* ``report_reason`` (ours): why the flow was reported (a name from ``REPORT_REASONS``, e.g. ``"interval"``).
+
+As in Retina, numeric keys whose value is 0 are omitted and the TCP-flag Struct is present only when some count
+is non-zero; readers treat a missing key as 0. Totals are therefore ``1 + previously_observed_packets`` packets
+and ``bytes + previously_observed_bytes`` bytes per flow.
+
+:func:`to_json_dict` renders a Flow as protojson with the ``.proto`` field names (``IP``, ``l4``, ``Summary``,
+``is_reply``, ...) for ``/debug/flows``.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from retina_exporter.flow.record import (
+    DIR_EGRESS,
+    DIR_INGRESS,
+    FLAG_NAMES,
+    IPPROTO_ICMP,
+    IPPROTO_ICMPV6,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    OBS_FROM_ENDPOINT,
+    OBS_FROM_NETWORK,
+    OBS_TO_ENDPOINT,
+    OBS_TO_NETWORK,
+    REPORT_REASONS,
+    TCP_ACK,
+    TCP_CWR,
+    TCP_ECE,
+    TCP_FIN,
+    TCP_NS,
+    TCP_PSH,
+    TCP_RST,
+    TCP_SYN,
+    TCP_URG,
+    VERDICT_DROPPED,
+    FlowRecord,
+)
+from retina_exporter.protos import flow_pb2
+
+__all__ = [
+    "EXT_KEY_BYTES",
+    "EXT_KEY_PREV_BYTES",
+    "EXT_KEY_PREV_PACKETS",
+    "EXT_KEY_PREV_TCP_FLAGS",
+    "EXT_KEY_REPORT_REASON",
+    "extensions_struct",
+    "fill_endpoint",
+    "icmp_type_code_name",
+    "tcp_flags_summary",
+    "to_json_dict",
+    "to_proto",
+]
+
+# Extension keys (Retina's pkg/utils ExtKey* names, plus report_reason).
+EXT_KEY_BYTES = "bytes"
+EXT_KEY_PREV_PACKETS = "previously_observed_packets"
+EXT_KEY_PREV_BYTES = "previously_observed_bytes"
+EXT_KEY_PREV_TCP_FLAGS = "previously_observed_tcp_flags"
+EXT_KEY_REPORT_REASON = "report_reason"
+
+# Cilium monitor message types and trace sub-types (pkg/monitor/api), used in CiliumEventType.
+MSG_TYPE_DROP = 1
+MSG_TYPE_TRACE = 4
+_TRACE_SUBTYPE = {
+    OBS_FROM_ENDPOINT: 5,  # from-endpoint
+    OBS_TO_ENDPOINT: 0,  # to-endpoint
+    OBS_FROM_NETWORK: 10,  # from-network
+    OBS_TO_NETWORK: 11,  # to-network
+}
+_OBS_POINT = {
+    OBS_FROM_ENDPOINT: flow_pb2.FROM_ENDPOINT,
+    OBS_TO_ENDPOINT: flow_pb2.TO_ENDPOINT,
+    OBS_FROM_NETWORK: flow_pb2.FROM_NETWORK,
+    OBS_TO_NETWORK: flow_pb2.TO_NETWORK,
+}
+_DIRECTION = {DIR_INGRESS: flow_pb2.INGRESS, DIR_EGRESS: flow_pb2.EGRESS}
+
+# Cilium's threefour getTCPFlags order.
+_SUMMARY_FLAG_ORDER = (
+    (TCP_SYN, "SYN"),
+    (TCP_ACK, "ACK"),
+    (TCP_RST, "RST"),
+    (TCP_FIN, "FIN"),
+    (TCP_PSH, "PSH"),
+    (TCP_URG, "URG"),
+    (TCP_ECE, "ECE"),
+    (TCP_CWR, "CWR"),
+    (TCP_NS, "NS"),
+)
+# FLAG_NAMES index -> flag bit (the SYNACK entry is handled separately).
+_FLAG_BITS = {
+    "FIN": TCP_FIN,
+    "SYN": TCP_SYN,
+    "RST": TCP_RST,
+    "PSH": TCP_PSH,
+    "ACK": TCP_ACK,
+    "URG": TCP_URG,
+    "ECE": TCP_ECE,
+    "CWR": TCP_CWR,
+    "NS": TCP_NS,
+}
+_SYNACK_INDEX = FLAG_NAMES.index("SYNACK")
+_SYN_ACK = TCP_SYN | TCP_ACK
+_SINGLE_FLAG_INDEXES = tuple((i, name, _FLAG_BITS[name]) for i, name in enumerate(FLAG_NAMES) if name in _FLAG_BITS)
+
+# gopacket's ICMP type (and code) names, which Cilium prints in the Summary.
+_ICMPV4_TYPES: dict[int, tuple[str, dict[int, str] | None]] = {
+    0: ("EchoReply", None),
+    3: (
+        "DestinationUnreachable",
+        {
+            0: "Net",
+            1: "Host",
+            2: "Protocol",
+            3: "Port",
+            4: "FragmentationNeeded",
+            5: "SourceRoutingFailed",
+            6: "NetUnknown",
+            7: "HostUnknown",
+            8: "SourceIsolated",
+            9: "NetAdminProhibited",
+            10: "HostAdminProhibited",
+            11: "NetTOS",
+            12: "HostTOS",
+            13: "CommAdminProhibited",
+            14: "HostPrecedence",
+            15: "PrecedenceCutoff",
+        },
+    ),
+    4: ("SourceQuench", None),
+    5: ("Redirect", {0: "Net", 1: "Host", 2: "TOS+Net", 3: "TOS+Host"}),
+    8: ("EchoRequest", None),
+    9: ("RouterAdvertisement", None),
+    10: ("RouterSolicitation", None),
+    11: ("TimeExceeded", {0: "TTLExceeded", 1: "FragmentReassemblyTimeExceeded"}),
+    12: ("ParameterProblem", {0: "PointerIndicatesError", 1: "MissingOption", 2: "BadLength"}),
+    13: ("TimestampRequest", None),
+    14: ("TimestampReply", None),
+    15: ("InfoRequest", None),
+    16: ("InfoReply", None),
+    17: ("AddressMaskRequest", None),
+    18: ("AddressMaskReply", None),
+}
+_ICMPV6_TYPES: dict[int, tuple[str, dict[int, str] | None]] = {
+    1: (
+        "DestinationUnreachable",
+        {
+            0: "NoRouteToDst",
+            1: "AdminProhibited",
+            2: "BeyondScopeOfSrc",
+            3: "AddressUnreachable",
+            4: "PortUnreachable",
+            5: "SrcAddressFailedPolicy",
+            6: "RejectRouteToDst",
+        },
+    ),
+    2: ("PacketTooBig", None),
+    3: ("TimeExceeded", {0: "HopLimitExceeded", 1: "FragmentReassemblyTimeExceeded"}),
+    4: ("ParameterProblem", {0: "ErroneousHeaderField", 1: "UnrecognizedNextHeader", 2: "UnrecognizedIPv6Option"}),
+    128: ("EchoRequest", None),
+    129: ("EchoReply", None),
+    133: ("RouterSolicitation", None),
+    134: ("RouterAdvertisement", None),
+    135: ("NeighborSolicitation", None),
+    136: ("NeighborAdvertisement", None),
+    137: ("Redirect", None),
+}
+
+
+def icmp_type_code_name(icmp_type: int, icmp_code: int, v6: bool = False) -> str:
+    """gopacket's ``ICMPv{4,6}TypeCode.String()``: ``"EchoRequest"``, ``"DestinationUnreachable(Port)"``,
+    ``"EchoRequest(Code: 3)"`` for an unexpected code, ``"42(1)"`` for an unknown type."""
+    info = (_ICMPV6_TYPES if v6 else _ICMPV4_TYPES).get(icmp_type)
+    if info is None:
+        return f"{icmp_type}({icmp_code})"
+    type_name, codes = info
+    if codes is None:
+        return type_name if icmp_code == 0 else f"{type_name}(Code: {icmp_code})"
+    code_name = codes.get(icmp_code)
+    return f"{type_name}({code_name})" if code_name is not None else f"{type_name}(Code: {icmp_code})"
+
+
+def _build_flag_summary(mask: int) -> str:
+    return "TCP Flags: " + ", ".join(name for bit, name in _SUMMARY_FLAG_ORDER if mask & bit)
+
+
+_TCP_SUMMARIES = tuple(_build_flag_summary(mask) for mask in range(0x200))
+
+
+def tcp_flags_summary(tcp_flags: int) -> str:
+    """Cilium's TCP Summary for a flag bit set, e.g. ``0x12`` -> ``"TCP Flags: SYN, ACK"``."""
+    return _TCP_SUMMARIES[tcp_flags & 0x1FF]
+
+
+# Flag bit set -> names of the TCPFlags fields to set.
+_TCP_FLAG_FIELDS = tuple(tuple(name for name, bit in _FLAG_BITS.items() if mask & bit) for mask in range(0x200))
+
+
+def fill_endpoint(ep: Any, info: Any) -> None:
+    """Fill a ``flow.Endpoint`` message from an enricher object (duck-typed).
+
+    ``info`` may carry any of: ``namespace`` (str), ``pod_name`` (str), ``labels`` (iterable of ``"k=v"``;
+    a label without a ``source:`` prefix on its key gets Cilium's ``"k8s:"`` prefix, as Hubble shows pod
+    labels), ``workloads`` (iterable of ``(kind, name)``), ``identity`` (int), ``cluster_name`` (str) and
+    ``endpoint_id`` (int, Endpoint.ID). Missing or empty attributes leave the field unset.
+    """
+    identity = getattr(info, "identity", 0)
+    if identity:
+        ep.identity = identity
+    endpoint_id = getattr(info, "endpoint_id", 0)
+    if endpoint_id:
+        ep.ID = endpoint_id
+    namespace = getattr(info, "namespace", "")
+    if namespace:
+        ep.namespace = namespace
+    pod_name = getattr(info, "pod_name", "")
+    if pod_name:
+        ep.pod_name = pod_name
+    cluster_name = getattr(info, "cluster_name", "")
+    if cluster_name:
+        ep.cluster_name = cluster_name
+    labels = getattr(info, "labels", None)
+    if labels:
+        ep.labels.extend(lbl if ":" in lbl.partition("=")[0] else "k8s:" + lbl for lbl in labels)
+    workloads = getattr(info, "workloads", None)
+    if workloads:
+        for kind, name in workloads:
+            ep.workloads.add(name=name, kind=kind)
+
+
+# --- extensions: a google.protobuf.Struct, encoded by hand -------------------------------------------------------
+# Building a Struct through the protobuf API costs ~7 µs for a TCP flow (one map entry at a time); the wire form is
+# trivial, so it is written directly (~1.5 µs). Struct = {map<string, Value> fields = 1}; a map entry =
+# {string key = 1; Value value = 2}; Value = {double number_value = 2; string string_value = 3;
+# Struct struct_value = 5}. tests/test_flow_convert.py checks the bytes against protobuf's own Struct.
+STRUCT_TYPE_URL = "type.googleapis.com/google.protobuf.Struct"
+_pack_double = struct.Struct("<d").pack
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _number_entry_prefix(key: str) -> bytes:
+    """Bytes of a Struct field entry ``key: <number>`` up to the 8 double bytes."""
+    k = key.encode()
+    entry_len = 1 + len(_varint(len(k))) + len(k) + 2 + 9
+    return b"\x0a" + _varint(entry_len) + b"\x0a" + _varint(len(k)) + k + b"\x12\x09\x11"
+
+
+def _entry(key: str, value: bytes) -> bytes:
+    """A Struct field entry ``key: <Value bytes>``."""
+    k = key.encode()
+    body = b"\x0a" + _varint(len(k)) + k + b"\x12" + _varint(len(value)) + value
+    return b"\x0a" + _varint(len(body)) + body
+
+
+_P_BYTES = _number_entry_prefix(EXT_KEY_BYTES)
+_P_PREV_PACKETS = _number_entry_prefix(EXT_KEY_PREV_PACKETS)
+_P_PREV_BYTES = _number_entry_prefix(EXT_KEY_PREV_BYTES)
+_P_FLAGS = tuple(_number_entry_prefix(name) for _i, name, _bit in _SINGLE_FLAG_INDEXES)
+_P_SYNACK = _number_entry_prefix("SYNACK")
+_REPORT_REASON_ENTRIES = tuple(
+    _entry(EXT_KEY_REPORT_REASON, b"\x1a" + _varint(len(r.encode())) + r.encode()) for r in REPORT_REASONS
+)
+
+
+def _extensions_bytes(rec: FlowRecord, is_tcp: bool) -> bytes:
+    """Serialized ``google.protobuf.Struct`` with the Retina-style extension keys (see the module docstring)."""
+    parts: list[bytes] = []
+    if rec.packet_bytes:
+        parts.append(_P_BYTES + _pack_double(rec.packet_bytes))
+    prev_packets = rec.packets - 1 if rec.packets > 0 else 0
+    if prev_packets:
+        parts.append(_P_PREV_PACKETS + _pack_double(prev_packets))
+    prev_bytes = rec.bytes - rec.packet_bytes
+    if prev_bytes > 0:
+        parts.append(_P_PREV_BYTES + _pack_double(prev_bytes))
+    counts = rec.flag_counts
+    if is_tcp and counts is not None:
+        # A sweep record (packet_bytes == 0) has no packet of its own: nothing to subtract.
+        own = rec.tcp_flags if rec.packet_bytes else 0
+        flag_parts = []
+        any_set = False
+        for j, (i, _name, bit) in enumerate(_SINGLE_FLAG_INDEXES):
+            n = counts[i] - (1 if own & bit else 0)
+            if n > 0:
+                any_set = True
+            else:
+                n = 0
+            flag_parts.append(_P_FLAGS[j] + _pack_double(n))
+        if len(counts) > _SYNACK_INDEX:
+            synack = counts[_SYNACK_INDEX] - (1 if own & _SYN_ACK == _SYN_ACK else 0)
+            if synack > 0:
+                any_set = True
+                flag_parts.append(_P_SYNACK + _pack_double(synack))
+        if any_set:
+            inner = b"".join(flag_parts)
+            parts.append(_entry(EXT_KEY_PREV_TCP_FLAGS, b"\x2a" + _varint(len(inner)) + inner))
+    reason = rec.report_reason
+    if 0 <= reason < len(_REPORT_REASON_ENTRIES):
+        parts.append(_REPORT_REASON_ENTRIES[reason])
+    else:
+        r = str(reason).encode()
+        parts.append(_entry(EXT_KEY_REPORT_REASON, b"\x1a" + _varint(len(r)) + r))
+    return b"".join(parts)
+
+
+def extensions_struct(rec: FlowRecord) -> struct_pb2.Struct:
+    """The extensions of :func:`to_proto` as a ``google.protobuf.Struct`` (for tests and debugging)."""
+    return struct_pb2.Struct.FromString(_extensions_bytes(rec, rec.proto == IPPROTO_TCP))
+
+
+def to_proto(rec: FlowRecord) -> Any:
+    """Convert one record into a ``flow_pb2.Flow`` (see the module docstring for the mapping)."""
+    f = flow_pb2.Flow()
+    t = rec.time_ns
+    f.time.seconds = t // 1_000_000_000
+    f.time.nanos = t % 1_000_000_000
+    f.verdict = rec.verdict
+    f.Type = flow_pb2.L3_L4
+    if rec.node_name:
+        f.node_name = rec.node_name
+
+    v6 = rec.ip_version == 6 or len(rec.src_ip) == 16
+    family = socket.AF_INET6 if v6 else socket.AF_INET
+    ip = f.IP
+    ip.source = socket.inet_ntop(family, rec.src_ip)
+    ip.destination = socket.inet_ntop(family, rec.dst_ip)
+    ip.ipVersion = flow_pb2.IPv6 if v6 else flow_pb2.IPv4
+
+    proto = rec.proto
+    is_tcp = proto == IPPROTO_TCP
+    if is_tcp:
+        tcp = f.l4.TCP
+        tcp.source_port = rec.src_port
+        tcp.destination_port = rec.dst_port
+        mask = rec.tcp_flags & 0x1FF
+        flags = tcp.flags
+        flags.SetInParent()  # Cilium always sets TCPFlags on TCP, even with no flag set
+        for name in _TCP_FLAG_FIELDS[mask]:
+            setattr(flags, name, True)
+        f.Summary = _TCP_SUMMARIES[mask]
+    elif proto == IPPROTO_UDP:
+        udp = f.l4.UDP
+        udp.source_port = rec.src_port
+        udp.destination_port = rec.dst_port
+        f.Summary = "UDP"
+    elif proto == IPPROTO_ICMP:
+        icmp = f.l4.ICMPv4
+        icmp.type = rec.icmp_type
+        icmp.code = rec.icmp_code
+        icmp.SetInParent()
+        f.Summary = "ICMPv4 " + icmp_type_code_name(rec.icmp_type, rec.icmp_code, v6=False)
+    elif proto == IPPROTO_ICMPV6:
+        icmp = f.l4.ICMPv6
+        icmp.type = rec.icmp_type
+        icmp.code = rec.icmp_code
+        icmp.SetInParent()
+        f.Summary = "ICMPv6 " + icmp_type_code_name(rec.icmp_type, rec.icmp_code, v6=True)
+    else:
+        f.Summary = "IPv6" if v6 else "IPv4"
+
+    obs = rec.obs_point
+    if rec.verdict == VERDICT_DROPPED:
+        f.event_type.type = MSG_TYPE_DROP
+        f.event_type.sub_type = rec.drop_reason
+        f.drop_reason = rec.drop_reason
+        f.drop_reason_desc = rec.drop_reason
+    else:
+        f.event_type.type = MSG_TYPE_TRACE
+        f.event_type.sub_type = _TRACE_SUBTYPE.get(obs, 0)
+    point = _OBS_POINT.get(obs)
+    if point is not None:
+        f.trace_observation_point = point
+    f.traffic_direction = _DIRECTION.get(rec.direction, flow_pb2.TRAFFIC_DIRECTION_UNKNOWN)
+
+    if rec.is_reply is not None:
+        f.is_reply.value = bool(rec.is_reply)
+        f.is_reply.SetInParent()
+        if rec.is_reply:
+            f.reply = True
+
+    if rec.ifindex:
+        f.interface.index = rec.ifindex
+        if rec.ifname:
+            f.interface.name = rec.ifname
+
+    if rec.source is not None:
+        fill_endpoint(f.source, rec.source)
+        f.source.SetInParent()
+    if rec.destination is not None:
+        fill_endpoint(f.destination, rec.destination)
+        f.destination.SetInParent()
+
+    ext = f.extensions
+    ext.type_url = STRUCT_TYPE_URL
+    ext.value = _extensions_bytes(rec, is_tcp)
+    return f
+
+
+def to_json_dict(flow: Any) -> dict[str, Any]:
+    """Render a ``flow_pb2.Flow`` as a protojson dict with the ``.proto`` field names (``IP``, ``l4``,
+    ``Summary``, ``is_reply``...); enums as names, 64-bit integers as strings, ``extensions`` as
+    ``{"@type": ..., "value": {...}}``."""
+    return json_format.MessageToDict(flow, preserving_proto_field_name=True)
