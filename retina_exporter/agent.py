@@ -14,7 +14,7 @@ from retina_exporter.errors import StartupError
 from retina_exporter.plugins.base import Plugin, PluginContext
 from retina_exporter.plugins.manager import PluginManager
 from retina_exporter.ring import Ring
-from retina_exporter.server.http import AgentHTTPServer, json_response, parse_last
+from retina_exporter.server.http import AgentHTTPServer, json_response, parse_last, parse_since
 from retina_exporter.sysfs import ensure_bpffs, missing_capabilities
 from retina_exporter.telemetry import ControlPlane
 
@@ -93,8 +93,10 @@ class Agent:
     def _debug_flows(self, q):
         from retina_exporter.flow.convert import to_json_dict, to_proto
 
-        n = parse_last(q)
-        flows = [to_json_dict(to_proto(rec)) for rec in self.ring.last(n) if hasattr(rec, "time_ns")]
+        n = parse_last(q, self.ring.capacity)
+        since_ns = parse_since(q)
+        flows = [to_json_dict(to_proto(rec)) for rec in self.ring.last(n)
+                 if hasattr(rec, "time_ns") and rec.time_ns >= since_ns]
         return json_response({"flows": flows})
 
     # --- lifecycle ----------------------------------------------------------------------------------------

@@ -63,8 +63,9 @@ class AgentProcess:
     def get(self, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
         return http_get(self.netns, f"http://127.0.0.1:{self.port}{path}", timeout)
 
-    def flows(self, last: int = 10000) -> list[dict]:
-        status, body = self.get(f"/debug/flows?last={last}")
+    def flows(self, last: int = 10000, since: float | None = None) -> list[dict]:
+        query = f"last={last}" + (f"&since={since:.6f}" if since is not None else "")
+        status, body = self.get(f"/debug/flows?{query}")
         assert status == 200, body
         return json.loads(body)["flows"]
 

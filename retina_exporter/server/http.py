@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlparse
 
 log = logging.getLogger(__name__)
 
-MAX_DEBUG_FLOWS = 10000
+DEFAULT_DEBUG_FLOWS = 100
 
 
 class AgentHTTPServer:
@@ -85,12 +85,24 @@ def json_response(obj, status: int = 200) -> tuple[int, str, bytes]:
     return status, "application/json", (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode()
 
 
-def parse_last(query: dict, default: int = 100) -> int:
+def parse_last(query: dict, maximum: int, default: int = DEFAULT_DEBUG_FLOWS) -> int:
+    """``?last=N``: a whole number from 1 to ``maximum`` (the ring's capacity)."""
     raw = query.get("last", [str(default)])[0]
     try:
         n = int(raw)
     except ValueError:
-        raise ValueError(f"last={raw!r}: expected a whole number from 1 to {MAX_DEBUG_FLOWS}") from None
-    if not 1 <= n <= MAX_DEBUG_FLOWS:
-        raise ValueError(f"last={n}: expected a whole number from 1 to {MAX_DEBUG_FLOWS}")
+        n = 0
+    if not 1 <= n <= maximum:
+        raise ValueError(f"last={raw!r}: expected a whole number from 1 to {maximum} (outputRingCapacity)")
     return n
+
+
+def parse_since(query: dict) -> int:
+    """``?since=T``: Unix time in seconds (may have a fraction) -> nanoseconds; 0 when absent."""
+    raw = query.get("since", [""])[0]
+    if not raw:
+        return 0
+    try:
+        return int(float(raw) * 1e9)
+    except ValueError:
+        raise ValueError(f"since={raw!r}: expected Unix time in seconds, e.g. 1767225600.5") from None

@@ -1,0 +1,1 @@
+"""Enrichment: an IP -> identity cache and the enricher that stamps flow records with identities."""
