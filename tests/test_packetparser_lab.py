@@ -162,3 +162,101 @@ def test_exact_accounting_against_interface_counters(lab, level):
             assert n_events < total
     finally:
         agent.close()
+
+
+def attachments(lab, ifname: str) -> list[tuple[str, str, str]]:
+    """Our programs on an interface's hooks as the kernel lists them: (direction, mode, program name).
+
+    (Debian's bpftool 7.1 does not list TCX programs, so this asks the kernel with BPF_PROG_QUERY and netlink.)"""
+    from retina_exporter.tc.attach import TcAttacher
+
+    with TcAttacher(prefix="retina_", netns=lab.node_ns) as att:
+        return sorted((d, a.mode, a.prog_name) for d in ("ingress", "egress")
+                      for a in att.list_attachments(ifname, d) if a.prog_name.startswith("retina_"))
+
+
+def tc_qdiscs(lab, ifname: str) -> str:
+    import subprocess
+
+    return subprocess.run(["ip", "netns", "exec", lab.node_ns, "tc", "qdisc", "show", "dev", ifname],
+                          capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.parametrize("tcx", ["auto", "off"])
+def test_foreign_drop_filter_still_drops_and_we_run_first(lab, tcx):
+    """A foreign TC filter that drops everything from pod 1 keeps dropping with the agent attached, and the
+    agent's program sees (counts) the packets before they are dropped."""
+    import subprocess
+
+    p0, p1 = lab.pods
+    agent = AgentProcess(lab.node_ns, {"enableTCX": tcx, "outputRingCapacity": 16383})
+    node = ["ip", "netns", "exec", lab.node_ns]
+    had_clsact = "clsact" in tc_qdiscs(lab, p1.host_ifname)
+    try:
+        agent.start()
+        if not had_clsact and "clsact" not in tc_qdiscs(lab, p1.host_ifname):
+            subprocess.run(node + ["tc", "qdisc", "add", "dev", p1.host_ifname, "clsact"], check=True)
+        # A classic-BPF filter returning TC_ACT_SHOT (2) in direct-action mode: drop everything.
+        subprocess.run(node + ["tc", "filter", "add", "dev", p1.host_ifname, "ingress", "prio", "10", "protocol",
+                               "all", "bpf", "da", "bytecode", "1,6 0 0 2"], check=True)
+        since = time.time()
+        udp = traffic.udp_burst(lab, p1, p0, count=25, payload_size=20, sport=40100, dport=9100, timeout=2)
+        assert udp.sent == 25 and udp.received == 0  # still dropped
+        key = (p1.ipv4, p0.ipv4, ("UDP", 40100, 9100), "FROM_ENDPOINT")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            _, by_tuple = sums(agent.flows(16383, since=since), since)
+            if by_tuple.get(key, [0])[0] >= 25:
+                break
+            time.sleep(0.2)
+        assert by_tuple[key] == [25, 25 * (20 + 42)]
+        assert by_tuple.get(key[:3] + ("TO_ENDPOINT",)) is None  # never reached pod 0's veth
+    finally:
+        subprocess.run(node + ["tc", "filter", "del", "dev", p1.host_ifname, "ingress", "prio", "10"], check=False)
+        agent.close()
+        if not had_clsact and tcx == "auto":
+            subprocess.run(node + ["tc", "qdisc", "del", "dev", p1.host_ifname, "clsact"], check=False)
+    # Stop left nothing of ours; in clsact mode the qdisc it added is gone too.
+    for pod in lab.pods:
+        assert attachments(lab, pod.host_ifname) == []
+    if tcx == "off" and not had_clsact:
+        assert "clsact" not in tc_qdiscs(lab, p0.host_ifname)
+
+
+@pytest.mark.parametrize("tcx", ["auto", "off"])
+def test_restart_after_sigkill_leaves_one_attachment_per_hook(lab, tcx):
+    import signal
+
+    cfg = {"enableTCX": tcx, "hostInterfaces": [lab.uplink]}
+    first = AgentProcess(lab.node_ns, cfg)
+    second = AgentProcess(lab.node_ns, cfg)
+    ifaces = [p.host_ifname for p in lab.pods] + [lab.uplink]
+    try:
+        first.start()
+        for ifname in ifaces:
+            assert len(attachments(lab, ifname)) == 2, ifname
+        first.stop(signal.SIGKILL)
+        stale = {ifname: len(attachments(lab, ifname)) for ifname in ifaces}
+        # TCX links die with the process's file descriptors; cls_bpf filters outlive it.
+        assert stale == {ifname: (0 if tcx == "auto" else 2) for ifname in ifaces}
+        second.start()
+        mode = "tcx" if tcx == "auto" else "clsact"
+        for ifname in ifaces:
+            got = [(d, m) for d, m, _ in attachments(lab, ifname)]
+            assert got == [("egress", mode), ("ingress", mode)], (ifname, got)
+        # And the restarted agent works: a ping shows up.
+        since = time.time()
+        traffic.ping(lab, lab.pods[0], lab.pods[1].ipv4, count=2)
+        deadline = time.monotonic() + 10
+        n = 0
+        while time.monotonic() < deadline:
+            n = sum(1 for f in second.flows(1000, since=since) if f.get("Summary") == "ICMPv4 EchoRequest")
+            if n >= 4:
+                break
+            time.sleep(0.1)
+        assert n == 4  # two requests, each at pod 0's and pod 1's veth
+    finally:
+        first.close()
+        second.close()
+    for ifname in ifaces:
+        assert attachments(lab, ifname) == []
