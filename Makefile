@@ -14,7 +14,9 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup
-	$(PY) bench/run_all.py
+	$(PY) bench/bench_packetparser.py
+	$(PY) bench/bench_ring.py
+	$(PY) bench/bench_convert.py
 
 clean-lab: setup
 	$(PY) -m retina_exporter.cli lab down --all

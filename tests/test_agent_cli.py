@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.agent_proc import AgentProcess
+from retina_exporter.lab.agent_process import AgentProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -62,7 +62,7 @@ class Harness:
         self.reader.drain()
         self.sink.items.clear()
 
-    def run(self, pkt, hook="endpoint_ingress", repeat=1) -> int:
+    def run(self, pkt, hook="retina_from_ep", repeat=1) -> int:
         res = prog_test_run(self.prog.prog_fd(hook), bytes(pkt), repeat=repeat)
         assert res.retval == TC_ACT_UNSPEC, "a packetparser program must never change the verdict"
         return res.retval
@@ -115,9 +115,9 @@ def test_low_every_packet_tcp_handshake_direction_and_flags(harness):
     syn = eth(IP(src=A4, dst=B4) / TCP(sport=40000, dport=80, flags="S"))
     synack = eth(IP(src=B4, dst=A4) / TCP(sport=80, dport=40000, flags="SA"))
     ack = eth(IP(src=A4, dst=B4) / TCP(sport=40000, dport=80, flags="A"))
-    harness.run(syn, "endpoint_ingress")  # the pod sent it: FROM_ENDPOINT, egress
-    harness.run(synack, "endpoint_egress")
-    harness.run(ack, "endpoint_ingress")
+    harness.run(syn, "retina_from_ep")  # the pod sent it: FROM_ENDPOINT, egress
+    harness.run(synack, "retina_to_ep")
+    harness.run(ack, "retina_from_ep")
     evs = harness.events()
     assert [e.tcp_flags for e in evs] == [R.TCP_SYN, R.TCP_SYN | R.TCP_ACK, R.TCP_ACK]
     assert [e.is_reply for e in evs] == [False, True, False]
@@ -150,17 +150,17 @@ def test_high_aggregation_rides_and_teardown_is_exact(harness):
         return eth(IP(src=src[0], dst=dst[0]) / TCP(sport=src[1], dport=dst[1], flags=flags) / Raw(payload))
 
     pkts = [
-        (tcp(c, s, "S"), "endpoint_ingress"),
-        (tcp(s, c, "SA"), "endpoint_egress"),
-        (tcp(c, s, "A"), "endpoint_ingress"),
+        (tcp(c, s, "S"), "retina_from_ep"),
+        (tcp(s, c, "SA"), "retina_to_ep"),
+        (tcp(c, s, "A"), "retina_from_ep"),
     ]
-    pkts += [(tcp(c, s, "PA", b"x" * 100), "endpoint_ingress") for _ in range(10)]
-    pkts += [(tcp(s, c, "A"), "endpoint_egress") for _ in range(5)]
+    pkts += [(tcp(c, s, "PA", b"x" * 100), "retina_from_ep") for _ in range(10)]
+    pkts += [(tcp(s, c, "A"), "retina_to_ep") for _ in range(5)]
     pkts += [
-        (tcp(c, s, "FA"), "endpoint_ingress"),
-        (tcp(s, c, "A"), "endpoint_egress"),
-        (tcp(s, c, "FA"), "endpoint_egress"),
-        (tcp(c, s, "A"), "endpoint_ingress"),  # the final ACK: the reference agents never report it
+        (tcp(c, s, "FA"), "retina_from_ep"),
+        (tcp(s, c, "A"), "retina_to_ep"),
+        (tcp(s, c, "FA"), "retina_to_ep"),
+        (tcp(c, s, "A"), "retina_from_ep"),  # the final ACK: the reference agents never report it
     ]
     for p, hook in pkts:
         harness.run(p, hook)
@@ -218,7 +218,7 @@ def test_ipv6_and_icmp(harness):
     harness.reset()
     harness.run(eth(IPv6(src=A6, dst=B6) / UDP(sport=7000, dport=53) / Raw(b"q" * 30)))
     harness.run(eth(IP(src=A4, dst=B4) / ICMP(type=8, id=77, seq=1)))
-    harness.run(eth(IP(src=B4, dst=A4) / ICMP(type=0, id=77, seq=1)), "endpoint_egress")
+    harness.run(eth(IP(src=B4, dst=A4) / ICMP(type=0, id=77, seq=1)), "retina_to_ep")
     harness.run(eth(IPv6(src=A6, dst=B6) / ICMPv6EchoRequest(id=5, seq=1)))
     u6, echo, reply, echo6 = harness.events()
     assert u6.ip_version == 6 and u6.src_ip == ip6(A6) and u6.dst_ip == ip6(B6)

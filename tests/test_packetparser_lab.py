@@ -17,7 +17,7 @@ import pytest
 
 from retina_exporter.lab import traffic
 from retina_exporter.lab.topology import Lab
-from tests.agent_proc import AgentProcess
+from retina_exporter.lab.agent_process import AgentProcess
 
 REPORT_INTERVAL_S = 1
 

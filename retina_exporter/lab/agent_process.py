@@ -18,7 +18,7 @@ import yaml
 
 from retina_exporter.lab.topology import in_netns
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def http_get(ns: str, url: str, timeout: float = 10.0) -> tuple[int, bytes]:
