@@ -1,7 +1,7 @@
 /* packetparser.bpf.c — TC programs that parse packets, track connections and report flows.
  *
- * Four classifiers, one per observation point (endpoint_ingress, endpoint_egress, host_ingress, host_egress),
- * each returning TC_ACT_UNSPEC ("no verdict": the packet continues as if we were not there), and ct_sweep, which
+ * Four classifiers, one per observation point (retina_from_ep, retina_to_ep, retina_from_net, retina_to_net),
+ * each returning TC_ACT_UNSPEC ("no verdict": the packet continues as if we were not there), and retina_ct_sweep, which
  * is never attached: user space runs it with BPF_PROG_TEST_RUN to harvest a quiet connection's unreported counts
  * atomically and to delete expired entries.
  *
@@ -502,22 +502,22 @@ static __always_inline int process(struct __sk_buff *skb, __u8 obs_point)
 	return TC_ACT_UNSPEC;
 }
 
-int endpoint_ingress(struct __sk_buff *skb)
+int retina_from_ep(struct __sk_buff *skb)
 {
 	return process(skb, OBS_FROM_ENDPOINT);
 }
 
-int endpoint_egress(struct __sk_buff *skb)
+int retina_to_ep(struct __sk_buff *skb)
 {
 	return process(skb, OBS_TO_ENDPOINT);
 }
 
-int host_ingress(struct __sk_buff *skb)
+int retina_from_net(struct __sk_buff *skb)
 {
 	return process(skb, OBS_FROM_NETWORK);
 }
 
-int host_egress(struct __sk_buff *skb)
+int retina_to_net(struct __sk_buff *skb)
 {
 	return process(skb, OBS_TO_NETWORK);
 }
@@ -525,7 +525,7 @@ int host_egress(struct __sk_buff *skb)
 /* Harvest one entry's unreported counts for both directions (and delete it if expired and asked to).
  * Input: a 14-byte dummy Ethernet header followed by struct sweep_request. Returns the number of events
  * emitted, or SWEEP_RET_*. */
-int ct_sweep(struct __sk_buff *skb)
+int retina_ct_sweep(struct __sk_buff *skb)
 {
 	struct sweep_request req;
 	if (bpf_skb_load_bytes(skb, ETH_HLEN, &req, sizeof(req)) < 0)
