@@ -273,3 +273,47 @@ def test_malformed_and_unusual_packets(harness, pkt, expect):
         (ev,) = evs
         assert (ev.proto, ev.src_port, ev.dst_port) == expect
         assert ev.packets == 1 and ev.bytes == len(pkt) == ev.packet_bytes
+
+
+def test_sampling_thins_reports_not_accounting(harness):
+    """dataSamplingRate: flag-change reports become rare, yet every packet is still accounted for."""
+    harness.reset(aggregation_high=True, sampling_rate=1 << 30, report_interval_ns=3600 * 10**9)
+    c, s = (A4, 42000), (B4, 8443)
+    pkts = [eth(IP(src=c[0], dst=s[0]) / TCP(sport=c[1], dport=s[1], flags="S"))]
+    # Alternate PSH and plain ACK: each direction sees a "new" flag combination early on.
+    for i in range(50):
+        flags = "PA" if i % 2 else "A"
+        pkts.append(eth(IP(src=c[0], dst=s[0]) / TCP(sport=c[1], dport=s[1], flags=flags) / Raw(b"d" * i)))
+    for p in pkts:
+        harness.run(p)
+    ConntrackSweeper(harness.prog, interval_ns=10**9).sweep_once(force=True)
+    evs = harness.events()
+    assert sum(e.packets for e in evs) == len(pkts)
+    assert sum(e.bytes for e in evs) == sum(len(p) for p in pkts)
+    # SYN (forced) and the sweep: the unsampled flag changes did not produce events of their own.
+    assert [e.report_reason for e in evs] == [layout.REPORT_FLAGS, layout.REPORT_SWEEP]
+    assert sum(e.flag_counts[3] for e in evs) == 25  # PSH
+
+
+def test_ring_buffer_overflow_loses_events_not_counts():
+    """With a ring buffer too small for a burst, reservations fail and are counted as lost events, but the
+    packets' counts stay in the conntrack entry and ride on the next event: totals stay exact."""
+    from retina_exporter.plugins.packetparser.loader import PacketParserProgram
+
+    prog = PacketParserProgram(LoadOptions(ct_map_size=1024, ring_buffer_bytes=4096))
+    try:
+        sink = ListSink()
+        reader = RingBufferReader(prog.bpf, "events", EventDecoder("n"), sink, batch_size=1)
+        pkt = eth(IP(src=A4, dst=B4) / UDP(sport=5555, dport=6666) / Raw(b"o" * 20))
+        res = prog_test_run(prog.prog_fd("retina_from_ep"), bytes(pkt), repeat=5000)
+        assert res.retval == TC_ACT_UNSPEC
+        lost = prog.lost_counts()["ringbuf_full"]
+        assert lost > 0  # 4 KiB holds about 30 events
+        reader.drain()
+        assert sum(e.packets for e in sink.items) < 5000
+        prog_test_run(prog.prog_fd("retina_from_ep"), bytes(pkt), repeat=1)
+        reader.drain()
+        assert sum(e.packets for e in sink.items) == 5001
+        assert sum(e.bytes for e in sink.items) == 5001 * len(pkt)
+    finally:
+        prog.close()
