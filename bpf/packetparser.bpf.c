@@ -383,17 +383,17 @@ static __always_inline int process(struct __sk_buff *skb, __u8 obs_point)
 		int as_reply = 0;
 		if (is_tcp) {
 			if ((flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
-				n.eviction_ns = now + CT_SYN_TIMEOUT_NS;
+				n.eviction_ns = now + cfg->syn_timeout_ns;
 			} else if ((flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == (TCP_FLAG_SYN | TCP_FLAG_ACK)) {
 				as_reply = 1;
-				n.eviction_ns = now + CT_SYN_TIMEOUT_NS;
+				n.eviction_ns = now + cfg->syn_timeout_ns;
 			} else {
 				n.direction_unknown = 1;
 				as_reply = (flags & TCP_FLAG_ACK) ? 1 : 0;
-				n.eviction_ns = now + CT_LIFETIME_TCP_NS;
+				n.eviction_ns = now + cfg->tcp_lifetime_ns;
 			}
 		} else {
-			n.eviction_ns = now + CT_LIFETIME_NONTCP_NS;
+			n.eviction_ns = now + cfg->nontcp_lifetime_ns;
 		}
 		__u8 pkt_dir = direction_of(obs_point);
 		n.traffic_direction = as_reply ? (pkt_dir == DIR_EGRESS ? DIR_INGRESS : DIR_EGRESS) : pkt_dir;
@@ -459,7 +459,7 @@ static __always_inline int process(struct __sk_buff *skb, __u8 obs_point)
 		}
 		if (flags & TCP_FLAG_RST) {
 			e->state = CT_STATE_CLOSED;
-			e->eviction_ns = now + CT_TIME_WAIT_NS;
+			e->eviction_ns = now + cfg->time_wait_ns;
 		} else if (e->state != CT_STATE_OPEN) {
 			/* The final ACK after both FINs, and anything after it, is reported: teardown is exact. */
 			if (!force)
@@ -471,10 +471,10 @@ static __always_inline int process(struct __sk_buff *skb, __u8 obs_point)
 			__u16 other = e->flags_seen[dir ? 0 : 1];
 			if (other & TCP_FLAG_FIN) {
 				e->state = CT_STATE_CLOSING;
-				e->eviction_ns = now + CT_TIME_WAIT_NS;
+				e->eviction_ns = now + cfg->time_wait_ns;
 			}
 		} else if (!(flags & TCP_FLAG_SYN)) {
-			e->eviction_ns = now + CT_LIFETIME_TCP_NS;
+			e->eviction_ns = now + cfg->tcp_lifetime_ns;
 		}
 		if ((seen | flags) != seen) {
 			e->flags_seen[dir & 1] = seen | flags;
@@ -484,7 +484,7 @@ static __always_inline int process(struct __sk_buff *skb, __u8 obs_point)
 			}
 		}
 	} else {
-		e->eviction_ns = now + CT_LIFETIME_NONTCP_NS;
+		e->eviction_ns = now + cfg->nontcp_lifetime_ns;
 	}
 
 	if (!cfg->aggregation_high) {

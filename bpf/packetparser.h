@@ -58,7 +58,7 @@
 #define CT_STATE_CLOSING 1 /* FIN seen in both directions */
 #define CT_STATE_CLOSED 2  /* final ACK or RST seen */
 
-/* Lifetimes in nanoseconds (as the reference agents). */
+/* Default lifetimes in nanoseconds (as the reference agents); user space writes them into pp_config. */
 #define CT_LIFETIME_TCP_NS (360ULL * 1000000000ULL)
 #define CT_SYN_TIMEOUT_NS (60ULL * 1000000000ULL)
 #define CT_TIME_WAIT_NS (30ULL * 1000000000ULL)
@@ -149,9 +149,13 @@ struct packet_event {
 
 /* Runtime configuration (array map, index 0), written by user space before attaching. */
 struct pp_config {
-	__u64 report_interval_ns;  /* conntrackReportInterval */
-	__u32 aggregation_high;    /* 0: low (every packet), 1: high (conntrack-gated) */
-	__u32 sampling_threshold;  /* a packet is sampled when bpf_get_prandom_u32() <= this (U32_MAX: all) */
+	__u64 report_interval_ns;  /* 0: conntrackReportInterval */
+	__u32 aggregation_high;    /* 8: 0: low (every packet), 1: high (conntrack-gated) */
+	__u32 sampling_threshold;  /* 12: a packet is sampled when bpf_get_prandom_u32() <= this (U32_MAX: all) */
+	__u64 tcp_lifetime_ns;     /* 16: established TCP entry lifetime after its last packet */
+	__u64 syn_timeout_ns;      /* 24: lifetime of a TCP entry that has only seen the handshake start */
+	__u64 time_wait_ns;        /* 32: lifetime after both FINs or an RST */
+	__u64 nontcp_lifetime_ns;  /* 40: UDP, ICMP and other protocols */
 };
 
 /* Input of the ct_sweep program (run through BPF_PROG_TEST_RUN), after a 14-byte dummy Ethernet header. */

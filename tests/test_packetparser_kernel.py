@@ -90,7 +90,7 @@ def test_layouts_match_the_compiled_c(pp_program_low):
     """The Python mirror has the C compiler's sizes and offsets (bcc builds its ctypes from the C types)."""
     assert ct.sizeof(pp_program_low.conntrack.Key) == ct.sizeof(layout.CtKey) == 44
     assert ct.sizeof(pp_program_low.conntrack.Leaf) == ct.sizeof(layout.CtEntry) == 160
-    assert ct.sizeof(pp_program_low.config_map.Leaf) == ct.sizeof(layout.PpConfig) == 16
+    assert ct.sizeof(pp_program_low.config_map.Leaf) == ct.sizeof(layout.PpConfig) == 48
     assert ct.sizeof(layout.PacketEvent) == layout.EVENT_SIZE == 120
     for ours, theirs in ((layout.CtKey, pp_program_low.conntrack.Key), (layout.CtEntry, pp_program_low.conntrack.Leaf)):
         for name, *_ in ours._fields_:
@@ -317,3 +317,22 @@ def test_ring_buffer_overflow_loses_events_not_counts():
         assert sum(e.bytes for e in sink.items) == 5001 * len(pkt)
     finally:
         prog.close()
+
+
+def test_sweep_deletes_expired_entries_after_harvesting(harness):
+    harness.reset(aggregation_high=True, report_interval_ns=3600 * 10**9, nontcp_lifetime_ns=50_000_000)
+    pkt = eth(IP(src=A4, dst=B4) / UDP(sport=5002, dport=6002) / Raw(b"e" * 10))
+    for _ in range(7):
+        harness.run(pkt)
+    assert len(list(harness.prog.conntrack.items())) == 1
+    sweeper = ConntrackSweeper(harness.prog, interval_ns=3600 * 10**9)  # never "quiet": only expiry applies
+    deadline = time.monotonic() + 5
+    stats = sweeper.sweep_once()
+    while stats.expired == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+        stats = sweeper.sweep_once()
+    assert stats.expired == 1
+    assert len(list(harness.prog.conntrack.items())) == 0
+    evs = harness.events()
+    assert sum(e.packets for e in evs) == 7
+    assert evs[-1].report_reason == layout.REPORT_EXPIRED and evs[-1].packets == 6

@@ -118,6 +118,10 @@ class PpConfig(ct.Structure):
         ("report_interval_ns", ct.c_uint64),
         ("aggregation_high", ct.c_uint32),
         ("sampling_threshold", ct.c_uint32),
+        ("tcp_lifetime_ns", ct.c_uint64),
+        ("syn_timeout_ns", ct.c_uint64),
+        ("time_wait_ns", ct.c_uint64),
+        ("nontcp_lifetime_ns", ct.c_uint64),
     ]
 
 

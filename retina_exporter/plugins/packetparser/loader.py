@@ -42,6 +42,11 @@ class LoadOptions:
     aggregation_high: bool = False
     sampling_rate: int = 1
     report_interval_ns: int = 30 * 1_000_000_000
+    # Conntrack lifetimes (ns), as the reference agents: TCP 360 s, handshake 60 s, TIME_WAIT 30 s, others 60 s.
+    tcp_lifetime_ns: int = 360 * 1_000_000_000
+    syn_timeout_ns: int = 60 * 1_000_000_000
+    time_wait_ns: int = 30 * 1_000_000_000
+    nontcp_lifetime_ns: int = 60 * 1_000_000_000
 
 
 def check_kernel_headers() -> None:
@@ -103,6 +108,10 @@ class PacketParserProgram:
         cfg.report_interval_ns = options.report_interval_ns
         cfg.aggregation_high = 1 if options.aggregation_high else 0
         cfg.sampling_threshold = layout.sampling_threshold(options.sampling_rate)
+        cfg.tcp_lifetime_ns = options.tcp_lifetime_ns
+        cfg.syn_timeout_ns = options.syn_timeout_ns
+        cfg.time_wait_ns = options.time_wait_ns
+        cfg.nontcp_lifetime_ns = options.nontcp_lifetime_ns
         self.config_map[ct.c_int(0)] = cfg
         self.options = options
 
