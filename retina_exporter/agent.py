@@ -8,6 +8,7 @@ import threading
 import time
 
 from metrics_module.exposition import CONTENT_TYPE, render
+from metrics_module.registry import FamilyRegistry
 from retina_exporter import __version__
 from retina_exporter.config import Config
 from retina_exporter.errors import StartupError
@@ -25,11 +26,12 @@ class UnavailablePlugin(Plugin):
     """Stands in for a plugin name the config accepts but this build does not implement yet: it fails to start,
     which the manager isolates and reports."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, error: str = "") -> None:
         self.name = name
+        self.error = error or f"plugin {name!r} is not implemented in retina-exporter {__version__}"
 
     def init(self, ctx: PluginContext) -> None:
-        raise RuntimeError(f"plugin {self.name!r} is not implemented in retina-exporter {__version__}")
+        raise RuntimeError(self.error)
 
     def start(self) -> None:
         pass
@@ -38,15 +40,37 @@ class UnavailablePlugin(Plugin):
         pass
 
 
+# enabledPlugin name -> "module:Class" of its implementation (imported only when enabled).
+PLUGINS = {
+    "packetparser": "retina_exporter.plugins.packetparser.plugin:PacketParserPlugin",
+    "packetforward": "retina_exporter.plugins.packetforward.plugin:PacketForwardPlugin",
+    "linuxutil": "retina_exporter.plugins.linuxutil.plugin:LinuxUtilPlugin",
+    "dropreason": "retina_exporter.plugins.dropreason.plugin:DropReasonPlugin",
+    "dns": "retina_exporter.plugins.dns.plugin:DnsPlugin",
+    "tcpretrans": "retina_exporter.plugins.tcpretrans.plugin:TcpRetransPlugin",
+}
+
+
 def build_plugins(cfg: Config) -> list[Plugin]:
+    import importlib
+
     plugins: list[Plugin] = []
     for name in cfg.enabled_plugins:
-        if name == "packetparser":
-            from retina_exporter.plugins.packetparser.plugin import PacketParserPlugin
-
-            plugins.append(PacketParserPlugin())
-        else:
+        target = PLUGINS.get(name)
+        if target is None:
             plugins.append(UnavailablePlugin(name))
+            continue
+        module_name, cls_name = target.split(":")
+        try:
+            plugin = getattr(importlib.import_module(module_name), cls_name)()
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                plugin = UnavailablePlugin(name)  # this build has no such plugin yet
+            else:
+                plugin = UnavailablePlugin(name, f"plugin {name!r} cannot be loaded: {exc}")
+        except Exception as exc:
+            plugin = UnavailablePlugin(name, f"plugin {name!r} cannot be loaded: {exc}")
+        plugins.append(plugin)
     return plugins
 
 
@@ -57,7 +81,9 @@ class Agent:
         self.telemetry = ControlPlane()
         self.ring = Ring(cfg.output_ring_capacity)
         self.plugins = plugins if plugins is not None else build_plugins(cfg)
-        self.ctx = PluginContext(config=cfg, flow_sink=self.ring, telemetry=self.telemetry)
+        self.metrics = FamilyRegistry()
+        self.metrics.register(self.telemetry.families)
+        self.ctx = PluginContext(config=cfg, flow_sink=self.ring, telemetry=self.telemetry, metrics=self.metrics)
         self.manager = PluginManager(self.plugins, self.ctx)
         self.http = AgentHTTPServer(cfg.api_server_host, cfg.api_server_port)
         self._stopped = threading.Event()
@@ -88,7 +114,7 @@ class Agent:
         return 503, "text/plain", ("\n".join(reasons) + "\n").encode()
 
     def _metrics(self, _q):
-        return 200, CONTENT_TYPE, render(self.telemetry.families()).encode()
+        return 200, CONTENT_TYPE, render(self.metrics.families()).encode()
 
     def _debug_flows(self, q):
         from retina_exporter.flow.convert import to_json_dict, to_proto

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 class PluginContext:
     """What the agent hands every plugin: the effective config, the sink for flow records, telemetry."""
 
-    config: object
-    flow_sink: object  # has write_batch(list[FlowRecord])
-    telemetry: object  # retina_exporter.telemetry.ControlPlane
+    config: object  # retina_exporter.config.Config
+    flow_sink: object  # has write_batch(list[FlowRecord]); the enricher's input when pod level is on
+    telemetry: object  # retina_exporter.telemetry.ControlPlane (control-plane counters)
+    metrics: object = None  # metrics_module.registry.FamilyRegistry: register(callable yielding families)
     extra: dict = field(default_factory=dict)
 
 
