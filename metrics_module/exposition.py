@@ -1,27 +1,44 @@
-"""Prometheus text exposition (format 0.0.4) for our own metric families.
+"""Prometheus text exposition (format 0.0.4) and OpenMetrics 1.0 for our own metric families.
 
 Retina's metric names carry no ``_total`` suffix, and its counters are exposed as ``# TYPE name counter`` with
 samples named ``name``: prometheus_client's renderer would append ``_total``, so families from our collectors are
-rendered here. A family is ``(name, type, help, samples)`` with samples ``(labels_tuple, value)`` where
-``labels_tuple`` is a tuple of ``(label_name, label_value)`` pairs.
+rendered here. A family is ``(name, type, help, samples)`` with samples ``(labels, value)`` where ``labels`` is a
+tuple of ``(label_name, label_value)`` pairs -- or, as a fast path for large families, the already rendered and
+escaped label set as a string (``'{a="1",b="x"}'``, or ``""`` for none).
+
+:func:`render` writes format 0.0.4 (:data:`CONTENT_TYPE`). :func:`render_openmetrics` writes OpenMetrics 1.0.0
+(:data:`OPENMETRICS_CONTENT_TYPE`): there a counter's samples must be named ``<family>_total`` (the family name in
+``# TYPE`` stays without it) and the text ends with ``# EOF``. :func:`negotiate` picks one from an ``Accept``
+header.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Callable, Iterable
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
-Family = tuple[str, str, str, Iterable[tuple[tuple[tuple[str, str], ...], float]]]
+Family = tuple[str, str, str, Iterable[tuple[tuple[tuple[str, str], ...] | str, float]]]
 
 
-def _escape_value(v: str) -> str:
+def escape_label_value(v: str) -> str:
+    """Escape a label value for both formats (backslash, newline, double quote)."""
+    if "\\" not in v and '"' not in v and "\n" not in v:
+        return v
     return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+_escape_value = escape_label_value  # former private name
 
 
 def _escape_help(v: str) -> str:
     return v.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _escape_help_om(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
 def _fmt(value: float) -> str:
@@ -36,15 +53,89 @@ def _fmt(value: float) -> str:
     return repr(value)
 
 
-def render(families: Iterable[Family]) -> str:
-    out: list[str] = []
+def _label_text(labels) -> str:
+    if labels.__class__ is str:
+        return labels
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{escape_label_value(v)}"' for k, v in labels) + "}"
+
+
+def _samples(out: list[str], name: str, samples) -> None:
     append = out.append
+    for labels, value in samples:
+        if labels.__class__ is not str:
+            labels = _label_text(labels)
+        append(f"{name}{labels} {value if value.__class__ is int else _fmt(value)}\n")
+
+
+def render(families: Iterable[Family]) -> str:
+    """Text format 0.0.4."""
+    out: list[str] = []
     for name, mtype, help_text, samples in families:
-        append(f"# HELP {name} {_escape_help(help_text)}\n# TYPE {name} {mtype}\n")
-        for labels, value in samples:
-            if labels:
-                body = ",".join(f'{k}="{_escape_value(v)}"' for k, v in labels)
-                append(f"{name}{{{body}}} {_fmt(value)}\n")
-            else:
-                append(f"{name} {_fmt(value)}\n")
+        out.append(f"# HELP {name} {_escape_help(help_text)}\n# TYPE {name} {mtype}\n")
+        _samples(out, name, samples)
     return "".join(out)
+
+
+def render_openmetrics(families: Iterable[Family]) -> str:
+    """OpenMetrics 1.0.0 text: counters' samples get ``_total``; ends with ``# EOF``."""
+    out: list[str] = []
+    for name, mtype, help_text, samples in families:
+        sample_name = name
+        if mtype == "counter":
+            if name.endswith("_total"):
+                name = name[: -len("_total")]
+            else:
+                sample_name = name + "_total"
+        elif mtype not in ("gauge", "histogram", "summary", "info", "stateset", "gaugehistogram"):
+            mtype = "unknown"
+        out.append(f"# HELP {name} {_escape_help_om(help_text)}\n# TYPE {name} {mtype}\n")
+        _samples(out, sample_name, samples)
+    out.append("# EOF\n")
+    return "".join(out)
+
+
+def _media_params(item: str) -> tuple[str, dict[str, str]]:
+    parts = item.split(";")
+    media = parts[0].strip().lower()
+    params: dict[str, str] = {}
+    for p in parts[1:]:
+        k, sep, v = p.partition("=")
+        if sep:
+            params[k.strip().lower()] = v.strip().strip('"')
+    return media, params
+
+
+def negotiate(accept_header: str | None) -> tuple[str, Callable[[Iterable[Family]], str]]:
+    """``(content_type, renderer)`` for an ``Accept`` header.
+
+    OpenMetrics is chosen when ``application/openmetrics-text`` (version 1.0.0 or no version) has the highest
+    q-value among what we can serve; on equal q-values the earlier entry wins. Otherwise -- including ``text/plain``
+    of any version, ``*/*``, a missing or unparsable header -- text format 0.0.4.
+    """
+    best_q = -1.0
+    best_om = False
+    for item in (accept_header or "").split(","):
+        if not item.strip():
+            continue
+        media, params = _media_params(item)
+        try:
+            q = float(params.get("q", "1"))
+        except ValueError:
+            q = 0.0
+        if q <= 0:
+            continue
+        if media == "application/openmetrics-text":
+            if params.get("version", "1.0.0") != "1.0.0":
+                continue
+            om = True
+        elif media in ("text/plain", "text/*", "*/*"):
+            om = False
+        else:
+            continue
+        if q > best_q:
+            best_q, best_om = q, om
+    if best_om:
+        return OPENMETRICS_CONTENT_TYPE, render_openmetrics
+    return CONTENT_TYPE, render

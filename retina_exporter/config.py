@@ -56,14 +56,11 @@ RETINA_IGNORED_KEYS: tuple[str, ...] = (
     "metricsIntervalDuration",
     "enableTelemetry",
     "telemetryInterval",
-    "remoteContext",
     "enableAnnotations",
     "bypassLookupIPOfInterest",
     "enableConntrackMetrics",
     "packetParserRingBuffer",
     "filterMapMaxEntries",
-    "metricsConfiguration",
-    "enrichment",
 )
 
 _NS_PER_S = 1_000_000_000
@@ -105,6 +102,14 @@ class Config:
     """Slots in the in-process flow ring (2^n - 1)."""
     bpf_pin_path: str = "/sys/fs/bpf/retina"
     """bpffs directory where maps are pinned."""
+    remote_context: bool = False
+    """Advanced metrics with ``source_``/``destination_`` labels (remote context) instead of local context."""
+    enrichment_source: str = "none"
+    """Where identities come from: ``none``, ``inventory``, ``netns`` (``kubernetes``/``operator`` later)."""
+    enrichment_inventory_file: str = ""
+    """Path of the inventory YAML for ``enrichment.source: inventory``."""
+    metrics_configuration: Any = None
+    """The ``metricsConfiguration`` mapping (MetricsConfiguration CRD spec), validated; None when absent."""
     warnings: tuple[str, ...] = ()
     """One message per Retina key that was given but is not used."""
 
@@ -312,6 +317,27 @@ def _abs_path(value: Any) -> str:
     return path
 
 
+def _path_or_empty(value: Any) -> str:
+    if value in ("", None):
+        return ""
+    return _abs_path(value) if str(value).startswith("/") else _text(value)
+
+
+def _metrics_configuration(value: Any) -> Any:
+    """The MetricsConfiguration spec, validated by the metrics module (its messages name the field)."""
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise _Invalid("not valid YAML/JSON") from None
+    if not isinstance(value, dict):
+        raise _Invalid("not a mapping")
+    from metrics_module.config import parse_metrics_configuration
+
+    parse_metrics_configuration(value)  # raises ConfigError naming metricsConfiguration.<field>
+    return value
+
+
 def _str_list(value: Any) -> list[str]:
     """A YAML list of strings, or a comma-separated string (environment, or viper-style in the file)."""
     if isinstance(value, str):
@@ -385,6 +411,13 @@ _KEYS: tuple[_Key, ...] = (
     _Key("outputRingCapacity", "output_ring_capacity", _ring_capacity,
          "one less than a power of two, 2^n - 1 with 1 <= n <= 20 (1, 3, 7, ... 4095, ... 1048575)"),
     _Key("bpfPinPath", "bpf_pin_path", _abs_path, "an absolute path"),
+    _Key("remoteContext", "remote_context", _bool, "true, false (also 1/0, yes/no)"),
+    _Key("enrichment.source", "enrichment_source",
+         _choice("none", "inventory", "netns", "kubernetes", "operator"),
+         "none, inventory, netns, kubernetes, operator"),
+    _Key("enrichment.inventoryFile", "enrichment_inventory_file", _path_or_empty, "a file path"),
+    _Key("metricsConfiguration", "metrics_configuration", _metrics_configuration,
+         "a mapping with the MetricsConfiguration CRD spec (docs/metrics.md)"),
 )
 _BY_NAME: dict[str, _Key] = {key.name: key for key in _KEYS}
 _SECTIONS: dict[str, tuple[str, ...]] = {}  # "apiServer" -> ("host", "port")
@@ -537,4 +570,10 @@ def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Confi
             raise ConfigError(
                 f"{key.name}: invalid value {_show(value)} {source}{reason}; accepted: {key.accepted}"
             ) from None
-    return dataclasses.replace(Config(), **values, warnings=tuple(warnings))
+    cfg = dataclasses.replace(Config(), **values, warnings=tuple(warnings))
+    if cfg.enrichment_source == "inventory" and not cfg.enrichment_inventory_file:
+        raise ConfigError(
+            "enrichment.inventoryFile: required when enrichment.source is 'inventory'; "
+            "accepted: the path of an inventory YAML file"
+        )
+    return cfg

@@ -106,6 +106,16 @@ nodeName: node-7
 logLevel: DEBUG
 outputRingCapacity: 1023
 bpfPinPath: /sys/fs/bpf/test
+remoteContext: true
+enrichment:
+  source: inventory
+  inventoryFile: /etc/retina/inventory.yaml
+metricsConfiguration:
+  contextOptions:
+    - metricName: forward_count
+      sourceLabels: [ip, podname]
+  namespaces:
+    include: [default]
 """
 
 
@@ -127,6 +137,11 @@ def test_every_key_from_file(tmp_path: pathlib.Path) -> None:
         log_level="debug",
         output_ring_capacity=1023,
         bpf_pin_path="/sys/fs/bpf/test",
+        remote_context=True,
+        enrichment_source="inventory",
+        enrichment_inventory_file="/etc/retina/inventory.yaml",
+        metrics_configuration={"contextOptions": [{"metricName": "forward_count", "sourceLabels": ["ip", "podname"]}],
+                               "namespaces": {"include": ["default"]}},
     )
 
 
@@ -146,6 +161,10 @@ ENV_ALL = {
     "RETINA_LOGLEVEL": "error",
     "RETINA_OUTPUTRINGCAPACITY": "1048575",
     "RETINA_BPFPINPATH": "/run/bpf",
+    "RETINA_REMOTECONTEXT": "1",
+    "RETINA_ENRICHMENT_SOURCE": "netns",
+    "RETINA_ENRICHMENT_INVENTORYFILE": "/tmp/inv.yaml",
+    "RETINA_METRICSCONFIGURATION": '{"contextOptions": [{"metricName": "drop_count", "sourceLabels": ["namespace"]}]}',
 }
 
 
@@ -167,6 +186,10 @@ def test_every_key_from_env() -> None:
         log_level="error",
         output_ring_capacity=1048575,
         bpf_pin_path="/run/bpf",
+        remote_context=True,
+        enrichment_source="netns",
+        enrichment_inventory_file="/tmp/inv.yaml",
+        metrics_configuration={"contextOptions": [{"metricName": "drop_count", "sourceLabels": ["namespace"]}]},
     )
 
 
@@ -544,7 +567,8 @@ def test_unknown_key_without_match_lists_known_keys(tmp_path: pathlib.Path) -> N
     assert message.endswith(
         ": unknown key 'zzz'; known keys: apiServer, enabledPlugin, enablePodLevel, dataAggregationLevel, "
         "dataSamplingRate, conntrackReportInterval, conntrackMapSize, packetParserRingBufferSize, enableTCX, "
-        "hostInterfaces, nodeName, logLevel, outputRingCapacity, bpfPinPath"
+        "hostInterfaces, nodeName, logLevel, outputRingCapacity, bpfPinPath, remoteContext, enrichment, "
+        "metricsConfiguration"
     )
     assert error_of(tmp_path, "apiServer: {zzz: 1}\n").endswith(
         ": unknown key 'apiServer.zzz'; known keys: apiServer.host, apiServer.port"
@@ -561,19 +585,19 @@ def test_ignored_retina_keys_warn(tmp_path: pathlib.Path) -> None:
     path = write(
         tmp_path,
         "metricsIntervalDuration: 10s\nenableTelemetry: false\n"
-        "metricsConfiguration:\n  a: [1, 2]\nenablePodLevel: true\n",
+        "filterMapMaxEntries:\n  a: [1, 2]\nenablePodLevel: true\n",
     )
     cfg = load_config(path, {})
     assert cfg.enable_pod_level is True
     assert cfg.warnings == tuple(
         f"config key {k!r} in {path} is a Retina setting that retina-exporter does not use; ignored"
-        for k in ("metricsIntervalDuration", "enableTelemetry", "metricsConfiguration")
+        for k in ("metricsIntervalDuration", "enableTelemetry", "filterMapMaxEntries")
     )
 
 
 def test_every_ignored_key_is_accepted(tmp_path: pathlib.Path) -> None:
     cfg = load_text(tmp_path, "".join(f"{k}: 1\n" for k in RETINA_IGNORED_KEYS))
-    assert len(cfg.warnings) == len(RETINA_IGNORED_KEYS) == 12
+    assert len(cfg.warnings) == len(RETINA_IGNORED_KEYS) == 9
     assert cfg.to_dict() == Config(node_name=cfg.node_name).to_dict()
 
 
@@ -608,7 +632,8 @@ dataSamplingRate: 1
     assert cfg.enabled_plugins == ("dropreason", "packetforward", "linuxutil", "dns")
     assert cfg.enable_pod_level is True
     assert cfg.log_level == "debug"
-    assert len(cfg.warnings) == 8
+    assert cfg.remote_context is False
+    assert len(cfg.warnings) == 7
 
 
 # ------------------------------------------------------------------------------------------------ file problems
@@ -692,6 +717,9 @@ def test_to_dict_defaults() -> None:
         "logLevel": "info",
         "outputRingCapacity": 4095,
         "bpfPinPath": "/sys/fs/bpf/retina",
+        "remoteContext": False,
+        "enrichment": {"source": "none", "inventoryFile": ""},
+        "metricsConfiguration": None,
     }
 
 
@@ -734,3 +762,17 @@ def test_docs_list_every_key_env_var_and_ignored_key() -> None:
 def test_yaml_merge_key_may_be_overridden(tmp_path: pathlib.Path) -> None:
     cfg = load_text(tmp_path, "apiServer:\n  <<: {host: h1, port: 1}\n  port: 2\n")
     assert (cfg.api_server_host, cfg.api_server_port) == ("h1", 2)
+
+
+def test_inventory_source_needs_a_file() -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(None, {"RETINA_ENRICHMENT_SOURCE": "inventory"})
+    assert str(e.value).startswith("enrichment.inventoryFile: required when enrichment.source is 'inventory'")
+
+
+def test_bad_metrics_configuration_names_the_field(tmp_path: pathlib.Path) -> None:
+    text = "metricsConfiguration:\n  contextOptions:\n    - metricName: forward_count\n      sourceLabels: [pod]\n"
+    with pytest.raises(ConfigError) as e:
+        load_text(tmp_path, text)
+    assert "metricsConfiguration.contextOptions[0].sourceLabels[0]" in str(e.value)
+    assert "'pod'" in str(e.value)

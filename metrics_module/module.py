@@ -1,0 +1,167 @@
+"""The metrics module: follows the output ring, feeds the advanced metrics, and serves every family for /metrics.
+
+``MetricsModule`` owns a reader thread with its own :class:`~retina_exporter.ring.RingReader` (Retina's metrics
+module follows the enricher's output ring the same way). Records the reader lost because the writer overtook it
+are counted in ``controlplane_networkobservability_lost_events_counter{type="buffered_channel",
+reason="metricModule"}``. The thread also runs the TTL sweeps.
+
+:meth:`MetricsModule.families` yields, in order: node-level families published by plugins through
+:meth:`MetricsModule.register` (a :class:`~metrics_module.registry.FamilyRegistry`: the agent's, shared with the
+plugins, when given as ``registry``), the advanced (``adv_*``) families, then control-plane families: the
+telemetry's (:class:`~retina_exporter.telemetry.ControlPlane`) -- unless a shared registry is given, whose owner
+registers them (as the agent does) -- and ``expired_metrics_counter`` and ``metrics_series_overflow_counter``. Scrape cost is proportional to the number of series (each series' label
+text is rendered once and cached), not to the number of records.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from metrics_module.advanced import AdvancedMetrics
+from metrics_module.config import MetricsConfiguration
+from metrics_module.exposition import Family, render as render_text, render_openmetrics
+from metrics_module.registry import FamilyRegistry
+from retina_exporter.ring import LostMarker, Ring
+
+__all__ = ["MetricsModule"]
+
+log = logging.getLogger(__name__)
+
+LOST_TYPE = "buffered_channel"
+LOST_REASON = "metricModule"
+
+
+class MetricsModule:
+    """``MetricsModule(ring, telemetry, config, node_name, host_interfaces_observed, remote_context)``.
+
+    * ``ring``: the output ring of flow records (read from its oldest record when :meth:`start` is called).
+    * ``telemetry``: the agent's ControlPlane (lost-event counts; its families are served too). May be None.
+    * ``config``: a :class:`MetricsConfiguration`, or None for no advanced metrics.
+    * ``node_name``, ``host_interfaces_observed``: for the remote-context counting rule.
+    * ``remote_context``: Retina's ``remoteContext`` (False = local context).
+    * ``registry``: a shared :class:`FamilyRegistry` of node-level sources (the agent's, which also holds the
+      telemetry's families); None = a registry of the module's own, and the telemetry's families are added.
+    * ``clock``: monotonic seconds (tests inject one); ``batch_size``: records per ring read.
+    """
+
+    def __init__(
+        self,
+        ring: Ring | None,
+        telemetry: Any,
+        config: MetricsConfiguration | None,
+        node_name: str,
+        host_interfaces_observed: bool,
+        remote_context: bool = False,
+        *,
+        registry: FamilyRegistry | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        batch_size: int = 512,
+    ) -> None:
+        self.ring = ring
+        self.telemetry = telemetry
+        self.clock = clock
+        self.batch_size = batch_size
+        self.advanced = AdvancedMetrics(
+            config,
+            node_name=node_name,
+            host_interfaces_observed=host_interfaces_observed,
+            remote_context=remote_context,
+            clock=clock,
+        )
+        self._own_registry = registry is None
+        self.registry = registry if registry is not None else FamilyRegistry()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._reader = None
+        self.records_processed = 0
+        self.records_lost = 0
+
+    # -- configuration ----------------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> MetricsConfiguration | None:
+        return self.advanced.config
+
+    def apply(self, config: MetricsConfiguration | None) -> None:
+        """Reconfigure at run time; series whose family and label names are unchanged keep their values."""
+        self.advanced.apply(config)
+
+    def register(self, families_callable: Callable[[], Iterable[Family]]) -> None:
+        """Publish more families (node-level metrics of a plugin) through this module's :meth:`families`."""
+        self.registry.register(families_callable)
+
+    def unregister(self, families_callable: Callable[[], Iterable[Family]]) -> None:
+        self.registry.unregister(families_callable)
+
+    # -- records ----------------------------------------------------------------------------------------------
+
+    def process(self, items: Iterable[Any]) -> None:
+        """Feed one batch as read from the ring: flow records, possibly with :class:`LostMarker` items."""
+        records = []
+        lost = 0
+        for item in items:
+            if isinstance(item, LostMarker):
+                if item.__class__ is LostMarker:  # our own overrun; subclasses were counted upstream
+                    lost += item.count
+            else:
+                records.append(item)
+        if lost:
+            self.records_lost += lost
+            if self.telemetry is not None:
+                self.telemetry.add_lost(LOST_TYPE, LOST_REASON, lost)
+        if records:
+            self.advanced.process(records, self.clock())
+            self.records_processed += len(records)
+
+    def start(self) -> None:
+        """Start the reader thread (no-op without a ring or when already running)."""
+        if self.ring is None or self._thread is not None:
+            return
+        self._stop.clear()
+        self._reader = self.ring.reader("oldest")
+        self._thread = threading.Thread(target=self._run, name="metrics-module", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        self._stop.set()
+        self.ring.notify_all()
+        thread.join(timeout)
+        self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        reader = self._reader
+        stop = self._stop
+        while not stop.is_set():
+            try:
+                batch = reader.next_batch(self.batch_size, timeout_s=0.5)
+                if batch:
+                    self.process(batch)
+                self.advanced.sweep(self.clock(), due_only=True)
+            except Exception:  # keep counting: a bad record must not stop the module
+                log.exception("metrics module: error while processing records")
+
+    # -- export -----------------------------------------------------------------------------------------------
+
+    def families(self, *, prerendered: bool = False) -> Iterator[Family]:
+        """Every family for /metrics: registered node-level families, adv_*, control plane."""
+        yield from self.registry.families()
+        yield from self.advanced.families(prerendered=prerendered)
+        if self.telemetry is not None and self._own_registry:
+            yield from self.telemetry.families()
+        yield from self.advanced.control_plane_families()
+
+    def render(self, openmetrics: bool = False) -> str:
+        """Text format 0.0.4, or OpenMetrics 1.0.0 when ``openmetrics``."""
+        families = self.families(prerendered=True)
+        return render_openmetrics(families) if openmetrics else render_text(families)
