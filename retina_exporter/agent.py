@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import signal
 import threading
 import time
 
-from metrics_module.exposition import CONTENT_TYPE, render
+from metrics_module.exposition import negotiate
 from metrics_module.registry import FamilyRegistry
 from retina_exporter import __version__
-from retina_exporter.config import Config
+from retina_exporter.config import Config, ConfigError, load_config
 from retina_exporter.errors import StartupError
 from retina_exporter.plugins.base import Plugin, PluginContext
 from retina_exporter.plugins.manager import PluginManager
 from retina_exporter.ring import Ring
 from retina_exporter.server.http import AgentHTTPServer, json_response, parse_last, parse_since
 from retina_exporter.sysfs import ensure_bpffs, missing_capabilities
-from retina_exporter.telemetry import ControlPlane
+from retina_exporter.telemetry import PREFIX, ControlPlane
 
 log = logging.getLogger(__name__)
 
@@ -75,18 +77,69 @@ def build_plugins(cfg: Config) -> list[Plugin]:
 
 
 class Agent:
-    def __init__(self, cfg: Config, plugins: list[Plugin] | None = None) -> None:
+    """The assembled agent.
+
+    Pipeline: plugins -> (enrichment on: input ring -> enricher -> ) output ring -> metrics module (advanced
+    metrics) and /debug/flows. Enrichment runs when ``enablePodLevel`` is on or ``enrichment.source`` is set.
+    """
+
+    def __init__(self, cfg: Config, plugins: list[Plugin] | None = None, config_path: str | None = None) -> None:
         self.cfg = cfg
+        self.config_path = config_path
         self.started_at = time.time()
         self.telemetry = ControlPlane()
         self.ring = Ring(cfg.output_ring_capacity)
         self.plugins = plugins if plugins is not None else build_plugins(cfg)
         self.metrics = FamilyRegistry()
         self.metrics.register(self.telemetry.families)
-        self.ctx = PluginContext(config=cfg, flow_sink=self.ring, telemetry=self.telemetry, metrics=self.metrics)
+        self.metrics.register(self._pipeline_families)
+
+        # Enrichment.
+        self.enrichment_on = cfg.enable_pod_level or cfg.enrichment_source != "none"
+        self.cache = None
+        self.source = None
+        self.enricher = None
+        flow_sink = self.ring
+        if self.enrichment_on:
+            from enricher.enricher import Enricher
+            from enricher.ipcache import IPCache
+            from enricher.source import make_source
+
+            self.cache = IPCache()
+            if cfg.enrichment_source != "none":
+                options = {"source": cfg.enrichment_source}
+                if cfg.enrichment_source == "inventory":
+                    options["inventoryFile"] = cfg.enrichment_inventory_file
+                try:
+                    self.source = make_source(cfg.enrichment_source, options, cfg.node_name, self.telemetry)
+                except ConfigError as exc:
+                    raise StartupError(str(exc)) from exc
+            self.input_ring = Ring(cfg.output_ring_capacity)
+            self.enricher = Enricher(self.cache, self.input_ring, self.ring, self.telemetry)
+            flow_sink = self.input_ring
+
+        # Advanced (pod-level) metrics.
+        self.metrics_module = None
+        if cfg.enable_pod_level:
+            from metrics_module.config import parse_metrics_configuration
+            from metrics_module.module import MetricsModule
+
+            mcfg = None
+            if cfg.metrics_configuration is not None:
+                mcfg = parse_metrics_configuration(cfg.metrics_configuration, remote_context=cfg.remote_context)
+                for warning in mcfg.warnings:
+                    log.warning("metricsConfiguration: %s", warning)
+            self.metrics_module = MetricsModule(
+                self.ring, self.telemetry, mcfg, cfg.node_name, bool(cfg.host_interfaces),
+                remote_context=cfg.remote_context, registry=self.metrics,
+            )
+        self.config_reloads = 0
+        self.config_reload_errors = 0
+        self.ctx = PluginContext(config=cfg, flow_sink=flow_sink, telemetry=self.telemetry, metrics=self.metrics)
         self.manager = PluginManager(self.plugins, self.ctx)
         self.http = AgentHTTPServer(cfg.api_server_host, cfg.api_server_port)
         self._stopped = threading.Event()
+        self._watch_thread: threading.Thread | None = None
         self._register_routes()
 
     # --- HTTP ---------------------------------------------------------------------------------------------
@@ -95,28 +148,38 @@ class Agent:
         r("/healthz", self._healthz)
         r("/readyz", self._readyz)
         r("/metrics", self._metrics)
-        r("/debug/config", lambda q: json_response(self.cfg.to_dict()))
+        r("/debug/config", lambda q, h: json_response(self.cfg.to_dict()))
         r("/debug/flows", self._debug_flows)
-        r("/debug/plugins", lambda q: json_response({p.name: p.debug() for p in self.manager.started}))
+        r("/debug/plugins", lambda q, h: json_response({p.name: p.debug() for p in self.manager.started}))
+        r("/debug/ipcache", self._debug_ipcache)
 
-    def _healthz(self, _q):
-        if self.manager.readers_alive():
+    def _healthz(self, _q, _h):
+        alive = self.manager.readers_alive() and (self.enricher is None or self.enricher.alive())
+        if alive:
             return 200, "text/plain", b"ok\n"
         return 503, "text/plain", b"event readers not running\n"
 
     def not_ready_reasons(self) -> list[str]:
-        return self.manager.not_ready_reasons()
+        reasons = self.manager.not_ready_reasons()
+        if self.source is not None and not self.cache.loaded:
+            err = self.source.status().get("error")
+            reasons.append(f"enrichment source {self.cfg.enrichment_source} not loaded" + (f": {err}" if err else ""))
+        if self.enricher is not None and not self.enricher.alive():
+            reasons.append("enricher not running")
+        return reasons
 
-    def _readyz(self, _q):
+    def _readyz(self, _q, _h):
         reasons = self.not_ready_reasons()
         if not reasons:
             return 200, "text/plain", b"ok\n"
         return 503, "text/plain", ("\n".join(reasons) + "\n").encode()
 
-    def _metrics(self, _q):
-        return 200, CONTENT_TYPE, render(self.metrics.families()).encode()
+    def _metrics(self, _q, headers):
+        content_type, renderer = negotiate(headers.get("Accept", "") if headers else "")
+        families = (self.metrics_module.families() if self.metrics_module is not None else self.metrics.families())
+        return 200, content_type, renderer(families).encode()
 
-    def _debug_flows(self, q):
+    def _debug_flows(self, q, _h):
         from retina_exporter.flow.convert import to_json_dict, to_proto
 
         n = parse_last(q, self.ring.capacity)
@@ -124,6 +187,67 @@ class Agent:
         flows = [to_json_dict(to_proto(rec)) for rec in self.ring.last(n)
                  if hasattr(rec, "time_ns") and rec.time_ns >= since_ns]
         return json_response({"flows": flows})
+
+    def _debug_ipcache(self, _q, _h):
+        if self.cache is None:
+            return json_response({"enabled": False, "reason": "enablePodLevel is off and enrichment.source is none"})
+        return json_response(self.cache.snapshot_json())
+
+    def _pipeline_families(self):
+        """Our own control-plane counters of the pipeline (not in Retina)."""
+        out = []
+        if self.source is not None:
+            errors = getattr(self.source, "reload_errors", 0)
+            out.append((PREFIX + "enrichment_reload_errors_counter", "counter",
+                        "Enrichment source reloads that failed (the last good cache was kept)",
+                        [((("source", self.cfg.enrichment_source),), errors)]))
+        out.append((PREFIX + "config_reload_errors_counter", "counter",
+                    "Run-time reloads of metricsConfiguration that were rejected (the old one was kept)",
+                    [((), self.config_reload_errors)]))
+        return out
+
+    # --- run-time reload of metricsConfiguration -----------------------------------------------------------
+    def reload_config(self) -> bool:
+        """Re-read the config file; apply a changed ``metricsConfiguration``. Returns True when applied."""
+        if self.config_path is None or self.metrics_module is None:
+            return False
+        from metrics_module.config import parse_metrics_configuration
+
+        try:
+            new = load_config(self.config_path)
+            mcfg = None
+            if new.metrics_configuration is not None:
+                mcfg = parse_metrics_configuration(new.metrics_configuration, remote_context=self.cfg.remote_context)
+        except ConfigError as exc:
+            self.config_reload_errors += 1
+            log.error("config reload rejected, keeping the running metricsConfiguration: %s", exc)
+            return False
+        if new.metrics_configuration == self.cfg.metrics_configuration:
+            return False
+        self.metrics_module.apply(mcfg)
+        self.cfg = dataclasses.replace(self.cfg, metrics_configuration=new.metrics_configuration)
+        self.config_reloads += 1
+        log.info("metricsConfiguration reloaded")
+        return True
+
+    def _config_signature(self):
+        try:
+            st = os.stat(self.config_path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _watch_config(self, last, period_s: float = 1.0) -> None:
+        while not self._stopped.wait(period_s):
+            sig = self._config_signature()
+            if sig is None:
+                continue
+            if sig != last:
+                try:
+                    self.reload_config()
+                except Exception:
+                    log.exception("config reload failed")
+            last = sig
 
     # --- lifecycle ----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -134,19 +258,39 @@ class Agent:
                 "securityContext"
             )
         ensure_bpffs()
+        if self.source is not None:
+            self.source.start(self.cache)
+        if self.enricher is not None:
+            self.enricher.start()
+        if self.metrics_module is not None:
+            self.metrics_module.start()
         try:
             self.manager.start()
         except StartupError:
+            self._stop_pipeline()
             self.http.stop()
             raise
         self.http.start()
+        if self.config_path is not None and self.metrics_module is not None:
+            self._watch_thread = threading.Thread(target=self._watch_config, args=(self._config_signature(),),
+                                                  name="config-watch", daemon=True)
+            self._watch_thread.start()
         log.info("retina-exporter %s listening on %s:%d", __version__, self.cfg.api_server_host, self.http.port)
+
+    def _stop_pipeline(self) -> None:
+        if self.enricher is not None:
+            self.enricher.stop()
+        if self.metrics_module is not None:
+            self.metrics_module.stop()
+        if self.source is not None:
+            self.source.stop()
 
     def stop(self) -> None:
         if self._stopped.is_set():
             return
         self._stopped.set()
         self.manager.stop()
+        self._stop_pipeline()
         self.http.stop()
 
     def run_until_signal(self) -> None:

@@ -34,7 +34,7 @@ def cmd_agent(args) -> int:
     from retina_exporter.agent import Agent
 
     try:
-        agent = Agent(cfg)
+        agent = Agent(cfg, config_path=args.config)
         agent.run_until_signal()
     except StartupError as exc:
         return _die(str(exc))

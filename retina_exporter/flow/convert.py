@@ -19,6 +19,14 @@ What is filled, and how it maps to Hubble/Cilium:
   SYN, ACK, RST, FIN, PSH, URG, ECE, CWR, NS), ``"UDP"``, ``"ICMPv4 EchoRequest"``, ``"ICMPv6 EchoReply"``,
   ``"ICMPv4 DestinationUnreachable(Port)"`` (gopacket's ICMP type/code names), else ``"IPv4"``/``"IPv6"``.
 * ``source``/``destination`` from enricher objects when present (see :func:`fill_endpoint`), else unset.
+* **DNS** (``rec.l7`` a :class:`~retina_exporter.dns.record.DnsRecord`, from the dns plugin): ``Type = L7``,
+  ``event_type = {type: 129}``, ``l7 = {type: REQUEST | RESPONSE, dns: {query, ips, ttl, cnames, rcode, qtypes,
+  rrtypes}}``, and Cilium's Summary (``"DNS Query example.com. A"``, ``"DNS Answer \"1.2.3.4\" TTL: 30 (Query
+  example.com. A)"``, ``"DNS Answer RCode: NXDOMAIN (Query example.com. A)"``; "Query" rather than Cilium's
+  "Proxy" because the observation is not a proxy's). The record's verdict is Retina's custom ``16``
+  (``Verdict_DNS``, what the metrics module dispatches on); the protobuf carries ``FORWARDED`` as Cilium's
+  DNS flows do, so Hubble clients' verdict filters and printers keep working. Retina's ``dns_type``
+  (``"QUERY"``/``"RESPONSE"``) and ``num_responses`` (ANCOUNT, omitted when 0) extension keys are added.
 
 **Packet and byte counts ride in** ``extensions`` **exactly like Retina's**: a ``google.protobuf.Any`` packing a
 ``google.protobuf.Struct`` whose keys are Retina's (``pkg/utils`` ``ExtKey*``) plus one of ours:
@@ -73,10 +81,15 @@ from retina_exporter.flow.record import (
     VERDICT_DROPPED,
     FlowRecord,
 )
+from retina_exporter.dns.names import rcode_name
+from retina_exporter.dns.record import VERDICT_DNS
 from retina_exporter.protos import flow_pb2
 
 __all__ = [
     "EXT_KEY_BYTES",
+    "EXT_KEY_DNS_TYPE",
+    "EXT_KEY_NUM_RESPONSES",
+    "dns_summary",
     "EXT_KEY_PREV_BYTES",
     "EXT_KEY_PREV_PACKETS",
     "EXT_KEY_PREV_TCP_FLAGS",
@@ -95,10 +108,13 @@ EXT_KEY_PREV_PACKETS = "previously_observed_packets"
 EXT_KEY_PREV_BYTES = "previously_observed_bytes"
 EXT_KEY_PREV_TCP_FLAGS = "previously_observed_tcp_flags"
 EXT_KEY_REPORT_REASON = "report_reason"
+EXT_KEY_DNS_TYPE = "dns_type"
+EXT_KEY_NUM_RESPONSES = "num_responses"
 
 # Cilium monitor message types and trace sub-types (pkg/monitor/api), used in CiliumEventType.
 MSG_TYPE_DROP = 1
 MSG_TYPE_TRACE = 4
+MSG_TYPE_L7 = 129
 _TRACE_SUBTYPE = {
     OBS_FROM_ENDPOINT: 5,  # from-endpoint
     OBS_TO_ENDPOINT: 0,  # to-endpoint
@@ -349,9 +365,61 @@ def _extensions_bytes(rec: FlowRecord, is_tcp: bool) -> bytes:
     return b"".join(parts)
 
 
+_DNS_TYPE_ENTRIES = tuple(_entry(EXT_KEY_DNS_TYPE, b"\x1a" + _varint(len(t)) + t) for t in (b"QUERY", b"RESPONSE"))
+_P_NUM_RESPONSES = _number_entry_prefix(EXT_KEY_NUM_RESPONSES)
+
+
+def _dns_extensions_bytes(dns: Any) -> bytes:
+    """Retina's DNS extension keys (``utils.AddDNSInfo``): ``dns_type`` and ``num_responses`` (when > 0)."""
+    out = _DNS_TYPE_ENTRIES[1 if dns.qr else 0]
+    if dns.num_answers:
+        out += _P_NUM_RESPONSES + _pack_double(dns.num_answers)
+    return out
+
+
 def extensions_struct(rec: FlowRecord) -> struct_pb2.Struct:
     """The extensions of :func:`to_proto` as a ``google.protobuf.Struct`` (for tests and debugging)."""
-    return struct_pb2.Struct.FromString(_extensions_bytes(rec, rec.proto == IPPROTO_TCP))
+    raw = _extensions_bytes(rec, rec.proto == IPPROTO_TCP)
+    if rec.l7 is not None:
+        raw += _dns_extensions_bytes(rec.l7)
+    return struct_pb2.Struct.FromString(raw)
+
+
+def dns_summary(dns: Any) -> str:
+    """Cilium's Summary of an L7 DNS flow (``hubble/parser/seven`` ``dnsSummary``) for a non-proxy observation."""
+    qtypes = ",".join(dns.qtypes)
+    if not dns.qr:
+        return f"DNS Query {dns.query} {qtypes}"
+    if dns.rcode:
+        answer = f"RCode: {rcode_name(dns.rcode)}"
+    else:
+        ips = ",".join(dns.ips).replace("\\", "\\\\").replace('"', '\\"')  # Go's %q (addresses need none)
+        answer = f'"{ips}" TTL: {dns.ttl}'
+    return f"DNS Answer {answer} (Query {dns.query} {qtypes})"
+
+
+def _fill_dns(f: Any, dns: Any) -> None:
+    f.Type = flow_pb2.L7
+    f.event_type.type = MSG_TYPE_L7
+    f.event_type.sub_type = 0
+    l7 = f.l7
+    l7.type = flow_pb2.RESPONSE if dns.qr else flow_pb2.REQUEST
+    d = l7.dns
+    d.query = dns.query
+    if dns.ips:
+        d.ips.extend(dns.ips)
+    if dns.ttl:
+        d.ttl = dns.ttl
+    if dns.cnames:
+        d.cnames.extend(dns.cnames)
+    if dns.rcode:
+        d.rcode = dns.rcode
+    if dns.qtypes:
+        d.qtypes.extend(dns.qtypes)
+    if dns.rrtypes:
+        d.rrtypes.extend(dns.rrtypes)
+    d.SetInParent()
+    f.Summary = dns_summary(dns)
 
 
 def to_proto(rec: FlowRecord) -> Any:
@@ -438,7 +506,14 @@ def to_proto(rec: FlowRecord) -> Any:
 
     ext = f.extensions
     ext.type_url = STRUCT_TYPE_URL
-    ext.value = _extensions_bytes(rec, is_tcp)
+    l7 = rec.l7
+    if l7 is None:
+        ext.value = _extensions_bytes(rec, is_tcp)
+    else:
+        _fill_dns(f, l7)
+        if rec.verdict == VERDICT_DNS:
+            f.verdict = flow_pb2.FORWARDED
+        ext.value = _extensions_bytes(rec, is_tcp) + _dns_extensions_bytes(l7)
     return f
 
 

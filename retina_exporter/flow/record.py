@@ -88,6 +88,9 @@ class FlowRecord:
         # Filled by the enricher (issue 3); None until then.
         "source",
         "destination",
+        # Layer-7 data, None for L3/L4 records: a retina_exporter.dns.record.DnsRecord on the dns plugin's records
+        # (then Type L7 and Hubble's l7.dns in the protobuf).
+        "l7",
     )
 
     def __init__(
@@ -141,11 +144,17 @@ class FlowRecord:
         self.drop_reason = drop_reason
         self.source = None
         self.destination = None
+        self.l7 = None
 
     @property
     def previously_observed_packets(self) -> int:
         """Packets accounted for by this record besides its own packet (Hubble's extension key)."""
         return self.packets - 1 if self.packets > 0 else 0
+
+    @property
+    def dns(self):
+        """The DNS record in ``l7`` (None for other records): the name metrics_module.advanced reads."""
+        return self.l7
 
     @property
     def previously_observed_bytes(self) -> int:

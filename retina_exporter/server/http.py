@@ -20,10 +20,10 @@ DEFAULT_DEBUG_FLOWS = 100
 
 
 class AgentHTTPServer:
-    """Routes are callables returning ``(status, content_type, body_bytes)``."""
+    """Routes are callables ``(query: dict, headers) -> (status, content_type, body_bytes)``."""
 
     def __init__(self, host: str, port: int) -> None:
-        self.routes: dict[str, Callable[[dict], tuple[int, str, bytes]]] = {}
+        self.routes: dict[str, Callable[[dict, object], tuple[int, str, bytes]]] = {}
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -36,17 +36,20 @@ class AgentHTTPServer:
                     status, ctype, body = 404, "text/plain", f"no such endpoint: {url.path}\n".encode()
                 else:
                     try:
-                        status, ctype, body = route(parse_qs(url.query))
+                        status, ctype, body = route(parse_qs(url.query), self.headers)
                     except ValueError as exc:
                         status, ctype, body = 400, "text/plain", f"{exc}\n".encode()
                     except Exception as exc:  # never let one bad request kill the server
                         log.exception("handler for %s failed", url.path)
                         status, ctype, body = 500, "text/plain", f"internal error: {exc}\n".encode()
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client went away (e.g. a probe that timed out)
 
             def log_message(self, fmt, *args):
                 log.debug("http: " + fmt, *args)
@@ -66,7 +69,7 @@ class AgentHTTPServer:
     def port(self) -> int:
         return self.server.server_address[1]
 
-    def route(self, path: str, handler: Callable[[dict], tuple[int, str, bytes]]) -> None:
+    def route(self, path: str, handler: Callable[[dict, object], tuple[int, str, bytes]]) -> None:
         self.routes[path] = handler
 
     def start(self) -> None:

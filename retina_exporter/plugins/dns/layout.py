@@ -1,0 +1,48 @@
+"""Python mirror of ``bpf/dns.h`` (tests compare it with the compiler's view)."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import struct
+
+DNS_CAPTURE = 512
+
+OBS_FROM_ENDPOINT = 0
+OBS_TO_ENDPOINT = 1
+OBS_FROM_NETWORK = 2
+OBS_TO_NETWORK = 3
+
+STAT_EMITTED = 0
+STAT_RINGBUF_FULL = 1
+STAT_SEEN_EARLIER = 2
+STAT_NO_PAYLOAD = 3
+STAT_SLOTS = 4
+STAT_NAMES = ("emitted", "ringbuf_full", "seen_earlier", "tcp_no_payload")
+
+
+class DnsEvent(ct.Structure):
+    """``struct dns_event`` (64 + DNS_CAPTURE bytes)."""
+
+    _fields_ = [
+        ("ts_ns", ct.c_uint64),
+        ("src_ip", ct.c_uint8 * 16),
+        ("dst_ip", ct.c_uint8 * 16),
+        ("ifindex", ct.c_uint32),
+        ("skb_len", ct.c_uint32),
+        ("tcp_seq", ct.c_uint32),
+        ("src_port", ct.c_uint16),
+        ("dst_port", ct.c_uint16),
+        ("msg_len", ct.c_uint16),
+        ("cap_len", ct.c_uint16),
+        ("ip_version", ct.c_uint8),
+        ("proto", ct.c_uint8),
+        ("obs_point", ct.c_uint8),
+        ("tcp_flags", ct.c_uint8),
+        ("data", ct.c_uint8 * DNS_CAPTURE),
+    ]
+
+
+EVENT_HEADER = struct.Struct("<Q16s16sIIIHHHHBBBB")
+HEADER_SIZE = EVENT_HEADER.size  # 64
+EVENT_SIZE = ct.sizeof(DnsEvent)
+assert HEADER_SIZE == DnsEvent.data.offset

@@ -1,0 +1,236 @@
+"""The dropreason plugin: every packet the kernel drops, by the kernel's own drop reason.
+
+Unlike Retina's dropreason (kprobes on five netfilter/TCP functions, seven fixed reasons, ``direction`` unknown
+for most), this hooks the ``skb:kfree_skb`` tracepoint, where the kernel itself names why it dropped a packet
+(``enum skb_drop_reason``: ~125 reasons on 6.18, netfilter, sockets, TCP state, routing, qdiscs, ...).
+
+Node level (always): ``networkobservability_drop_count`` and ``networkobservability_drop_bytes`` (gauges with
+labels ``reason``, ``direction``), read from the kernel's per-CPU counters at scrape time (so always current;
+the reference sets them every metricsInterval). ``bytes`` is the IP packet's length (network header to end,
+the same wherever in the stack it was dropped); a GSO packet counts as its segments.
+
+Pod level (``enablePodLevel``): one DROPPED :class:`FlowRecord` per drop of an IPv4/IPv6 packet, with the
+5-tuple (TCP, UDP, ICMP/ICMPv6 type and code), ``drop_reason`` = the kernel's reason code (name via
+:func:`retina_exporter.plugins.dropreason.reasons.reason_name`), direction, ifindex and length, into
+``ctx.flow_sink``.
+
+Names, ignored reasons (NOT_SPECIFIED ...), direction and the Hubble mapping: see :mod:`.reasons`; which
+network namespaces are counted: see :mod:`.scope`.
+
+Options (plugin constructor, or config attributes when the agent wires them): ``drop_reason_scope``
+(``all``/``node``), ``drop_reason_ignore`` (reason names), ``drop_reason_ring_buffer_size`` (bytes).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from retina_exporter.errors import StartupError
+from retina_exporter.plugins.base import Plugin, PluginContext
+from retina_exporter.plugins.dropreason import reasons as reasons_mod
+from retina_exporter.plugins.dropreason import scope as scope_mod
+from retina_exporter.plugins.dropreason.loader import DropReasonProgram, LoadOptions
+from retina_exporter.plugins.dropreason.reader import DropDecoder, DropEventReader
+from retina_exporter.plugins.dropreason.tracepoint import DEFAULT_TRACEFS
+from retina_exporter.sysfs import ensure_tracefs
+from retina_exporter.telemetry import LOST_KERNEL
+
+log = logging.getLogger(__name__)
+
+DROP_COUNT = "networkobservability_drop_count"
+DROP_BYTES = "networkobservability_drop_bytes"
+DROP_COUNT_HELP = "Total dropped packets"
+DROP_BYTES_HELP = "Total dropped bytes"
+
+#: Scrapes within this many seconds of the last kernel read reuse it.
+READ_CACHE_S = 0.25
+
+
+class DropReasonPlugin(Plugin):
+    name = "dropreason"
+
+    def __init__(
+        self,
+        program: DropReasonProgram | None = None,
+        *,
+        tracefs: str = DEFAULT_TRACEFS,
+        scope: str | None = None,
+        ignore: tuple[str, ...] | None = None,
+        node_netns: str | None = None,
+        ring_buffer_bytes: int | None = None,
+    ) -> None:
+        self._program = program  # tests hand in a program compiled once per module
+        self._owns_program = program is None
+        self.tracefs = tracefs
+        self._scope_opt = scope
+        self._ignore_opt = ignore
+        self._ring_opt = ring_buffer_bytes
+        self.node_netns = node_netns  # the node's namespace for scope "node" (default: the agent's own)
+        self.program: DropReasonProgram | None = None
+        self.reasons: reasons_mod.ReasonTable | None = None
+        self.reader: DropEventReader | None = None
+        self.decoder: DropDecoder | None = None
+        self.scope = scope_mod.SCOPE_ALL
+        self.pod_level = False
+        self.excluded_ifaces: tuple[str, ...] = ()
+        self.netns: set[int] | None = None
+        self._ignore_codes: list[int] = []
+        self._cache_lock = threading.Lock()
+        self._cache: tuple[float, list, list] | None = None
+        self.ctx: PluginContext | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------------------
+
+    def init(self, ctx: PluginContext) -> None:
+        self.ctx = ctx
+        cfg = ctx.config
+        self.scope = self._scope_opt or getattr(cfg, "drop_reason_scope", scope_mod.SCOPE_ALL)
+        if self.scope not in scope_mod.SCOPES:
+            raise StartupError(f"dropreason scope {self.scope!r} is not one of {', '.join(scope_mod.SCOPES)}")
+        self.pod_level = bool(getattr(cfg, "enable_pod_level", False))
+        self.excluded_ifaces = tuple(getattr(cfg, "host_interfaces", ()) or ())
+        ignore = self._ignore_opt
+        if ignore is None:
+            ignore = tuple(getattr(cfg, "drop_reason_ignore", None) or reasons_mod.DEFAULT_IGNORED)
+        if self.tracefs == DEFAULT_TRACEFS:
+            ensure_tracefs()
+        if self._program is not None:
+            self.program = self._program
+        else:
+            ring = self._ring_opt or getattr(cfg, "drop_reason_ring_buffer_size", None) or LoadOptions.ring_buffer_bytes
+            self.program = DropReasonProgram(LoadOptions(ring_buffer_bytes=ring, tracefs=self.tracefs))
+        self.reasons = reasons_mod.ReasonTable.from_kernel(self.tracefs)
+        self._ignore_codes = self.reasons.ignore_codes(ignore)
+        self.netns = self._discover_scope()
+        self.program.configure(self._ignore_codes, emit_events=self.pod_level, netns=self.netns)
+        if self.pod_level:
+            own = scope_mod.netns_inode(self.node_netns) if self.node_netns else None
+            self.decoder = DropDecoder(getattr(cfg, "node_name", ""), self.reasons, own)
+            self.reader = DropEventReader(self.program, self.decoder, ctx.flow_sink)
+        program = self.program
+        ctx.telemetry.lost_source(LOST_KERNEL, self.name, lambda: program.read_stats()["ringbuf_full"])
+        log.info("dropreason: %d kernel reasons (%s), ignoring %s, scope %s%s", len(self.reasons.names),
+                 self.reasons.source, ",".join(self.reasons.name(c) for c in self._ignore_codes), self.scope,
+                 ", pod level" if self.pod_level else "")
+
+    def _discover_scope(self) -> set[int] | None:
+        if self.scope == scope_mod.SCOPE_ALL:
+            return None
+        return scope_mod.node_namespaces(self.node_netns, self.excluded_ifaces)
+
+    def start(self) -> None:
+        assert self.program is not None and self.ctx is not None
+        self.program.attach()
+        if self.reader is not None:
+            self.reader.start()
+        if self.ctx.metrics is not None:
+            self.ctx.metrics.register(self.families)
+
+    def stop(self) -> None:
+        if self.ctx is not None and self.ctx.metrics is not None:
+            self.ctx.metrics.unregister(self.families)
+        if self.program is not None:
+            self.program.detach()
+            if not self._owns_program:  # a shared program must not keep emitting into our sink
+                try:
+                    self.program.configure(self._ignore_codes, emit_events=False, netns=self.netns)
+                except Exception:
+                    pass
+        if self.reader is not None:
+            self.reader.stop()
+            self.reader = None
+        if self.program is not None and self._owns_program:
+            self.program.close()
+        self.program = None
+
+    def reconcile(self) -> None:
+        if self.scope == scope_mod.SCOPE_NODE and self.program is not None:
+            netns = self._discover_scope()
+            if netns != self.netns:
+                log.info("dropreason: namespaces in scope %d -> %d", len(self.netns or ()), len(netns or ()))
+                self.netns = netns
+                self.program.configure(self._ignore_codes, emit_events=self.pod_level, netns=netns)
+        if self.reader is not None and not self.reader.alive():
+            raise RuntimeError("dropreason ring-buffer reader thread died")
+
+    def readers_alive(self) -> bool:
+        return self.reader is None or self.reader.alive()
+
+    def health(self) -> list[str]:
+        if self.reader is not None and not self.reader.alive():
+            return ["dropreason ring-buffer reader not running"]
+        return []
+
+    # --- metrics -------------------------------------------------------------------------------------------
+
+    def totals(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """``{(reason name, direction): (packets, bytes)}``, kernel totals since the program was loaded."""
+        assert self.program is not None and self.reasons is not None
+        out: dict[tuple[str, str], list[int]] = {}
+        for (code, hint), (packets, nbytes) in self.program.read_counts().items():
+            key = (self.reasons.name(code), self.reasons.direction(code, hint))
+            acc = out.setdefault(key, [0, 0])
+            acc[0] += packets
+            acc[1] += nbytes
+        return {k: (v[0], v[1]) for k, v in out.items()}
+
+    def families(self):
+        if self.program is None:
+            return
+        now = time.monotonic()
+        with self._cache_lock:
+            cached = self._cache
+            if cached is None or now - cached[0] > READ_CACHE_S:
+                counts, nbytes = [], []
+                for (reason, direction), (p, b) in sorted(self.totals().items()):
+                    labels = (("reason", reason), ("direction", direction))
+                    counts.append((labels, p))
+                    nbytes.append((labels, b))
+                cached = self._cache = (now, counts, nbytes)
+        yield (DROP_COUNT, "gauge", DROP_COUNT_HELP, cached[1])
+        yield (DROP_BYTES, "gauge", DROP_BYTES_HELP, cached[2])
+
+    def debug(self) -> dict:
+        out: dict = {"scope": self.scope, "pod_level": self.pod_level}
+        if self.program is not None:
+            out["kernel"] = self.program.read_stats()
+            out["namespaces_in_scope"] = None if self.netns is None else len(self.netns)
+        if self.reasons is not None:
+            out["reason_source"] = self.reasons.source
+            out["ignored_reasons"] = [self.reasons.name(c) for c in self._ignore_codes]
+        if self.reader is not None:
+            out["events_read"] = self.reader.events_read
+        if self.decoder is not None:
+            out["recent_locations"] = [
+                {"reason": self.reasons.name(r), "location": _symbol(a)} for r, a in self.decoder.last_locations[-8:]
+            ]
+        return out
+
+
+_ksyms: list[tuple[int, str]] | None = None
+
+
+def _symbol(addr: int) -> str:
+    """``function+0xoff`` for a kernel address (/proc/kallsyms, read once), else hex."""
+    global _ksyms
+    if _ksyms is None:
+        syms = []
+        try:
+            with open("/proc/kallsyms") as f:
+                for line in f:
+                    a, t, name = line.split()[:3]
+                    if t in "tT":
+                        syms.append((int(a, 16), name))
+        except OSError:
+            pass
+        syms.sort()
+        _ksyms = syms
+    import bisect
+
+    i = bisect.bisect_right(_ksyms, (addr, "\uffff")) - 1
+    if i < 0 or not _ksyms or _ksyms[i][0] == 0:
+        return hex(addr)
+    base, name = _ksyms[i]
+    return f"{name}+{addr - base:#x}"

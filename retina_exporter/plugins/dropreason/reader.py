@@ -1,0 +1,137 @@
+"""Pod level: ``struct drop_event`` records from the ring buffer -> DROPPED :class:`FlowRecord` batches."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import logging
+import os
+import socket
+import threading
+
+from retina_exporter.flow.record import DIR_EGRESS, DIR_INGRESS, DIR_UNKNOWN, VERDICT_DROPPED, FlowRecord
+from retina_exporter.plugins.dropreason.layout import EVENT_SIZE, EVENT_STRUCT
+from retina_exporter.plugins.dropreason.reasons import DIR_EGRESS as S_EGRESS
+from retina_exporter.plugins.dropreason.reasons import DIR_INGRESS as S_INGRESS
+from retina_exporter.plugins.dropreason.reasons import ReasonTable
+from retina_exporter.plugins.packetparser.reader import boot_to_wall_offset_ns
+
+log = logging.getLogger(__name__)
+
+#: ``obs_point`` of a drop record: none of the packetparser's four points (the proto field stays unset).
+OBS_DROP = 255
+
+_DIRECTION = {S_INGRESS: DIR_INGRESS, S_EGRESS: DIR_EGRESS}
+
+
+class DropDecoder:
+    """``struct drop_event`` bytes -> FlowRecord (verdict DROPPED, ``drop_reason`` = the kernel's code)."""
+
+    def __init__(self, node_name: str, reasons: ReasonTable, own_netns: int | None = None) -> None:
+        self.node_name = node_name
+        self.reasons = reasons
+        self.offset_ns = boot_to_wall_offset_ns()
+        self.own_netns = own_netns if own_netns is not None else os.stat("/proc/self/ns/net").st_ino
+        self._ifnames: dict[int, str] = {}
+        self._unpack = EVENT_STRUCT.unpack_from
+        self.last_locations: list[tuple[int, int]] = []  # (reason, kernel address) of recent drops, for debugging
+
+    def ifname(self, netns: int, ifindex: int) -> str:
+        """Interface name when the drop happened in the agent's own namespace (indexes elsewhere mean nothing here)."""
+        if netns != self.own_netns or not ifindex:
+            return ""
+        name = self._ifnames.get(ifindex)
+        if name is None:
+            try:
+                name = socket.if_indextoname(ifindex)
+            except OSError:
+                name = ""
+            if len(self._ifnames) < 4096:
+                self._ifnames[ifindex] = name
+        return name
+
+    def decode(self, buf, offset: int = 0) -> FlowRecord:
+        (ts, location, src, dst, reason, nbytes, packets, ifindex, netns, sport, dport, proto, ipv, hint,
+         tcp_flags, icmp_type, icmp_code) = self._unpack(buf, offset)
+        if ipv == 4:
+            src = src[:4]
+            dst = dst[:4]
+        locs = self.last_locations
+        locs.append((reason, location))
+        if len(locs) > 32:
+            del locs[:16]
+        direction = _DIRECTION.get(self.reasons.direction(reason, hint), DIR_UNKNOWN)
+        return FlowRecord(
+            ts + self.offset_ns, ipv, src, dst, proto, sport, dport, tcp_flags, icmp_type, icmp_code, OBS_DROP,
+            direction, None, ifindex, self.ifname(netns, ifindex), packets, nbytes, nbytes, None, 0,
+            self.node_name, VERDICT_DROPPED, reason,
+        )
+
+
+class DropEventReader:
+    """Owns the thread that polls the program's ``events`` ring buffer and hands DROPPED records to
+    ``sink.write_batch`` in batches (as the packetparser's reader does).
+
+    The ring buffer is opened once per program (:meth:`DropReasonProgram.set_event_handler`), so a program
+    shared by several plugin instances in tests keeps one consumer.
+    """
+
+    def __init__(self, program, decoder: DropDecoder, sink, batch_size: int = 256) -> None:
+        self._program = program
+        self._decoder = decoder
+        self._sink = sink
+        self._batch_size = batch_size
+        self._batch: list[FlowRecord] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.events_read = 0
+        self.decode_errors = 0
+        program.set_event_handler(self._callback)
+
+    def _callback(self, _ctx, data, size) -> int:
+        if size < EVENT_SIZE:
+            self.decode_errors += 1
+            return 0
+        self._batch.append(self._decoder.decode(ct.string_at(data, EVENT_SIZE)))
+        if len(self._batch) >= self._batch_size:
+            self._flush()
+        return -1 if self._stop.is_set() else 0
+
+    def _flush(self) -> None:
+        batch = self._batch
+        if not batch:
+            return
+        self._batch = []
+        self.events_read += len(batch)
+        self._sink.write_batch(batch)
+
+    def _run(self) -> None:
+        poll = self._program.bpf.ring_buffer_poll
+        while not self._stop.is_set():
+            try:
+                poll(100)
+            except Exception:
+                log.exception("dropreason ring buffer poll failed")
+            self._flush()
+        self._flush()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="dropreason-reader", daemon=True)
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def drain(self) -> None:
+        """Consume what is in the ring now (tests, shutdown)."""
+        if self._program.bpf is not None:
+            self._program.bpf.ring_buffer_consume()
+        self._flush()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self._stop.clear()
+        self.drain()
+        self._program.set_event_handler(None)

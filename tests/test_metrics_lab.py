@@ -1,0 +1,257 @@
+"""Pod-level metrics end to end: the real agent in a lab's node namespace with an inventory, real traffic, and
+the pods' interface counters as ground truth.
+
+A pod's egress is counted at its own veth (the host side's rx), its ingress at its veth too (the host side's tx),
+so ``adv_forward_count``/``adv_forward_bytes`` per pod and direction must equal the veth counter deltas exactly,
+in both aggregation levels; in remote context each packet is counted once, at the sender's veth."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from retina_exporter.lab import traffic
+from retina_exporter.lab.agent_process import AgentProcess
+from retina_exporter.lab.topology import Lab
+
+REPORT_INTERVAL_S = 1
+ALL_CONTEXT = ["ip", "namespace", "podname", "workload", "service", "port", "zone"]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    with Lab(pods=2) as lab:
+        lab.inventory_path = lab.write_inventory(tmp_path_factory.mktemp("inv") / "inventory.yaml")
+        yield lab
+
+
+def scrape(agent) -> dict[str, list[tuple[dict, float]]]:
+    status, body = agent.get("/metrics")
+    assert status == 200
+    out = defaultdict(list)
+    for fam in text_string_to_metric_families(body.decode()):
+        for s in fam.samples:
+            # The parser renames counter samples to <name>_total; we expose Retina's names without it.
+            name = fam.name if fam.type == "counter" and s.name == fam.name + "_total" else s.name
+            out[name].append((s.labels, s.value))
+    return out
+
+
+def total(samples, **match) -> float:
+    return sum(v for labels, v in samples if all(labels.get(k) == want for k, want in match.items()))
+
+
+def agent_config(lab, level: str, options: list[dict], remote: bool = False, **extra) -> dict:
+    return {
+        "enablePodLevel": True,
+        "remoteContext": remote,
+        "dataAggregationLevel": level,
+        "conntrackReportInterval": f"{REPORT_INTERVAL_S}s",
+        "enrichment": {"source": "inventory", "inventoryFile": str(lab.inventory_path)},
+        "hostInterfaces": [lab.uplink],
+        "nodeName": "node",
+        "metricsConfiguration": {"contextOptions": options},
+        **extra,
+    }
+
+
+def run_traffic(lab, ipv6: bool):
+    p0, p1 = lab.pods
+    traffic.tcp_transfer(lab, p0, p1, nbytes=150_000, port=5301, ipv6=ipv6)
+    traffic.udp_burst(lab, p0, p1, count=120, payload_size=80, dport=9300, ipv6=ipv6)
+    traffic.udp_burst(lab, p1, p0, count=30, payload_size=20, dport=9301, ipv6=ipv6)
+    traffic.ping(lab, p1, p0.ip(ipv6), count=4, ipv6=ipv6)
+
+
+def wait_equal(read, want, timeout):
+    deadline = time.monotonic() + timeout
+    got = read()
+    while got != want and time.monotonic() < deadline:
+        time.sleep(0.3)
+        got = read()
+    return got
+
+
+@pytest.mark.parametrize("level,ipv6", [("low", False), ("high", False), ("high", True)])
+def test_local_context_equals_interface_counters(lab, level, ipv6):
+    options = [
+        {"metricName": "forward_count", "sourceLabels": ALL_CONTEXT},
+        {"metricName": "forward_bytes", "sourceLabels": ["podname"]},
+        {"metricName": "tcp_flag_gauges", "sourceLabels": ["podname"]},
+    ]
+    agent = AgentProcess(lab.node_ns, agent_config(lab, level, options))
+    try:
+        agent.start()
+        time.sleep(2.5 * REPORT_INTERVAL_S)  # everything before the baseline is reported before it
+        before_m = scrape(agent)
+        before_c = {p.name: lab.host_stats(p) for p in lab.pods}
+        run_traffic(lab, ipv6)
+        after_c = {p.name: lab.host_stats(p) for p in lab.pods}
+
+        want = {}
+        for p in lab.pods:
+            b, a = before_c[p.name], after_c[p.name]
+            want[(p.name, "egress")] = (a["rx_packets"] - b["rx_packets"], a["rx_bytes"] - b["rx_bytes"])
+            want[(p.name, "ingress")] = (a["tx_packets"] - b["tx_packets"], a["tx_bytes"] - b["tx_bytes"])
+
+        def read():
+            m = scrape(agent)
+            out = {}
+            for (pod, direction) in want:
+                c = total(m["networkobservability_adv_forward_count"], podname=pod, direction=direction) - total(
+                    before_m["networkobservability_adv_forward_count"], podname=pod, direction=direction)
+                b = total(m["networkobservability_adv_forward_bytes"], podname=pod, direction=direction) - total(
+                    before_m["networkobservability_adv_forward_bytes"], podname=pod, direction=direction)
+                out[(pod, direction)] = (int(c), int(b))
+            return out
+
+        got = wait_equal(read, want, 2 * REPORT_INTERVAL_S + 4)
+        assert got == want
+        assert all(v[0] >= 30 for v in want.values()), want
+
+        m = scrape(agent)
+        # Labels: identity from the inventory, zone from the node, workload = the Deployment.
+        p0 = lab.pods[0]
+        series = [lbl for lbl, _ in m["networkobservability_adv_forward_count"]
+                  if lbl["podname"] == p0.name and lbl["direction"] == "egress"]
+        assert series, m["networkobservability_adv_forward_count"]
+        for lbl in series:
+            assert lbl["ip"] == p0.ip(ipv6)
+            assert (lbl["namespace"], lbl["workload_kind"], lbl["workload_name"], lbl["zone"]) == (
+                "lab", "Deployment", p0.app, "lab-zone-a")
+        # TCP flags of the one connection, seen from pod 0 (it sent SYN and FIN, received SYN-ACK and FIN).
+        flags = {f: total(m["networkobservability_adv_tcpflags_count"], podname=p0.name, flag=f)
+                 - total(before_m["networkobservability_adv_tcpflags_count"], podname=p0.name, flag=f)
+                 for f in ("SYN", "SYNACK", "FIN", "RST")}
+        assert flags == {"SYN": 1, "SYNACK": 1, "FIN": 2, "RST": 0}
+    finally:
+        agent.close()
+
+
+def test_remote_context_counts_each_packet_once(lab):
+    options = [{"metricName": "forward_count", "sourceLabels": ["podname"], "destinationLabels": ["podname"]}]
+    agent = AgentProcess(lab.node_ns, agent_config(lab, "high", options, remote=True))
+    try:
+        agent.start()
+        time.sleep(2.5 * REPORT_INTERVAL_S)
+        before_m = scrape(agent)
+        before_c = {p.name: lab.host_stats(p) for p in lab.pods}
+        run_traffic(lab, ipv6=False)
+        after_c = {p.name: lab.host_stats(p) for p in lab.pods}
+        # Pod-to-pod only: every packet a pod sent (its veth's rx) is counted once, under its source_podname.
+        want = {p.name: after_c[p.name]["rx_packets"] - before_c[p.name]["rx_packets"] for p in lab.pods}
+
+        def read():
+            m = scrape(agent)["networkobservability_adv_forward_count"]
+            b = before_m["networkobservability_adv_forward_count"]
+            return {p.name: int(total(m, source_podname=p.name) - total(b, source_podname=p.name)) for p in lab.pods}
+
+        assert wait_equal(read, want, 2 * REPORT_INTERVAL_S + 4) == want
+        m = scrape(agent)["networkobservability_adv_forward_count"]
+        directions = {lbl["direction"] for lbl, _ in m if lbl["source_podname"] == lab.pods[0].name}
+        assert directions <= {"EGRESS", "INGRESS"} and "EGRESS" in directions
+    finally:
+        agent.close()
+
+
+def test_inventory_changes_relabel_and_malformed_keeps_cache(lab, tmp_path):
+    inv = tmp_path / "inventory.yaml"
+    data = lab.inventory()
+    inv.write_text(yaml.safe_dump(data))
+    options = [{"metricName": "forward_count", "sourceLabels": ["podname"]}]
+    cfg = agent_config(lab, "low", options)
+    cfg["enrichment"]["inventoryFile"] = str(inv)
+    agent = AgentProcess(lab.node_ns, cfg)
+    p0, p1 = lab.pods
+
+    def ipcache_name(ip):
+        return json.loads(agent.get("/debug/ipcache")[1])["ips"].get(ip, {}).get("pod_name")
+
+    def wait(cond, timeout=10):
+        deadline = time.monotonic() + timeout
+        while not cond() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return cond()
+
+    try:
+        agent.start()
+        assert ipcache_name(p0.ipv4) == p0.name
+        # Rename pod 0 in the inventory: new traffic carries the new name.
+        data["endpoints"][0]["podName"] = "renamed-0"
+        inv.write_text(yaml.safe_dump(data))
+        assert wait(lambda: ipcache_name(p0.ipv4) == "renamed-0")
+        traffic.ping(lab, p0, p1.ipv4, count=3)
+        assert wait(lambda: total(scrape(agent)["networkobservability_adv_forward_count"],
+                                  podname="renamed-0", direction="egress") == 3)
+        # A malformed inventory is reported and the last good cache stays.
+        inv.write_text("endpoints: [ {ips: [not-an-ip]} ]\n")
+        assert wait(lambda: total(
+            scrape(agent)["controlplane_networkobservability_enrichment_reload_errors_counter"]) == 1)
+        assert ipcache_name(p0.ipv4) == "renamed-0"
+        assert agent.get("/readyz")[0] == 200
+    finally:
+        agent.close()
+
+
+def test_netns_source_names_pods(lab):
+    cfg = {"enablePodLevel": True, "enrichment": {"source": "netns"}, "nodeName": "node"}
+    agent = AgentProcess(lab.node_ns, cfg)
+    try:
+        agent.start()
+        deadline = time.monotonic() + 10
+        ips = {}
+        while time.monotonic() < deadline:
+            ips = json.loads(agent.get("/debug/ipcache")[1])["ips"]
+            if all(p.ipv4 in ips for p in lab.pods):
+                break
+            time.sleep(0.2)
+        for p in lab.pods:
+            assert ips[p.ipv4]["pod_name"] == p.netns
+            assert ips[p.ipv6]["pod_name"] == p.netns
+    finally:
+        agent.close()
+
+
+def test_metrics_configuration_reload_at_run_time(lab):
+    options = [{"metricName": "forward_count", "sourceLabels": ["podname"]}]
+    agent = AgentProcess(lab.node_ns, agent_config(lab, "low", options))
+    p0, p1 = lab.pods
+    path = agent._cfg.name
+
+    def rewrite(opts):
+        cfg = yaml.safe_load(open(path))
+        cfg["metricsConfiguration"] = {"contextOptions": opts}
+        with open(path, "w") as f:
+            yaml.safe_dump(cfg, f)
+
+    def wait(cond, timeout=10):
+        deadline = time.monotonic() + timeout
+        while not cond() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return cond()
+
+    try:
+        agent.start()
+        traffic.ping(lab, p0, p1.ipv4, count=2)
+        assert wait(lambda: total(scrape(agent)["networkobservability_adv_forward_count"],
+                                  podname=p0.name, direction="egress") == 2)
+        # Same label set kept + a new metric: the count survives the reload.
+        rewrite(options + [{"metricName": "forward_bytes", "sourceLabels": ["podname", "namespace"]}])
+        assert wait(lambda: '"forward_bytes"' in json.dumps(json.loads(agent.get("/debug/config")[1])))
+        traffic.ping(lab, p0, p1.ipv4, count=2)
+        assert wait(lambda: total(scrape(agent)["networkobservability_adv_forward_count"],
+                                  podname=p0.name, direction="egress") == 4)
+        m = scrape(agent)
+        assert {lbl["namespace"] for lbl, _ in m["networkobservability_adv_forward_bytes"]} == {"lab"}
+        # An invalid configuration is rejected and counted; the running one stays.
+        rewrite([{"metricName": "forward_count", "sourceLabels": ["pod"]}])
+        assert wait(lambda: total(scrape(agent)["controlplane_networkobservability_config_reload_errors_counter"]) == 1)
+        assert "networkobservability_adv_forward_bytes" in scrape(agent)
+        assert agent.proc.poll() is None
+    finally:
+        agent.close()
