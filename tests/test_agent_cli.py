@@ -144,12 +144,12 @@ def pod_pair(netns):
 
 def test_failing_plugin_is_isolated(pod_pair):
     node, pod = pod_pair
-    agent = AgentProcess(node, {"enabledPlugin": ["packetparser", "dropreason"]})
+    agent = AgentProcess(node, {"enabledPlugin": ["packetparser"]})
     try:
         path = agent._cfg.name
         agent.proc = None
         # /readyz is 503 while dropreason is failed, so wait on /healthz instead.
-        argv = ["ip", "netns", "exec", node, sys.executable, "-m", "retina_exporter.cli", "agent", "--config", path]
+        argv = ["ip", "netns", "exec", node, sys.executable, "-m", "tests.support.agent_with_broken_plugin", path]
         agent.proc = subprocess.Popen(argv, cwd=ROOT, stdout=agent._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         status = None
@@ -164,9 +164,9 @@ def test_failing_plugin_is_isolated(pod_pair):
         assert status == 200, agent.log()
         status, body = agent.get("/readyz")
         assert status == 503
-        assert "plugin dropreason failed" in body.decode()
+        assert "plugin broken failed: start: verifier rejected the program (simulated)" in body.decode()
         _, metrics = agent.get("/metrics")
-        assert ('controlplane_networkobservability_plugin_manager_failed_to_reconcile{reason="dropreason"} 1'
+        assert ('controlplane_networkobservability_plugin_manager_failed_to_reconcile{reason="broken"} 1'
                 in metrics.decode())
         # packetparser keeps working: a ping from the pod shows up as flows.
         subprocess.run(["ip", "netns", "exec", pod, "ping", "-c", "2", "-i", "0.2", "10.77.0.1"], check=True,
