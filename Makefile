@@ -17,6 +17,9 @@ bench: setup
 	$(PY) bench/bench_packetparser.py
 	$(PY) bench/bench_ring.py
 	$(PY) bench/bench_convert.py
+	$(PY) bench/bench_enricher.py
+	$(PY) bench/bench_metrics.py
+	taskset -c 0 $(PY) bench/bench_pipeline.py
 
 clean-lab: setup
 	$(PY) -m retina_exporter.cli lab down --all

@@ -181,3 +181,18 @@ def test_failing_plugin_is_isolated(pod_pair):
         assert len(flows) == 2 and all(f["interface"]["name"] == "vtest0" for f in flows)
     finally:
         agent.close()
+
+
+def test_bad_metrics_configuration_exits_2_naming_the_field(netns):
+    res = run_agent(netns, {"enablePodLevel": True, "metricsConfiguration": {
+        "contextOptions": [{"metricName": "forward_count", "sourceLabels": ["ip"]}],
+        "namespaces": {"include": ["a"], "exclude": ["b"]}}})
+    assert res.returncode == 2
+    line = error_line(res)
+    assert "metricsConfiguration.namespaces" in line and "include" in line and "exclude" in line
+
+
+def test_unknown_metric_name_exits_2(netns):
+    res = run_agent(netns, {"metricsConfiguration": {"contextOptions": [{"metricName": "forward_packets"}]}})
+    assert res.returncode == 2
+    assert "metricsConfiguration.contextOptions[0].metricName: unknown metric 'forward_packets'" in error_line(res)

@@ -20,14 +20,24 @@ AGENT_PORT = 10093
 
 
 def demo_config(lab: Lab, inventory: Path) -> dict:
+    context = ["ip", "namespace", "podname", "workload", "zone"]
     return {
         "apiServer": {"host": "127.0.0.1", "port": AGENT_PORT},
         "enabledPlugin": ["packetparser"],
+        "enablePodLevel": True,
+        "enrichment": {"source": "inventory", "inventoryFile": str(inventory)},
         "hostInterfaces": [lab.uplink],
         "dataAggregationLevel": "high",
         "conntrackReportInterval": "5s",
         "nodeName": lab.node_name,
         "logLevel": "info",
+        "metricsConfiguration": {
+            "contextOptions": [
+                {"metricName": "forward_count", "sourceLabels": context, "ttl": "10m"},
+                {"metricName": "forward_bytes", "sourceLabels": context, "ttl": "10m"},
+                {"metricName": "tcp_flag_gauges", "sourceLabels": ["podname", "namespace"], "ttl": "10m"},
+            ],
+        },
     }
 
 
