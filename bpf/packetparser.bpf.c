@@ -30,6 +30,9 @@
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 2048
 #endif
+#ifndef FILTER_MAP_SIZE
+#define FILTER_MAP_SIZE 4096
+#endif
 
 #define ETH_P_8021Q_BE 0x0081  /* htons(0x8100) */
 #define ETH_P_8021AD_BE 0xA888 /* htons(0x88A8) */
@@ -42,6 +45,8 @@ BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_TABLE("lru_hash", struct ct_key, struct ct_entry, conntrack, CT_MAP_SIZE);
 BPF_ARRAY(config, struct pp_config, 1);
 BPF_PERCPU_ARRAY(lost, __u64, LOST_SLOTS);
+/* IPs of interest (filled by user space from annotations); consulted only when pp_config.filter_enabled. */
+BPF_F_TABLE("lpm_trie", struct filter_key, __u8, retina_filter, FILTER_MAP_SIZE, BPF_F_NO_PREALLOC);
 
 struct parsed {
 	struct ct_key key;   /* as seen in this packet (not yet oriented to the initiator) */
@@ -348,6 +353,20 @@ static __always_inline void report_untracked(struct parsed *p, __u64 now, __u8 o
 	events.ringbuf_submit(e, 0);
 }
 
+/* True when the address (ip_version 4: first 4 bytes; 6: all 16) is in the IP-of-interest trie. */
+static __always_inline int of_interest(const __u8 *ip, __u8 ip_version)
+{
+	struct filter_key k = {.prefixlen = 128};
+	if (ip_version == 4) {
+		k.ip[10] = 0xff;
+		k.ip[11] = 0xff;
+		__builtin_memcpy(&k.ip[12], ip, 4);
+	} else {
+		__builtin_memcpy(k.ip, ip, 16);
+	}
+	return retina_filter.lookup(&k) != NULL;
+}
+
 static __always_inline int process(struct __sk_buff *skb, __u8 obs_point)
 {
 	struct parsed p = {};
@@ -358,6 +377,10 @@ static __always_inline int process(struct __sk_buff *skb, __u8 obs_point)
 	__u32 zero = 0;
 	struct pp_config *cfg = config.lookup(&zero);
 	if (!cfg)
+		return TC_ACT_UNSPEC;
+	/* Annotation opt-in: traffic with no address of interest costs a trie lookup and nothing more. */
+	if (cfg->filter_enabled && !of_interest(p.key.src_ip, p.key.ip_version) &&
+	    !of_interest(p.key.dst_ip, p.key.ip_version))
 		return TC_ACT_UNSPEC;
 	__u64 now = bpf_ktime_get_boot_ns();
 	int sampled = bpf_get_prandom_u32() <= cfg->sampling_threshold;

@@ -156,6 +156,15 @@ struct pp_config {
 	__u64 syn_timeout_ns;      /* 24: lifetime of a TCP entry that has only seen the handshake start */
 	__u64 time_wait_ns;        /* 32: lifetime after both FINs or an RST */
 	__u64 nontcp_lifetime_ns;  /* 40: UDP, ICMP and other protocols */
+	__u32 filter_enabled;      /* 48: 1: only packets with an address in retina_filter are tracked/reported */
+	__u32 _pad;                /* 52 */
+};
+
+/* Key of the IP-of-interest LPM trie (retina_filter). Addresses are IPv6 or IPv4-mapped IPv6
+ * (::ffff:a.b.c.d), so one trie holds both families: an IPv4 /32 is prefixlen 128, an IPv4 /24 is 120. */
+struct filter_key {
+	__u32 prefixlen; /* 0: bits of ip that must match, 0..128 */
+	__u8 ip[16];     /* 4: network order */
 };
 
 /* Input of the ct_sweep program (run through BPF_PROG_TEST_RUN), after a 14-byte dummy Ethernet header. */

@@ -56,11 +56,8 @@ RETINA_IGNORED_KEYS: tuple[str, ...] = (
     "metricsIntervalDuration",
     "enableTelemetry",
     "telemetryInterval",
-    "enableAnnotations",
-    "bypassLookupIPOfInterest",
     "enableConntrackMetrics",
     "packetParserRingBuffer",
-    "filterMapMaxEntries",
 )
 
 _NS_PER_S = 1_000_000_000
@@ -108,6 +105,12 @@ class Config:
     """Where identities come from: ``none``, ``inventory``, ``netns`` (``kubernetes``/``operator`` later)."""
     enrichment_inventory_file: str = ""
     """Path of the inventory YAML for ``enrichment.source: inventory``."""
+    enable_annotations: bool = False
+    """Annotation opt-in (``retina.sh: observe``): only annotated namespaces/pods are observed at pod level."""
+    bypass_lookup_ip_of_interest: bool = False
+    """Track every packet even with annotations (no IP-of-interest filter in the kernel)."""
+    filter_map_max_entries: int = 4096
+    """Entries of the kernel IP-of-interest map (IPs or CIDRs)."""
     metrics_configuration: Any = None
     """The ``metricsConfiguration`` mapping (MetricsConfiguration CRD spec), validated; None when absent."""
     warnings: tuple[str, ...] = ()
@@ -416,6 +419,9 @@ _KEYS: tuple[_Key, ...] = (
          _choice("none", "inventory", "netns", "kubernetes", "operator"),
          "none, inventory, netns, kubernetes, operator"),
     _Key("enrichment.inventoryFile", "enrichment_inventory_file", _path_or_empty, "a file path"),
+    _Key("enableAnnotations", "enable_annotations", _bool, "true, false (also 1/0, yes/no)"),
+    _Key("bypassLookupIPOfInterest", "bypass_lookup_ip_of_interest", _bool, "true, false (also 1/0, yes/no)"),
+    _Key("filterMapMaxEntries", "filter_map_max_entries", _int_range(1, 1048576), "an integer from 1 to 1048576"),
     _Key("metricsConfiguration", "metrics_configuration", _metrics_configuration,
          "a mapping with the MetricsConfiguration CRD spec (docs/metrics.md)"),
 )

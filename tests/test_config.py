@@ -164,6 +164,9 @@ ENV_ALL = {
     "RETINA_REMOTECONTEXT": "1",
     "RETINA_ENRICHMENT_SOURCE": "netns",
     "RETINA_ENRICHMENT_INVENTORYFILE": "/tmp/inv.yaml",
+    "RETINA_ENABLEANNOTATIONS": "true",
+    "RETINA_BYPASSLOOKUPIPOFINTEREST": "yes",
+    "RETINA_FILTERMAPMAXENTRIES": "255",
     "RETINA_METRICSCONFIGURATION": '{"contextOptions": [{"metricName": "drop_count", "sourceLabels": ["namespace"]}]}',
 }
 
@@ -189,6 +192,9 @@ def test_every_key_from_env() -> None:
         remote_context=True,
         enrichment_source="netns",
         enrichment_inventory_file="/tmp/inv.yaml",
+        enable_annotations=True,
+        bypass_lookup_ip_of_interest=True,
+        filter_map_max_entries=255,
         metrics_configuration={"contextOptions": [{"metricName": "drop_count", "sourceLabels": ["namespace"]}]},
     )
 
@@ -568,7 +574,7 @@ def test_unknown_key_without_match_lists_known_keys(tmp_path: pathlib.Path) -> N
         ": unknown key 'zzz'; known keys: apiServer, enabledPlugin, enablePodLevel, dataAggregationLevel, "
         "dataSamplingRate, conntrackReportInterval, conntrackMapSize, packetParserRingBufferSize, enableTCX, "
         "hostInterfaces, nodeName, logLevel, outputRingCapacity, bpfPinPath, remoteContext, enrichment, "
-        "metricsConfiguration"
+        "enableAnnotations, bypassLookupIPOfInterest, filterMapMaxEntries, metricsConfiguration"
     )
     assert error_of(tmp_path, "apiServer: {zzz: 1}\n").endswith(
         ": unknown key 'apiServer.zzz'; known keys: apiServer.host, apiServer.port"
@@ -585,19 +591,19 @@ def test_ignored_retina_keys_warn(tmp_path: pathlib.Path) -> None:
     path = write(
         tmp_path,
         "metricsIntervalDuration: 10s\nenableTelemetry: false\n"
-        "filterMapMaxEntries:\n  a: [1, 2]\nenablePodLevel: true\n",
+        "enableConntrackMetrics:\n  a: [1, 2]\nenablePodLevel: true\n",
     )
     cfg = load_config(path, {})
     assert cfg.enable_pod_level is True
     assert cfg.warnings == tuple(
         f"config key {k!r} in {path} is a Retina setting that retina-exporter does not use; ignored"
-        for k in ("metricsIntervalDuration", "enableTelemetry", "filterMapMaxEntries")
+        for k in ("metricsIntervalDuration", "enableTelemetry", "enableConntrackMetrics")
     )
 
 
 def test_every_ignored_key_is_accepted(tmp_path: pathlib.Path) -> None:
     cfg = load_text(tmp_path, "".join(f"{k}: 1\n" for k in RETINA_IGNORED_KEYS))
-    assert len(cfg.warnings) == len(RETINA_IGNORED_KEYS) == 9
+    assert len(cfg.warnings) == len(RETINA_IGNORED_KEYS) == 6
     assert cfg.to_dict() == Config(node_name=cfg.node_name).to_dict()
 
 
@@ -633,7 +639,8 @@ dataSamplingRate: 1
     assert cfg.enable_pod_level is True
     assert cfg.log_level == "debug"
     assert cfg.remote_context is False
-    assert len(cfg.warnings) == 7
+    assert cfg.enable_annotations is True
+    assert len(cfg.warnings) == 5
 
 
 # ------------------------------------------------------------------------------------------------ file problems
@@ -719,6 +726,9 @@ def test_to_dict_defaults() -> None:
         "bpfPinPath": "/sys/fs/bpf/retina",
         "remoteContext": False,
         "enrichment": {"source": "none", "inventoryFile": ""},
+        "enableAnnotations": False,
+        "bypassLookupIPOfInterest": False,
+        "filterMapMaxEntries": 4096,
         "metricsConfiguration": None,
     }
 

@@ -90,7 +90,7 @@ def test_layouts_match_the_compiled_c(pp_program_low):
     """The Python mirror has the C compiler's sizes and offsets (bcc builds its ctypes from the C types)."""
     assert ct.sizeof(pp_program_low.conntrack.Key) == ct.sizeof(layout.CtKey) == 44
     assert ct.sizeof(pp_program_low.conntrack.Leaf) == ct.sizeof(layout.CtEntry) == 160
-    assert ct.sizeof(pp_program_low.config_map.Leaf) == ct.sizeof(layout.PpConfig) == 48
+    assert ct.sizeof(pp_program_low.config_map.Leaf) == ct.sizeof(layout.PpConfig) == 56
     assert ct.sizeof(layout.PacketEvent) == layout.EVENT_SIZE == 120
     for ours, theirs in ((layout.CtKey, pp_program_low.conntrack.Key), (layout.CtEntry, pp_program_low.conntrack.Leaf)):
         for name, *_ in ours._fields_:
@@ -336,3 +336,33 @@ def test_sweep_deletes_expired_entries_after_harvesting(harness):
     evs = harness.events()
     assert sum(e.packets for e in evs) == 7
     assert evs[-1].report_reason == layout.REPORT_EXPIRED and evs[-1].packets == 6
+
+
+def test_ip_of_interest_filter(harness):
+    """With the filter on, only packets with a source or destination in retina_filter are tracked; IPv4 entries
+    are IPv4-mapped, CIDRs work, and owners' claims are reference-counted."""
+    harness.reset(filter_enabled=True)
+    flt = harness.prog.filter
+    flt.set_owner("ns:lab", ["10.1.0.2", "fd00::2"])
+    flt.set_owner("pod:x", ["10.1.0.2", "10.7.0.0/16"])
+    try:
+        send = [
+            (A4, B4, 1),          # to an IP of interest
+            ("10.9.9.9", "10.9.9.8", 2),  # neither
+            ("10.7.3.4", "10.9.9.8", 3),  # source in the /16
+        ]
+        for src, dst, port in send:
+            harness.run(eth(IP(src=src, dst=dst) / UDP(sport=port, dport=port)))
+        harness.run(eth(IPv6(src=A6, dst=B6) / UDP(sport=4, dport=4)))
+        harness.run(eth(IPv6(src=A6, dst="fd00::9") / UDP(sport=5, dport=5)))
+        assert sorted(e.src_port for e in harness.events()) == [1, 3, 4]
+        # Dropping one owner keeps what another still claims.
+        flt.remove_owner("ns:lab")
+        assert flt.addresses() == {"10.1.0.2/32", "10.7.0.0/16"}
+        harness.run(eth(IPv6(src=A6, dst=B6) / UDP(sport=6, dport=6)))
+        harness.run(eth(IP(src=A4, dst=B4) / UDP(sport=7, dport=7)))
+        assert [e.src_port for e in harness.events()] == [7]
+    finally:
+        flt.remove_owner("ns:lab")
+        flt.remove_owner("pod:x")
+        harness.reset()

@@ -19,11 +19,10 @@ from __future__ import annotations
 from retina_exporter.dns.names import type_name
 from retina_exporter.dns.parser import Message
 
-__all__ = ["DnsRecord", "VERDICT_DNS", "VERDICT_TCP_RETRANSMISSION"]
+__all__ = ["DnsRecord", "VERDICT_DNS"]
 
-# Retina's custom verdicts (pkg/utils: Verdict_RETRANSMISSION = 15, Verdict_DNS = 16), which the metrics module
-# dispatches on. Converted to Hubble's FORWARDED (DNS, with Type L7) by retina_exporter.flow.convert.
-VERDICT_TCP_RETRANSMISSION = 15
+# Retina's custom verdict for DNS flows (pkg/utils Verdict_DNS), which the metrics module dispatches on; converted
+# to Hubble's FORWARDED (with Type L7) by retina_exporter.flow.convert.
 VERDICT_DNS = 16
 
 

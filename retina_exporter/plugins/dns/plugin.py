@@ -42,7 +42,7 @@ from retina_exporter.plugins.dns.layout import HEADER_SIZE
 from retina_exporter.plugins.dns.loader import DnsProgram
 from retina_exporter.plugins.dns.processor import DnsProcessor
 from retina_exporter.plugins.packetparser.watcher import VethWatcher, _attr
-from retina_exporter.tc.attach import AttachError, TcAttacher
+from retina_exporter.tc.attach import AttachError, TcAttacher, enter_netns
 from retina_exporter.telemetry import LOST_KERNEL
 
 log = logging.getLogger(__name__)
@@ -173,11 +173,14 @@ class DnsPlugin(Plugin):
         self.host_interfaces: tuple[str, ...] = ()
         self._lock = threading.RLock()
         self._registered = False
+        self._netns_fd = -1  # the namespace init() ran in: link look-ups happen there, whatever thread asks
 
     # --- lifecycle ----------------------------------------------------------------------------------------
     def init(self, ctx: PluginContext) -> None:
         self.ctx = ctx
         cfg = ctx.config
+        if self._netns_fd < 0:
+            self._netns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         self.host_interfaces = tuple(getattr(cfg, "host_interfaces", ()))
         for name in self.host_interfaces:
             interface_index(name)
@@ -232,13 +235,17 @@ class DnsPlugin(Plugin):
             else:
                 self.program.set_seen(set())
         self.program = None
+        if self._netns_fd >= 0:
+            os.close(self._netns_fd)
+            self._netns_fd = -1
 
     def reconcile(self) -> None:
         if self.watcher is not None:
-            self.watcher.scan()
+            with enter_netns(self._netns_fd):
+                self.watcher.scan()
             with self._lock:
                 for index in list(self.attached):
-                    self.masters[index] = link_master(index)
+                    self.masters[index] = self._master(index)
                 self._sync_seen()
         if self.reader is not None and not self.reader.alive():
             raise RuntimeError("dns ring-buffer reader thread died")
@@ -265,9 +272,15 @@ class DnsPlugin(Plugin):
         with self._lock:
             self.ifnames[ifindex] = ifname
             self.attached[ifindex] = atts
-            self.masters[ifindex] = link_master(ifindex)
+            self.masters[ifindex] = self._master(ifindex)
             self._sync_seen()
         log.info("dns attached to %s (ifindex %d) via %s", ifname, ifindex, atts[0].mode)
+
+    def _master(self, ifindex: int) -> int:
+        if self._netns_fd < 0:
+            return link_master(ifindex)
+        with enter_netns(self._netns_fd):
+            return link_master(ifindex)
 
     def _on_veth_add(self, ifindex: int, ifname: str) -> None:
         self._attach_pair(ifindex, ifname, loader.FROM_ENDPOINT, loader.TO_ENDPOINT)

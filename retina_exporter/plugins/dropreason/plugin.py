@@ -102,6 +102,7 @@ class DropReasonPlugin(Plugin):
             ring = self._ring_opt or getattr(cfg, "drop_reason_ring_buffer_size", None) or LoadOptions.ring_buffer_bytes
             self.program = DropReasonProgram(LoadOptions(ring_buffer_bytes=ring, tracefs=self.tracefs))
         self.reasons = reasons_mod.ReasonTable.from_kernel(self.tracefs)
+        reasons_mod.adopt_table(self.reasons)
         self._ignore_codes = self.reasons.ignore_codes(ignore)
         self.netns = self._discover_scope()
         self.program.configure(self._ignore_codes, emit_events=self.pod_level, netns=self.netns)

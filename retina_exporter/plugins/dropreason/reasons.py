@@ -223,6 +223,14 @@ def kernel_table() -> ReasonTable:
         return _table
 
 
+def adopt_table(table: ReasonTable) -> None:
+    """Make ``table`` the process-wide one unless there is one already (the plugin's, built at start-up)."""
+    global _table
+    with _table_lock:
+        if _table is None:
+            _table = table
+
+
 def reason_name(code: int) -> str:
     """Kernel reason name for a FlowRecord's ``drop_reason`` code (for metrics' ``reason`` label)."""
     return kernel_table().name(code)

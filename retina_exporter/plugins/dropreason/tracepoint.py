@@ -45,7 +45,7 @@ class TracepointFormat:
             return self.fields[name]
         except KeyError:
             have = ", ".join(self.fields) or "none"
-            raise StartupError(
+            raise TracepointMissing(
                 f"tracepoint {self.system}:{self.event} ({self.path}) has no field {name!r} (fields: {have}); "
                 "this kernel is too old for dropreason (skb:kfree_skb gained 'reason' in Linux 5.17)"
             ) from None
@@ -86,20 +86,30 @@ def parse_format(text: str, system: str = "", event: str = "", path: str = "") -
     return TracepointFormat(system, event, tp_id, fields, print_fmt, path)
 
 
+class TracepointMissing(RuntimeError):
+    """The kernel has no such tracepoint (tracefs is mounted, the event is not there). Not a StartupError: the
+    agent keeps its other plugins, and /readyz names this one's failure."""
+
+
 def read_format(system: str, event: str, tracefs: str = DEFAULT_TRACEFS) -> TracepointFormat:
-    """Parse ``<tracefs>/events/<system>/<event>/format``; a clear :class:`StartupError` when it is missing."""
+    """Parse ``<tracefs>/events/<system>/<event>/format``.
+
+    Raises :class:`StartupError` when tracefs is not mounted at ``tracefs`` (the operator must mount it) and
+    :class:`TracepointMissing` when it is but the kernel lacks the tracepoint."""
     path = Path(tracefs) / "events" / system / event / "format"
     try:
         text = path.read_text()
     except FileNotFoundError:
-        root = Path(tracefs)
-        if not (root / "events").is_dir():
-            why = (f"tracefs is not mounted at {tracefs} (no events/ directory): mount it "
-                   f"('mount -t tracefs tracefs {tracefs}') or give the agent the host's /sys/kernel/tracing")
-        else:
-            why = (f"this kernel has no tracepoint {system}:{event} ({path} is missing); dropreason needs "
-                   "CONFIG_TRACEPOINTS and Linux >= 5.17 for drop reasons")
-        raise StartupError(f"dropreason cannot attach: {why}") from None
+        if not (Path(tracefs) / "events").is_dir():
+            raise StartupError(
+                f"dropreason cannot attach to {system}:{event}: tracefs is not mounted at {tracefs} (no events/ "
+                f"directory); mount it ('mount -t tracefs tracefs {tracefs}') or give the agent the host's "
+                "/sys/kernel/tracing"
+            ) from None
+        raise TracepointMissing(
+            f"dropreason cannot attach: this kernel has no tracepoint {system}:{event} ({path} is missing); "
+            "dropreason needs CONFIG_TRACEPOINTS and Linux >= 5.17 for drop reasons"
+        ) from None
     except PermissionError as exc:
         raise StartupError(f"dropreason cannot read {path}: {exc.strerror}; run the agent as root") from None
     return parse_format(text, system, event, str(path))

@@ -122,7 +122,15 @@ class PpConfig(ct.Structure):
         ("syn_timeout_ns", ct.c_uint64),
         ("time_wait_ns", ct.c_uint64),
         ("nontcp_lifetime_ns", ct.c_uint64),
+        ("filter_enabled", ct.c_uint32),
+        ("_pad", ct.c_uint32),
     ]
+
+
+class FilterKey(ct.Structure):
+    """``struct filter_key``: LPM trie key; IPv4 as IPv4-mapped IPv6 (``::ffff:a.b.c.d``)."""
+
+    _fields_ = [("prefixlen", ct.c_uint32), ("ip", ct.c_uint8 * 16)]
 
 
 class SweepRequest(ct.Structure):

@@ -47,6 +47,9 @@ class LoadOptions:
     syn_timeout_ns: int = 60 * 1_000_000_000
     time_wait_ns: int = 30 * 1_000_000_000
     nontcp_lifetime_ns: int = 60 * 1_000_000_000
+    # IP-of-interest filter (annotation opt-in): only packets with an address in retina_filter are tracked.
+    filter_enabled: bool = False
+    filter_map_size: int = 4096
 
 
 def check_kernel_headers() -> None:
@@ -82,6 +85,7 @@ class PacketParserProgram:
             f"-I{BPF_DIR}",
             f"-DCT_MAP_SIZE={options.ct_map_size}",
             f"-DRINGBUF_PAGES={options.ring_buffer_bytes // PAGE_SIZE}",
+            f"-DFILTER_MAP_SIZE={options.filter_map_size}",
             "-Wno-unused-function",
         ]
         try:
@@ -100,6 +104,9 @@ class PacketParserProgram:
         self.conntrack = self.bpf[b"conntrack"]
         self.config_map = self.bpf[b"config"]
         self.lost = self.bpf[b"lost"]
+        from retina_exporter.plugins.packetparser.filtermap import IpFilterMap
+
+        self.filter = IpFilterMap(self.bpf[b"retina_filter"], options.filter_map_size)
         self.configure(options)
 
     def configure(self, options: LoadOptions) -> None:
@@ -112,6 +119,7 @@ class PacketParserProgram:
         cfg.syn_timeout_ns = options.syn_timeout_ns
         cfg.time_wait_ns = options.time_wait_ns
         cfg.nontcp_lifetime_ns = options.nontcp_lifetime_ns
+        cfg.filter_enabled = 1 if options.filter_enabled else 0
         self.config_map[ct.c_int(0)] = cfg
         self.options = options
 

@@ -32,6 +32,8 @@ def load_options_from(cfg) -> LoadOptions:
         aggregation_high=cfg.data_aggregation_level == "high",
         sampling_rate=max(1, cfg.data_sampling_rate),
         report_interval_ns=cfg.conntrack_report_interval_ns,
+        filter_enabled=cfg.enable_annotations and not cfg.bypass_lookup_ip_of_interest,
+        filter_map_size=cfg.filter_map_max_entries,
     )
 
 

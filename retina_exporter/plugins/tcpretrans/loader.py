@@ -1,0 +1,228 @@
+"""Compile ``bpf/tcpretrans.bpf.c`` with bcc for the running kernel, attach it to the ``tcp:tcp_retransmit_skb``
+(and, when present, ``tcp:tcp_retransmit_synack``) tracepoints, own its maps.
+
+Version-dependent facts are read at start-up and handed to the compiler as ``-D`` defines: the tracepoint
+records' field offsets from ``<tracefs>/events/tcp/<event>/format`` (``TP_SKB_OFF_*``, ``TP_SA_OFF_*``; ``err``
+exists since Linux 6.10 or so), and -- when the kernel has BTF -- ``sock``/``net``/``sk_buff``/``tcp_skb_cb``
+member offsets from :mod:`retina_exporter.btf` (netns inode, segment count, TCP flags). Without BTF the plugin
+still counts, with netns 0 (no namespace scoping), 1 segment per retransmission and no flags.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from retina_exporter import btf as btfmod
+from retina_exporter.errors import StartupError
+from retina_exporter.plugins.dropreason.tracepoint import (
+    DEFAULT_TRACEFS,
+    TracepointFormat,
+    TracepointMissing,
+    parse_format,
+)
+from retina_exporter.plugins.packetparser.loader import check_kernel_headers
+from retina_exporter.plugins.tcpretrans import layout
+from retina_exporter.sysfs import missing_capabilities
+
+log = logging.getLogger(__name__)
+
+BPF_DIR = Path(__file__).resolve().parents[3] / "bpf"
+SOURCE = BPF_DIR / "tcpretrans.bpf.c"
+PROG_SKB = "rtcp_retrans"
+PROG_SYNACK = "rtcp_synack"
+TP_SKB = ("tcp", "tcp_retransmit_skb")
+TP_SYNACK = ("tcp", "tcp_retransmit_synack")
+PAGE_SIZE = 4096
+
+# (define suffix, field, expected size)
+SKB_FIELDS = (
+    ("SKBADDR", "skbaddr", 8),
+    ("SKADDR", "skaddr", 8),
+    ("STATE", "state", 4),
+    ("SPORT", "sport", 2),
+    ("DPORT", "dport", 2),
+    ("FAMILY", "family", 2),
+    ("SADDR", "saddr", 4),
+    ("DADDR", "daddr", 4),
+    ("SADDR_V6", "saddr_v6", 16),
+    ("DADDR_V6", "daddr_v6", 16),
+)
+SYNACK_FIELDS = tuple(f for f in SKB_FIELDS if f[1] not in ("skbaddr", "state"))
+# (define, struct, member path, expected size or None)
+KERNEL_OFFSETS = (
+    ("OFF_SK_NET", "sock", "__sk_common.skc_net.net", 8),
+    ("OFF_NET_INUM", "net", "ns.inum", 4),
+    ("OFF_SKB_CB", "sk_buff", "cb", None),
+    ("OFF_TCB_GSO_SEGS", "tcp_skb_cb", "tcp_gso_segs", 2),
+    ("OFF_TCB_FLAGS", "tcp_skb_cb", "tcp_flags", None),
+)
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    ring_buffer_bytes: int = 256 * 1024
+    tracefs: str = DEFAULT_TRACEFS
+    btf_path: str = btfmod.VMLINUX
+    netns_map_size: int = 4096
+    use_btf: bool = True
+
+
+def read_tp_format(system: str, event: str, tracefs: str) -> TracepointFormat:
+    path = Path(tracefs) / "events" / system / event / "format"
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        if not (Path(tracefs) / "events").is_dir():
+            raise StartupError(
+                f"tcpretrans cannot attach to {system}:{event}: tracefs is not mounted at {tracefs}; mount it "
+                f"('mount -t tracefs tracefs {tracefs}') or give the agent the host's /sys/kernel/tracing"
+            ) from None
+        raise TracepointMissing(f"this kernel has no tracepoint {system}:{event} ({path} is missing)") from None
+    except PermissionError as exc:
+        raise StartupError(f"tcpretrans cannot read {path}: {exc.strerror}; run the agent as root") from None
+    return parse_format(text, system, event, str(path))
+
+
+def field_defines(fmt: TracepointFormat, prefix: str, fields) -> dict[str, int]:
+    out = {}
+    for suffix, name, size in fields:
+        f = fmt.fields.get(name)
+        if f is None:
+            raise StartupError(f"tcpretrans: tracepoint {fmt.system}:{fmt.event} has no field {name!r} ({fmt.path})")
+        if f.size != size:
+            raise StartupError(f"tcpretrans: field {name} of {fmt.system}:{fmt.event} is {f.size} bytes, expected {size}")
+        out[f"{prefix}{suffix}"] = f.offset
+    return out
+
+
+def kernel_offsets(path: str) -> dict[str, int] | None:
+    """BTF member offsets, or None (logged) when the kernel has no usable BTF."""
+    try:
+        b = btfmod.load(path)
+        out = {}
+        for define, struct_name, member, size in KERNEL_OFFSETS:
+            off, got = b.member_offset(struct_name, member)
+            if size is not None and got != size:
+                raise btfmod.BtfError(f"{struct_name}.{member} is {got} bytes, expected {size}")
+            out[define] = off
+        return out
+    except (btfmod.BtfError, OSError) as exc:
+        log.warning("tcpretrans: no kernel BTF offsets (%s): no netns scoping, 1 segment per retransmission", exc)
+        return None
+
+
+class TcpRetransProgram:
+    """The compiled program and its maps: ``rt_events``, ``rt_config``, ``netns_filter``, ``rt_stats``."""
+
+    def __init__(self, options: LoadOptions = LoadOptions()) -> None:
+        self.options = options
+        rb = options.ring_buffer_bytes
+        if rb < PAGE_SIZE or rb & (rb - 1):
+            raise StartupError(f"tcpretrans ring buffer size {rb} must be a power of two >= {PAGE_SIZE}")
+        skb_fmt = read_tp_format(*TP_SKB, tracefs=options.tracefs)
+        defines = field_defines(skb_fmt, "TP_SKB_OFF_", SKB_FIELDS)
+        err = skb_fmt.fields.get("err")
+        if err is not None and err.size == 4:
+            defines["TP_SKB_OFF_ERR"] = err.offset
+            defines["TP_SKB_HAS_ERR"] = 1
+        try:
+            sa_fmt = read_tp_format(*TP_SYNACK, tracefs=options.tracefs)
+            defines.update(field_defines(sa_fmt, "TP_SA_OFF_", SYNACK_FIELDS))
+            defines["HAVE_SYNACK"] = 1
+        except TracepointMissing:
+            log.info("tcpretrans: no tcp:tcp_retransmit_synack tracepoint; SYN-ACK retransmissions are not counted")
+        self.has_synack = defines.get("HAVE_SYNACK") == 1
+        self.has_err = defines.get("TP_SKB_HAS_ERR") == 1
+        koff = kernel_offsets(options.btf_path) if options.use_btf else None
+        self.has_kernel_offsets = koff is not None
+        if koff:
+            defines.update(koff)
+            defines["HAVE_KERNEL_OFFSETS"] = 1
+        self.defines = defines
+        check_kernel_headers()
+        missing = missing_capabilities()
+        if missing:
+            raise StartupError(f"tcpretrans needs {', '.join(missing)}: run the agent as root")
+        from bcc import BPF
+
+        cflags = [f"-I{BPF_DIR}", f"-DRINGBUF_PAGES={rb // PAGE_SIZE}", f"-DNETNS_MAP_SIZE={options.netns_map_size}",
+                  "-Wno-unused-function"]
+        cflags += [f"-D{k}={v}" for k, v in sorted(defines.items())]
+        try:
+            self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
+            self.bpf.load_func(PROG_SKB.encode(), BPF.TRACEPOINT)
+            if self.has_synack:
+                self.bpf.load_func(PROG_SYNACK.encode(), BPF.TRACEPOINT)
+        except Exception as exc:
+            raise StartupError(f"compiling or loading {SOURCE} failed ({exc}); see the compiler/verifier output") from exc
+        self.config_map = self.bpf[b"rt_config"]
+        self.stats_map = self.bpf[b"rt_stats"]
+        self.netns_filter = self.bpf[b"netns_filter"]
+        self.attached: list[bytes] = []
+        self._lock = threading.Lock()
+        self._handler = None
+        self._ring_open = False
+        self.configure()
+
+    def configure(self, emit_events: bool = False, netns: set[int] | None = None) -> None:
+        """Events on/off and the namespace filter (``None``: every namespace)."""
+        with self._lock:
+            if netns is not None:
+                current = {k.value for k in self.netns_filter.keys()}
+                for ino in netns - current:
+                    self.netns_filter[ct.c_uint32(ino)] = ct.c_uint8(1)
+                for ino in current - netns:
+                    try:
+                        del self.netns_filter[ct.c_uint32(ino)]
+                    except KeyError:
+                        pass
+            cfg = layout.RtConfig()
+            cfg.filter_netns = 0 if netns is None else 1
+            cfg.emit_events = 1 if emit_events else 0
+            self.config_map[ct.c_int(0)] = cfg
+
+    def attach(self) -> None:
+        targets = [(b"tcp:tcp_retransmit_skb", PROG_SKB)]
+        if self.has_synack:
+            targets.append((b"tcp:tcp_retransmit_synack", PROG_SYNACK))
+        for tp, prog in targets:
+            if tp in self.attached:
+                continue
+            try:
+                self.bpf.attach_tracepoint(tp=tp, fn_name=prog.encode())
+            except Exception as exc:
+                self.detach()
+                raise StartupError(f"tcpretrans: attaching to {tp.decode()} failed: {exc} (is tracefs mounted?)") from exc
+            self.attached.append(tp)
+
+    def detach(self) -> None:
+        for tp in list(self.attached):
+            try:
+                self.bpf.detach_tracepoint(tp)
+            except Exception:
+                log.exception("detaching %s failed", tp)
+            self.attached.remove(tp)
+
+    def set_event_handler(self, handler) -> None:
+        """Route ring-buffer records to ``handler(ctx, data, size)`` (None: discard). Opens the ring once."""
+        self._handler = handler
+        if not self._ring_open:
+            self.bpf[b"rt_events"].open_ring_buffer(self._dispatch)
+            self._ring_open = True
+
+    def _dispatch(self, ctx, data, size) -> int:
+        handler = self._handler
+        return 0 if handler is None else handler(ctx, data, size)
+
+    def stats(self) -> dict[str, int]:
+        return {name: int(sum(self.stats_map[ct.c_int(i)])) for i, name in enumerate(layout.STAT_NAMES)}
+
+    def close(self) -> None:
+        self.detach()
+        bpf, self.bpf = getattr(self, "bpf", None), None
+        if bpf is not None:
+            bpf.cleanup()
