@@ -133,6 +133,13 @@ class Agent:
                 self.ring, self.telemetry, mcfg, cfg.node_name, bool(cfg.host_interfaces),
                 remote_context=cfg.remote_context, registry=self.metrics,
             )
+            if "dropreason" in cfg.enabled_plugins:
+                try:  # kernel reason names (NETFILTER_DROP, NO_SOCKET, ...) for adv_drop_* labels
+                    from retina_exporter.plugins.dropreason.reasons import reason_name
+
+                    self.metrics_module.advanced.drop_reason_name = reason_name
+                except ImportError:
+                    pass
         self.config_reloads = 0
         self.config_reload_errors = 0
         self.ctx = PluginContext(config=cfg, flow_sink=flow_sink, telemetry=self.telemetry, metrics=self.metrics)

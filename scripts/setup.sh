@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_pkgs=(python3-bpfcc bpfcc-tools bpftool iproute2 iputils-ping iperf3 tcpdump python3-venv ethtool)
+need_pkgs=(python3-bpfcc bpfcc-tools bpftool iproute2 iputils-ping iperf3 tcpdump python3-venv ethtool nftables iptables prometheus)
 missing=()
 for p in "${need_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ctypes as ct
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from retina_exporter import btf as btfmod
@@ -126,7 +126,9 @@ class DropReasonProgram:
             self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
             self.bpf.load_func(PROGRAM.encode(), BPF.TRACEPOINT)
         except Exception as exc:
-            raise StartupError(f"compiling or loading {SOURCE} failed ({exc}); see the compiler/verifier output above") from exc
+            raise StartupError(
+                f"compiling or loading {SOURCE} failed ({exc}); see the compiler/verifier output above"
+            ) from exc
         self.counts = self.bpf[b"counts"]
         self.config_map = self.bpf[b"config"]
         self.stats = self.bpf[b"stats"]
