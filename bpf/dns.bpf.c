@@ -166,7 +166,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 		seq = ((__u32)hdr[4] << 24) | ((__u32)hdr[5] << 16) | ((__u32)hdr[6] << 8) | hdr[7];
 		tcp_flags = hdr[13];
 		msg_len = ip_end > payload_off ? ip_end - payload_off : 0;
-		if (msg_len == 0) {
+		/* Segments without payload are not reported, except SYNs: their sequence number tells user space where
+		 * the connection's first message starts. */
+		if (msg_len == 0 && !(tcp_flags & 0x02)) {
 			stat_inc(DNS_STAT_NO_PAYLOAD);
 			return TC_ACT_UNSPEC;
 		}

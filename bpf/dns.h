@@ -1,5 +1,5 @@
-/* dns.h — layouts shared by bpf/dns.bpf.c and retina_exporter/plugins/dns/layout.py (which mirrors them; tests
- * check the sizes and offsets against the compiler's view).
+/* dns.h — layouts shared by bpf/dns.bpf.c and retina_exporter/plugins/dns/layout.py (which mirrors them; the lab
+ * tests decode real events with it, tests/test_dns_processor.py checks the sizes).
  *
  * Byte order: addresses in network order (as on the wire), everything else in host order.
  * Times: CLOCK_BOOTTIME nanoseconds (bpf_ktime_get_boot_ns, kernel >= 5.8).
@@ -21,10 +21,11 @@
 #define DNS_STAT_EMITTED 0      /* events written to the ring buffer */
 #define DNS_STAT_RINGBUF_FULL 1 /* events lost: bpf_ringbuf_reserve failed */
 #define DNS_STAT_SEEN_EARLIER 2 /* port-53 packets at a TO_* point that a FROM_* hook of ours already saw */
-#define DNS_STAT_NO_PAYLOAD 3   /* TCP port-53 segments without payload (handshake, ACKs), not reported */
+#define DNS_STAT_NO_PAYLOAD 3   /* TCP port-53 segments without payload and without SYN, not reported */
 #define DNS_STAT_SLOTS 4
 
-/* One port-53 packet at its first observation point on this node. 64 + DNS_CAPTURE bytes. */
+/* One port-53 packet at its first observation point on this node (UDP: every datagram; TCP: segments with
+ * payload, and SYNs). 64 + DNS_CAPTURE bytes. */
 struct dns_event {
 	__u64 ts_ns;       /* 0: boot ns */
 	__u8 src_ip[16];   /* 8: IPv4 in the first 4 bytes, rest zero */

@@ -1,5 +1,5 @@
 /* tcpretrans.h — layouts shared by bpf/tcpretrans.bpf.c and retina_exporter/plugins/tcpretrans/layout.py (which
- * mirrors them; tests check sizes and offsets against the compiler's view).
+ * mirrors them; the lab tests decode real events with it).
  *
  * Byte order: addresses in network order, ports and everything else in host order. Times: CLOCK_BOOTTIME ns.
  */

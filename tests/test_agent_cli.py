@@ -196,3 +196,30 @@ def test_unknown_metric_name_exits_2(netns):
     res = run_agent(netns, {"metricsConfiguration": {"contextOptions": [{"metricName": "forward_packets"}]}})
     assert res.returncode == 2
     assert "metricsConfiguration.contextOptions[0].metricName: unknown metric 'forward_packets'" in error_line(res)
+
+
+def test_new_pod_veth_is_attached_from_netlink_events(netns):
+    """A veth created after the agent started is attached at once (netlink), not at the next reconcile (10 s)."""
+    pod = f"{netns}-late"
+    agent = AgentProcess(netns, {})
+    try:
+        agent.start()
+        subprocess.run(["ip", "netns", "add", pod], check=True)
+        for c in (["ip", "-n", netns, "link", "add", "vlate0", "type", "veth", "peer", "name", "eth0", "netns", pod],
+                  ["ip", "-n", netns, "addr", "add", "10.78.0.1/24", "dev", "vlate0"],
+                  ["ip", "-n", netns, "link", "set", "vlate0", "up"],
+                  ["ip", "-n", pod, "addr", "add", "10.78.0.2/24", "dev", "eth0"],
+                  ["ip", "-n", pod, "link", "set", "eth0", "up"]):
+            subprocess.run(c, check=True)
+        created = time.monotonic()
+        attached = False
+        while time.monotonic() - created < 4:
+            _, body = agent.get("/debug/plugins")
+            if "vlate0" in json.loads(body).get("packetparser", {}).get("attached", {}):
+                attached = True
+                break
+            time.sleep(0.05)
+        assert attached, agent.log()
+    finally:
+        agent.close()
+        subprocess.run(["ip", "netns", "del", pod], check=False)

@@ -261,14 +261,20 @@ def test_sweep_record_subtracts_no_own_flags():
 
 
 def test_dropped_record_event_type_and_reason():
-    rec = tcp_synack_record(verdict=VERDICT_DROPPED, drop_reason=133, tcp_flags=TCP_SYN, is_reply=None)
+    """drop_reason keeps the running kernel's skb_drop_reason code; drop_reason_desc and the event sub-type get
+    Hubble's closest DropReason; the kernel's name is in the drop_reason extension."""
+    from retina_exporter.plugins.dropreason.reasons import kernel_table
+
+    code = kernel_table().code("NETFILTER_DROP")
+    rec = tcp_synack_record(verdict=VERDICT_DROPPED, drop_reason=code, tcp_flags=TCP_SYN, is_reply=None)
     f = to_proto(rec)
     assert f.verdict == flow_pb2.DROPPED
-    assert (f.event_type.type, f.event_type.sub_type) == (1, 133)
-    assert f.drop_reason == 133
+    assert (f.event_type.type, f.event_type.sub_type) == (1, flow_pb2.POLICY_DENIED)
+    assert f.drop_reason == code
     assert f.drop_reason_desc == flow_pb2.POLICY_DENIED
     d = to_json_dict(f)
     assert d["verdict"] == "DROPPED" and d["drop_reason_desc"] == "POLICY_DENIED"
+    assert ext(f)["drop_reason"] == "NETFILTER_DROP"
 
 
 @dataclass

@@ -108,6 +108,7 @@ EXT_KEY_PREV_PACKETS = "previously_observed_packets"
 EXT_KEY_PREV_BYTES = "previously_observed_bytes"
 EXT_KEY_PREV_TCP_FLAGS = "previously_observed_tcp_flags"
 EXT_KEY_REPORT_REASON = "report_reason"
+EXT_KEY_DROP_REASON = "drop_reason"
 EXT_KEY_DNS_TYPE = "dns_type"
 EXT_KEY_NUM_RESPONSES = "num_responses"
 
@@ -362,6 +363,8 @@ def _extensions_bytes(rec: FlowRecord, is_tcp: bool) -> bytes:
     else:
         r = str(reason).encode()
         parts.append(_entry(EXT_KEY_REPORT_REASON, b"\x1a" + _varint(len(r)) + r))
+    if rec.verdict == VERDICT_DROPPED:
+        parts.append(_drop_extension_bytes(rec.drop_reason))
     return b"".join(parts)
 
 
@@ -375,6 +378,22 @@ def _dns_extensions_bytes(dns: Any) -> bytes:
     if dns.num_answers:
         out += _P_NUM_RESPONSES + _pack_double(dns.num_answers)
     return out
+
+
+def _hubble_drop_reason(code: int) -> int:
+    try:
+        from retina_exporter.plugins.dropreason.reasons import hubble_drop_reason
+    except ImportError:  # pragma: no cover - the plugin ships with the agent
+        return 0
+    return hubble_drop_reason(code)
+
+
+def _drop_extension_bytes(code: int) -> bytes:
+    """Retina's ``drop_reason`` extension key with the kernel's reason name (e.g. ``NETFILTER_DROP``)."""
+    from retina_exporter.plugins.dropreason.reasons import reason_name
+
+    name = reason_name(code).encode()
+    return _entry(EXT_KEY_DROP_REASON, b"\x1a" + _varint(len(name)) + name)
 
 
 def extensions_struct(rec: FlowRecord) -> struct_pb2.Struct:
@@ -474,10 +493,13 @@ def to_proto(rec: FlowRecord) -> Any:
 
     obs = rec.obs_point
     if rec.verdict == VERDICT_DROPPED:
+        # drop_reason keeps the kernel's skb_drop_reason code; drop_reason_desc (and the type column's
+        # sub_type) get the closest Hubble DropReason; the kernel's name rides in the drop_reason extension.
+        hubble = _hubble_drop_reason(rec.drop_reason)
         f.event_type.type = MSG_TYPE_DROP
-        f.event_type.sub_type = rec.drop_reason
+        f.event_type.sub_type = hubble
         f.drop_reason = rec.drop_reason
-        f.drop_reason_desc = rec.drop_reason
+        f.drop_reason_desc = hubble
     else:
         f.event_type.type = MSG_TYPE_TRACE
         f.event_type.sub_type = _TRACE_SUBTYPE.get(obs, 0)

@@ -60,6 +60,20 @@ class DnsProgram:
                 raise StartupError(f"loading BPF program {name} failed: {exc} (verifier log above)") from exc
         self.seen = self.bpf[b"seen_ifindex"]
         self.stats_map = self.bpf[b"dns_stats"]
+        self._handler = None
+        self._ring_open = False
+
+    def set_event_handler(self, handler) -> None:
+        """Route ring-buffer records to ``handler(ctx, data, size)`` (None: discard). bcc opens a ring buffer only
+        once per object, so a program shared by successive plugin instances (tests) switches handlers here."""
+        self._handler = handler
+        if not self._ring_open:
+            self.bpf[b"dns_events"].open_ring_buffer(self._dispatch)
+            self._ring_open = True
+
+    def _dispatch(self, ctx, data, size) -> int:
+        handler = self._handler
+        return 0 if handler is None else handler(ctx, data, size)
 
     def prog_fd(self, name: str) -> int:
         return self.functions[name].fd

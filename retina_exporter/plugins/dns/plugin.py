@@ -31,6 +31,7 @@ from __future__ import annotations
 import ctypes as ct
 import logging
 import os
+import select
 import socket
 import threading
 import time
@@ -41,7 +42,7 @@ from retina_exporter.plugins.dns import loader
 from retina_exporter.plugins.dns.layout import HEADER_SIZE
 from retina_exporter.plugins.dns.loader import DnsProgram
 from retina_exporter.plugins.dns.processor import DnsProcessor
-from retina_exporter.plugins.packetparser.watcher import VethWatcher, _attr
+from retina_exporter.plugins.packetparser.watcher import RTMGRP_LINK, VethWatcher, _attr
 from retina_exporter.tc.attach import AttachError, TcAttacher, enter_netns
 from retina_exporter.telemetry import LOST_KERNEL
 
@@ -78,14 +79,44 @@ def link_master(index: int) -> int:
 
 class _MasterAwareWatcher(VethWatcher):
     """packetparser's veth watcher, also reporting the master (bridge) of known veths when a link message
-    carries a change of it (CNIs enslave a veth after creating it)."""
+    carries a change of it (CNIs enslave a veth after creating it).
+
+    It also subscribes to link events from its own thread: pyroute2 0.9's synchronous ``IPRoute`` hands each
+    thread its own netlink socket, so the subscription the base class makes in its constructor (another thread)
+    never delivers an event to the reading thread; its ``scan()`` on reconcile still finds new veths, 10 s late."""
 
     def __init__(self, on_add, on_remove, on_master, excluded=None) -> None:
         super().__init__(on_add, on_remove, excluded=excluded)
         self._on_master = on_master
+        self._known_lock = threading.RLock()  # scan() runs in this thread and in reconcile's
+
+    def scan(self) -> None:
+        with self._known_lock:
+            super().scan()
+
+    def _run(self) -> None:
+        from pyroute2 import IPRoute
+
+        ipr = IPRoute()
+        try:
+            ipr.bind(groups=RTMGRP_LINK)
+            fd = ipr.fileno()
+            self.scan()  # links that appeared between start()'s scan and the subscription
+            while not self._stop.is_set():
+                ready, _, _ = select.select([fd], [], [], 0.5)
+                if not ready:
+                    continue
+                try:
+                    for msg in ipr.get():
+                        self._handle(msg)
+                except Exception:
+                    log.exception("netlink read failed")
+        finally:
+            ipr.close()
 
     def _handle(self, msg) -> None:
-        super()._handle(msg)
+        with self._known_lock:
+            super()._handle(msg)
         index = msg.get("index")
         if msg.get("event") == "RTM_NEWLINK" and index in self.known:
             try:
@@ -97,15 +128,16 @@ class _MasterAwareWatcher(VethWatcher):
 class _Reader:
     """Polls the ring buffer in its own thread and hands each event to the processor."""
 
-    def __init__(self, bpf, processor: DnsProcessor, on_batch) -> None:
-        self._bpf = bpf
+    def __init__(self, program: DnsProgram, processor: DnsProcessor, on_batch) -> None:
+        self._program = program
+        self._bpf = program.bpf
         self._processor = processor
         self._on_batch = on_batch
         self._pending: list = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.callback_errors = 0
-        bpf[b"dns_events"].open_ring_buffer(self._callback)
+        program.set_event_handler(self._callback)
 
     def _callback(self, _ctx, data, size) -> int:
         if size >= HEADER_SIZE:
@@ -150,6 +182,7 @@ class _Reader:
             self._thread = None
         self._stop.clear()
         self.drain()
+        self._program.set_event_handler(None)
 
     def drain(self) -> None:
         self._bpf.ring_buffer_consume()
@@ -194,8 +227,9 @@ class DnsPlugin(Plugin):
         pod_level = bool(getattr(cfg, "enable_pod_level", False))
         self.processor = DnsProcessor(getattr(cfg, "node_name", ""), self.ifnames, pod_level=pod_level)
         sink = ctx.flow_sink
-        self.reader = _Reader(self.program.bpf, self.processor, sink.write_batch if sink is not None else (lambda b: None))
+        self.reader = _Reader(self.program, self.processor, sink.write_batch if sink is not None else (lambda b: None))
         self.processor.emit = self.reader.emit
+        self._emitted_base = self.program.stats()["emitted"]  # a shared program (tests) has counted before
         program = self.program
         if ctx.telemetry is not None:
             ctx.telemetry.lost_source(LOST_KERNEL, self.name, lambda: program.stats()["ringbuf_full"])
@@ -324,7 +358,7 @@ class DnsPlugin(Plugin):
         """Wait until the reader has consumed what the kernel wrote so far (tests, shutdown)."""
         if self.program is None or self.reader is None or self.processor is None:
             return
-        target = self.program.stats()["emitted"]
+        target = self.program.stats()["emitted"] - self._emitted_base
         deadline = time.monotonic() + timeout
         while self.processor.events < target and time.monotonic() < deadline:
             time.sleep(0.01)

@@ -5,10 +5,11 @@ UDP: one datagram is one message (``msg_len`` from the UDP header is its wire le
 512 bytes of it, and a first IP fragment only what the fragment carries: the parser then reads what is there).
 
 TCP (RFC 1035 4.2.2, every message preceded by a 2-byte length): the kernel reports every port-53 segment with
-payload, with its sequence number. Per connection direction (the 4-tuple) we remember the sequence number at
-which the next message starts (an LRU of :data:`TCP_STATE_MAX` entries). A segment
+payload, and SYNs, with their sequence numbers. Per connection direction (the 4-tuple) we remember the sequence
+number at which the next message starts (an LRU of :data:`TCP_STATE_MAX` entries), starting from the SYN's
+sequence number + 1. A segment
 
-* that starts at that boundary, or with no state (the first segment we see), is parsed as one or more
+* that starts at that boundary, or with no state (a connection opened before we looked), is parsed as one or more
   length-prefixed messages; the first message may continue in later segments (it is parsed from the bytes
   present, ``complete=False``) and the boundary moves past it;
 * that lies wholly before the boundary (the rest of a long message, or a retransmission of a segment already
@@ -18,13 +19,14 @@ which the next message starts (an LRU of :data:`TCP_STATE_MAX` entries). A segme
 Limits: a message whose 2-byte length prefix lies beyond the 512 captured bytes of a segment (several messages
 in one large segment), or is split between two segments, loses the boundary: the direction's state is dropped
 and the next segment is parsed as if it started a message (and counts a parse error if it does not). A
-connection we join in the middle (agent restart) may count one parse error the same way. Retransmitted UDP
+connection we join in the middle (opened before the agent started) is treated the same way: a segment that
+continues a long message may count as a parse error, or -- when its bytes happen to look like a DNS header and
+question -- as a message. Retransmitted UDP
 queries are new messages and count again, as on the wire.
 """
 
 from __future__ import annotations
 
-import socket
 import time
 from collections import OrderedDict
 from typing import Callable
@@ -38,6 +40,7 @@ __all__ = ["DnsProcessor", "TCP_STATE_MAX"]
 
 TCP_STATE_MAX = 8192
 _TCP_FIN_RST = 0x01 | 0x04
+_TCP_SYN = 0x02
 _IPPROTO_TCP = 6
 
 
@@ -100,6 +103,13 @@ class DnsProcessor:
                 self.emit(self._record(ts, ipv, src, dst, proto, sport, dport, obs, ifindex, skb_len, msg))
 
     def _tcp_messages(self, key: tuple, seq: int, payload: bytes, seg_len: int, tcp_flags: int) -> list:
+        if tcp_flags & _TCP_SYN:
+            # The first data byte is seq + 1: the direction's first message starts there (a SYN may carry data
+            # with TCP Fast Open; it is parsed from there).
+            seq = (seq + 1) & 0xFFFFFFFF
+            if not seg_len:
+                self._remember(key, seq)
+                return []
         state = self._tcp.get(key)
         if state is not None:
             d = ((seq - state + 0x80000000) & 0xFFFFFFFF) - 0x80000000  # segment start relative to the boundary
@@ -124,12 +134,15 @@ class DnsProcessor:
         if nxt is None or tcp_flags & _TCP_FIN_RST:
             self._tcp.pop(key, None)
         else:
-            tcp = self._tcp
-            tcp[key] = (seq + nxt) & 0xFFFFFFFF
-            tcp.move_to_end(key)
-            if len(tcp) > TCP_STATE_MAX:
-                tcp.popitem(last=False)
+            self._remember(key, (seq + nxt) & 0xFFFFFFFF)
         return messages
+
+    def _remember(self, key: tuple, boundary: int) -> None:
+        tcp = self._tcp
+        tcp[key] = boundary
+        tcp.move_to_end(key)
+        if len(tcp) > TCP_STATE_MAX:
+            tcp.popitem(last=False)
 
     def _record(self, ts, ipv, src, dst, proto, sport, dport, obs, ifindex, skb_len, msg) -> FlowRecord:
         info = DnsRecord.from_message(msg)
@@ -154,6 +167,3 @@ class DnsProcessor:
             "tcp_directions_tracked": len(self._tcp),
         }
 
-
-def text_ip(packed: bytes) -> str:
-    return socket.inet_ntop(socket.AF_INET6 if len(packed) == 16 else socket.AF_INET, packed)

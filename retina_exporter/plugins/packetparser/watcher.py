@@ -52,10 +52,15 @@ class VethWatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.known: dict[int, str] = {}
-        self._ipr = IPRoute()
-        self._ipr.bind(groups=RTMGRP_LINK)
+        self._lock = threading.RLock()
+        self._ipr = None
+        self._subscribed = threading.Event()
 
     def _handle(self, msg) -> None:
+        with self._lock:
+            self._handle_locked(msg)
+
+    def _handle_locked(self, msg) -> None:
         event = msg.get("event")
         index = msg.get("index")
         name = _attr(msg, "IFLA_IFNAME") or ""
@@ -84,11 +89,21 @@ class VethWatcher:
             present.add(msg.get("index"))
             msg["event"] = "RTM_NEWLINK"
             self._handle(msg)
-        for index in [i for i in self.known if i not in present]:
-            name = self.known.pop(index)
-            self._on_remove(index, name)
+        with self._lock:
+            for index in [i for i in self.known if i not in present]:
+                name = self.known.pop(index)
+                self._on_remove(index, name)
 
     def _run(self) -> None:
+        # pyroute2 (0.9) gives each thread its own netlink socket: subscribe from the thread that reads.
+        self._ipr = IPRoute()
+        self._ipr.bind(groups=RTMGRP_LINK)
+        self._subscribed.set()
+        # Links that appeared between the start-up scan and the subscription.
+        try:
+            self.scan()
+        except Exception:
+            log.exception("link scan failed")
         fd = self._ipr.fileno()
         while not self._stop.is_set():
             ready, _, _ = select.select([fd], [], [], 0.5)
@@ -104,6 +119,7 @@ class VethWatcher:
         self.scan()
         self._thread = threading.Thread(target=self._run, name="veth-watcher", daemon=True)
         self._thread.start()
+        self._subscribed.wait(5)
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -113,7 +129,8 @@ class VethWatcher:
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
-        try:
-            self._ipr.close()
-        except Exception:
-            pass
+        if self._ipr is not None:
+            try:
+                self._ipr.close()
+            except Exception:
+                pass

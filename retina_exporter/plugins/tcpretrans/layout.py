@@ -1,4 +1,4 @@
-"""Python mirror of ``bpf/tcpretrans.h`` (tests compare it with the compiler's view)."""
+"""Python mirror of ``bpf/tcpretrans.h`` (the lab tests decode real kernel events with it)."""
 
 from __future__ import annotations
 

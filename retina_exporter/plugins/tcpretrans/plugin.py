@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import ctypes as ct
 import logging
-import socket
 import threading
 import time
 
@@ -145,6 +144,7 @@ class TcpRetransPlugin(Plugin):
         self.netns: set[int] | None = None
         self.pod_level = False
         self._registered = False
+        self._events_base = 0
 
     def init(self, ctx: PluginContext) -> None:
         self.ctx = ctx
@@ -164,6 +164,8 @@ class TcpRetransPlugin(Plugin):
         self.excluded = set(getattr(cfg, "host_interfaces", ()))
         self.netns = self._discover_scope()
         self.program.configure(emit_events=self.pod_level, netns=self.netns)
+        stats = self.program.stats()
+        self._events_base = stats["events"] - stats["ringbuf_full"]  # a shared program (tests) has counted before
         own = scope_mod.netns_inode(self.node_netns) if self.node_netns else scope_mod.netns_inode()
         if self.pod_level:
             self.reader = _Reader(self.program, RetransDecoder(getattr(cfg, "node_name", ""), own), ctx.flow_sink)
@@ -233,7 +235,7 @@ class TcpRetransPlugin(Plugin):
         if self.reader is None or self.program is None:
             return
         stats = self.program.stats()
-        target = stats["events"] - stats["ringbuf_full"]
+        target = stats["events"] - stats["ringbuf_full"] - self._events_base
         deadline = time.monotonic() + timeout
         while self.reader.events_read < target and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -250,6 +252,3 @@ class TcpRetransPlugin(Plugin):
             out["events_read"] = self.reader.events_read
         return out
 
-
-def text_ip(packed: bytes) -> str:
-    return socket.inet_ntop(socket.AF_INET6 if len(packed) == 16 else socket.AF_INET, packed)
