@@ -1,0 +1,36 @@
+"""The Helm chart's templates only reference values that exist in values.yaml (no helm binary on our machines,
+so this is the check we can make), and the agent config embedded in values.yaml is a valid agent config."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from retina_exporter.config import load_config
+
+CHART = Path(__file__).resolve().parents[1] / "chart"
+
+
+def test_every_values_reference_exists():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    missing = []
+    for tpl in sorted((CHART / "templates").glob("*.yaml")):
+        for ref in re.findall(r"\.Values\.([A-Za-z0-9_.]+)", tpl.read_text()):
+            node = values
+            for part in ref.split("."):
+                if not isinstance(node, dict) or part not in node:
+                    missing.append(f"{tpl.name}: .Values.{ref}")
+                    break
+                node = node[part]
+    assert missing == []
+
+
+def test_agent_config_in_values_is_valid(tmp_path):
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(values["agent"]["config"]))
+    cfg = load_config(str(path), env={})
+    assert cfg.enable_pod_level and cfg.enrichment_source == "operator"
+    assert cfg.api_server_port == 10093
