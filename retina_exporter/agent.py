@@ -110,6 +110,8 @@ class Agent:
                 options = {"source": cfg.enrichment_source}
                 if cfg.enrichment_source == "inventory":
                     options["inventoryFile"] = cfg.enrichment_inventory_file
+                elif cfg.enrichment_source == "netns":
+                    options["netnsFilter"] = list(cfg.enrichment_netns_filter)
                 try:
                     self.source = make_source(cfg.enrichment_source, options, cfg.node_name, self.telemetry)
                 except ConfigError as exc:

@@ -52,8 +52,6 @@ KNOWN_PLUGINS: tuple[str, ...] = ("packetparser", "dropreason", "packetforward",
 #: Retina keys accepted for compatibility but not used (yet): each one found gives a warning, not an error.
 #: When a feature lands, move its key from here into ``_KEYS`` (and ``Config``, and docs/config.md).
 RETINA_IGNORED_KEYS: tuple[str, ...] = (
-    "metricsInterval",
-    "metricsIntervalDuration",
     "enableTelemetry",
     "telemetryInterval",
     "enableConntrackMetrics",
@@ -61,6 +59,7 @@ RETINA_IGNORED_KEYS: tuple[str, ...] = (
 )
 
 _NS_PER_S = 1_000_000_000
+_LEGACY_INTERVAL = "metricsInterval"  # Retina's deprecated seconds-only form of metricsIntervalDuration
 _MAX_DURATION_NS = 2**63 - 1  # Go's time.Duration range
 _PAGE_SIZE = mmap.PAGESIZE  # BPF ring buffers must be a power-of-two multiple of the page size
 
@@ -105,6 +104,10 @@ class Config:
     """Where identities come from: ``none``, ``inventory``, ``netns`` (``kubernetes``/``operator`` later)."""
     enrichment_inventory_file: str = ""
     """Path of the inventory YAML for ``enrichment.source: inventory``."""
+    metrics_interval_ns: int = 10 * _NS_PER_S
+    """How often node-level plugins (linuxutil, packetforward) read their sources, in nanoseconds."""
+    enrichment_netns_filter: tuple[str, ...] = ("*",)
+    """Globs of network-namespace names the ``netns`` source takes as pods."""
     enable_annotations: bool = False
     """Annotation opt-in (``retina.sh: observe``): only annotated namespaces/pods are observed at pod level."""
     bypass_lookup_ip_of_interest: bool = False
@@ -326,6 +329,13 @@ def _path_or_empty(value: Any) -> str:
     return _abs_path(value) if str(value).startswith("/") else _text(value)
 
 
+def _str_list_tuple(value: Any) -> tuple[str, ...]:
+    items = tuple(_str_list(value))
+    if not items:
+        raise _Invalid("empty list")
+    return items
+
+
 def _metrics_configuration(value: Any) -> Any:
     """The MetricsConfiguration spec, validated by the metrics module (its messages name the field)."""
     if isinstance(value, str):
@@ -419,6 +429,11 @@ _KEYS: tuple[_Key, ...] = (
          _choice("none", "inventory", "netns", "kubernetes", "operator"),
          "none, inventory, netns, kubernetes, operator"),
     _Key("enrichment.inventoryFile", "enrichment_inventory_file", _path_or_empty, "a file path"),
+    _Key("metricsIntervalDuration", "metrics_interval_ns", _duration_at_least(_NS_PER_S // 10),
+         "a duration of at least 100ms such as '10s' (Retina's deprecated metricsInterval, in seconds, also works)",
+         format_duration),
+    _Key("enrichment.netnsFilter", "enrichment_netns_filter", _str_list_tuple,
+         "a list (or comma-separated string) of glob patterns of network namespace names"),
     _Key("enableAnnotations", "enable_annotations", _bool, "true, false (also 1/0, yes/no)"),
     _Key("bypassLookupIPOfInterest", "bypass_lookup_ip_of_interest", _bool, "true, false (also 1/0, yes/no)"),
     _Key("filterMapMaxEntries", "filter_map_max_entries", _int_range(1, 1048576), "an integer from 1 to 1048576"),
@@ -533,12 +548,14 @@ def _collect_file(path: str, data: Any, raw: dict[str, tuple[Any, str]], warning
                 raw[f"{key}.{leaf}"] = (leaf_value, source)
         elif key in _BY_NAME:
             raw[key] = (value, source)
+        elif key == _LEGACY_INTERVAL:
+            raw[key] = (value, source)
         elif key in RETINA_IGNORED_KEYS:
             warnings.append(
                 f"config key {key!r} {source} is a Retina setting that retina-exporter does not use; ignored"
             )
         else:
-            raise _unknown_key(path, key, "", _TOP_LEVEL + RETINA_IGNORED_KEYS)
+            raise _unknown_key(path, key, "", _TOP_LEVEL + (_LEGACY_INTERVAL,) + RETINA_IGNORED_KEYS)
 
 
 def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Config:
@@ -564,6 +581,15 @@ def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Confi
                 f"environment variable {var} sets Retina key {name!r}, which retina-exporter does not use; ignored"
             )
 
+    # Retina's deprecated metricsInterval (whole seconds) stands in for metricsIntervalDuration when that is unset.
+    value = env.get(env_var_name(_LEGACY_INTERVAL), "").strip()
+    if value:
+        raw[_LEGACY_INTERVAL] = (value, f"from environment variable {env_var_name(_LEGACY_INTERVAL)}")
+    legacy_interval = raw.pop(_LEGACY_INTERVAL, None)
+    if legacy_interval is not None and legacy_interval[0] is not None and (
+        "metricsIntervalDuration" not in raw or raw["metricsIntervalDuration"][0] is None
+    ):
+        raw["metricsIntervalDuration"] = legacy_interval
     values: dict[str, Any] = {}
     for key in _KEYS:
         if key.name not in raw or raw[key.name][0] is None:

@@ -164,6 +164,8 @@ ENV_ALL = {
     "RETINA_REMOTECONTEXT": "1",
     "RETINA_ENRICHMENT_SOURCE": "netns",
     "RETINA_ENRICHMENT_INVENTORYFILE": "/tmp/inv.yaml",
+    "RETINA_METRICSINTERVALDURATION": "2s",
+    "RETINA_ENRICHMENT_NETNSFILTER": "pod-*,web-*",
     "RETINA_ENABLEANNOTATIONS": "true",
     "RETINA_BYPASSLOOKUPIPOFINTEREST": "yes",
     "RETINA_FILTERMAPMAXENTRIES": "255",
@@ -192,6 +194,8 @@ def test_every_key_from_env() -> None:
         remote_context=True,
         enrichment_source="netns",
         enrichment_inventory_file="/tmp/inv.yaml",
+        metrics_interval_ns=2 * S,
+        enrichment_netns_filter=("pod-*", "web-*"),
         enable_annotations=True,
         bypass_lookup_ip_of_interest=True,
         filter_map_max_entries=255,
@@ -574,7 +578,8 @@ def test_unknown_key_without_match_lists_known_keys(tmp_path: pathlib.Path) -> N
         ": unknown key 'zzz'; known keys: apiServer, enabledPlugin, enablePodLevel, dataAggregationLevel, "
         "dataSamplingRate, conntrackReportInterval, conntrackMapSize, packetParserRingBufferSize, enableTCX, "
         "hostInterfaces, nodeName, logLevel, outputRingCapacity, bpfPinPath, remoteContext, enrichment, "
-        "enableAnnotations, bypassLookupIPOfInterest, filterMapMaxEntries, metricsConfiguration"
+        "metricsIntervalDuration, enableAnnotations, bypassLookupIPOfInterest, filterMapMaxEntries, "
+        "metricsConfiguration, metricsInterval"
     )
     assert error_of(tmp_path, "apiServer: {zzz: 1}\n").endswith(
         ": unknown key 'apiServer.zzz'; known keys: apiServer.host, apiServer.port"
@@ -590,20 +595,20 @@ def test_non_string_key(tmp_path: pathlib.Path) -> None:
 def test_ignored_retina_keys_warn(tmp_path: pathlib.Path) -> None:
     path = write(
         tmp_path,
-        "metricsIntervalDuration: 10s\nenableTelemetry: false\n"
+        "telemetryInterval: 10s\nenableTelemetry: false\n"
         "enableConntrackMetrics:\n  a: [1, 2]\nenablePodLevel: true\n",
     )
     cfg = load_config(path, {})
     assert cfg.enable_pod_level is True
     assert cfg.warnings == tuple(
         f"config key {k!r} in {path} is a Retina setting that retina-exporter does not use; ignored"
-        for k in ("metricsIntervalDuration", "enableTelemetry", "enableConntrackMetrics")
+        for k in ("telemetryInterval", "enableTelemetry", "enableConntrackMetrics")
     )
 
 
 def test_every_ignored_key_is_accepted(tmp_path: pathlib.Path) -> None:
     cfg = load_text(tmp_path, "".join(f"{k}: 1\n" for k in RETINA_IGNORED_KEYS))
-    assert len(cfg.warnings) == len(RETINA_IGNORED_KEYS) == 6
+    assert len(cfg.warnings) == len(RETINA_IGNORED_KEYS) == 4
     assert cfg.to_dict() == Config(node_name=cfg.node_name).to_dict()
 
 
@@ -640,7 +645,8 @@ dataSamplingRate: 1
     assert cfg.log_level == "debug"
     assert cfg.remote_context is False
     assert cfg.enable_annotations is True
-    assert len(cfg.warnings) == 5
+    assert cfg.metrics_interval_ns == 10 * S
+    assert len(cfg.warnings) == 3
 
 
 # ------------------------------------------------------------------------------------------------ file problems
@@ -725,7 +731,8 @@ def test_to_dict_defaults() -> None:
         "outputRingCapacity": 4095,
         "bpfPinPath": "/sys/fs/bpf/retina",
         "remoteContext": False,
-        "enrichment": {"source": "none", "inventoryFile": ""},
+        "enrichment": {"source": "none", "inventoryFile": "", "netnsFilter": ["*"]},
+        "metricsIntervalDuration": "10s",
         "enableAnnotations": False,
         "bypassLookupIPOfInterest": False,
         "filterMapMaxEntries": 4096,
@@ -786,3 +793,17 @@ def test_bad_metrics_configuration_names_the_field(tmp_path: pathlib.Path) -> No
         load_text(tmp_path, text)
     assert "metricsConfiguration.contextOptions[0].sourceLabels[0]" in str(e.value)
     assert "'pod'" in str(e.value)
+
+
+def test_legacy_metrics_interval_seconds() -> None:
+    assert load_config(None, {"RETINA_METRICSINTERVAL": "3"}).metrics_interval_ns == 3 * S
+    # The duration form wins when both are given.
+    env = {"RETINA_METRICSINTERVAL": "3", "RETINA_METRICSINTERVALDURATION": "500ms"}
+    assert load_config(None, env).metrics_interval_ns == S // 2
+
+
+def test_legacy_metrics_interval_in_file(tmp_path: pathlib.Path) -> None:
+    assert load_text(tmp_path, "metricsInterval: 7\n").metrics_interval_ns == 7 * S
+    with pytest.raises(ConfigError) as e:
+        load_text(tmp_path, "metricsInterval: soon\n")
+    assert str(e.value).startswith("metricsIntervalDuration: invalid value 'soon'")

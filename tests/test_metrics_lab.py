@@ -199,7 +199,9 @@ def test_inventory_changes_relabel_and_malformed_keeps_cache(lab, tmp_path):
 
 
 def test_netns_source_names_pods(lab):
-    cfg = {"enablePodLevel": True, "enrichment": {"source": "netns"}, "nodeName": "node"}
+    # Only this lab's pods: other labs (same address plan) may exist on a shared machine.
+    cfg = {"enablePodLevel": True, "nodeName": "node",
+           "enrichment": {"source": "netns", "netnsFilter": [f"rxlab-{lab.id}-pod*"]}}
     agent = AgentProcess(lab.node_ns, cfg)
     try:
         agent.start()

@@ -255,23 +255,31 @@ class Ethtool:
         """The driver's statistics (``ethtool -S ifname``) as ``{name: value}``, or None when the driver has none
         (no ``get_ethtool_stats``, or zero of them) or the interface is gone. A name the driver repeats keeps its
         last value (as Retina's ethtool library does)."""
-        try:
-            n = self._count(ifname)
-            if n <= 0:
-                return None
-            strings = ctypes.create_string_buffer(12 + n * ETH_GSTRING_LEN)
-            struct.pack_into("=III", strings, 0, ETHTOOL_GSTRINGS, ETH_SS_STATS, n)
-            self._ioctl(ifname, strings)
-            n_strings = struct.unpack_from("=I", strings, 8)[0]
-            values = ctypes.create_string_buffer(8 + n * 8)
-            struct.pack_into("=II", values, 0, ETHTOOL_GSTATS, n)
-            self._ioctl(ifname, values)
-            n_values = struct.unpack_from("=I", values, 4)[0]
-        except OSError as e:
-            if e.errno in _NOT_SUPPORTED or e.errno in _GONE:
-                return None
-            raise
-        count = min(n, n_strings, n_values)  # a driver may change its count between the calls
+        for _attempt in range(3):
+            try:
+                n = self._count(ifname)
+                if n <= 0:
+                    return None
+                # The kernel writes as many entries as the driver has *now*, whatever length we pass: leave room
+                # for a driver that grew its count since the first call (e.g. channels reconfigured).
+                room = 2 * n + 64
+                strings = ctypes.create_string_buffer(12 + room * ETH_GSTRING_LEN)
+                struct.pack_into("=III", strings, 0, ETHTOOL_GSTRINGS, ETH_SS_STATS, n)
+                self._ioctl(ifname, strings)
+                n_strings = struct.unpack_from("=I", strings, 8)[0]
+                values = ctypes.create_string_buffer(8 + room * 8)
+                struct.pack_into("=II", values, 0, ETHTOOL_GSTATS, n)
+                self._ioctl(ifname, values)
+                n_values = struct.unpack_from("=I", values, 4)[0]
+            except OSError as e:
+                if e.errno in _NOT_SUPPORTED or e.errno in _GONE:
+                    return None
+                raise
+            if n_strings == n_values <= room:
+                break  # else the driver changed its count between the calls (names would not match): again
+        else:
+            raise OSError(_errno.EAGAIN, f"{ifname}: the driver's statistics count keeps changing")
+        count = n_strings
         raw = strings.raw
         out: dict[str, int] = {}
         for i in range(count):
