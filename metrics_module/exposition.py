@@ -79,7 +79,13 @@ def render(families: Iterable[Family]) -> str:
 
 
 def render_openmetrics(families: Iterable[Family]) -> str:
-    """OpenMetrics 1.0.0 text: counters' samples get ``_total``; ends with ``# EOF``."""
+    """OpenMetrics 1.0.0 text, ending with ``# EOF``.
+
+    Retina's counters have no ``_total`` (``controlplane_networkobservability_lost_events_counter``). OpenMetrics
+    requires counter samples to end in ``_total``, which would rename every such series in the scraper's storage
+    depending on which format it negotiated, and break Retina's dashboards and ours. So a counter family whose name
+    does not end in ``_total`` is exposed with ``# TYPE <name> unknown`` and its samples keep Retina's name: the same
+    series names in both formats. A family named ``..._total`` is a proper OpenMetrics counter."""
     out: list[str] = []
     for name, mtype, help_text, samples in families:
         sample_name = name
@@ -87,7 +93,7 @@ def render_openmetrics(families: Iterable[Family]) -> str:
             if name.endswith("_total"):
                 name = name[: -len("_total")]
             else:
-                sample_name = name + "_total"
+                mtype = "unknown"
         elif mtype not in ("gauge", "histogram", "summary", "info", "stateset", "gaugehistogram"):
             mtype = "unknown"
         out.append(f"# HELP {name} {_escape_help_om(help_text)}\n# TYPE {name} {mtype}\n")

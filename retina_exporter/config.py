@@ -108,6 +108,12 @@ class Config:
     """How often node-level plugins (linuxutil, packetforward) read their sources, in nanoseconds."""
     enrichment_netns_filter: tuple[str, ...] = ("*",)
     """Globs of network-namespace names the ``netns`` source takes as pods."""
+    drop_reason_scope: str = "all"
+    """dropreason: ``all`` network namespaces (host and pods) or ``node`` (this namespace and its pods' only)."""
+    drop_reason_ignore: tuple[str, ...] = ("NOT_DROPPED_YET", "CONSUMED", "NOT_SPECIFIED")
+    """dropreason: kernel reasons that are not counted as drops (routine frees)."""
+    tcp_retrans_scope: str = "all"
+    """tcpretrans: ``all`` network namespaces or ``node``."""
     enable_annotations: bool = False
     """Annotation opt-in (``retina.sh: observe``): only annotated namespaces/pods are observed at pod level."""
     bypass_lookup_ip_of_interest: bool = False
@@ -329,6 +335,16 @@ def _path_or_empty(value: Any) -> str:
     return _abs_path(value) if str(value).startswith("/") else _text(value)
 
 
+def _reason_names(value: Any) -> tuple[str, ...]:
+    out = []
+    for item in _str_list(value):
+        name = item.upper().removeprefix("SKB_DROP_REASON_")
+        if not re.fullmatch(r"[A-Z0-9_]+", name):
+            raise _Invalid(f"{item!r} is not a reason name")
+        out.append(name)
+    return tuple(dict.fromkeys(out))
+
+
 def _str_list_tuple(value: Any) -> tuple[str, ...]:
     items = tuple(_str_list(value))
     if not items:
@@ -434,6 +450,10 @@ _KEYS: tuple[_Key, ...] = (
          format_duration),
     _Key("enrichment.netnsFilter", "enrichment_netns_filter", _str_list_tuple,
          "a list (or comma-separated string) of glob patterns of network namespace names"),
+    _Key("dropReason.scope", "drop_reason_scope", _choice("all", "node"), "all, node"),
+    _Key("dropReason.ignoreReasons", "drop_reason_ignore", _reason_names,
+         "a list of kernel drop reason names (e.g. NOT_SPECIFIED), with or without the SKB_DROP_REASON_ prefix"),
+    _Key("tcpRetrans.scope", "tcp_retrans_scope", _choice("all", "node"), "all, node"),
     _Key("enableAnnotations", "enable_annotations", _bool, "true, false (also 1/0, yes/no)"),
     _Key("bypassLookupIPOfInterest", "bypass_lookup_ip_of_interest", _bool, "true, false (also 1/0, yes/no)"),
     _Key("filterMapMaxEntries", "filter_map_max_entries", _int_range(1, 1048576), "an integer from 1 to 1048576"),

@@ -166,6 +166,9 @@ ENV_ALL = {
     "RETINA_ENRICHMENT_INVENTORYFILE": "/tmp/inv.yaml",
     "RETINA_METRICSINTERVALDURATION": "2s",
     "RETINA_ENRICHMENT_NETNSFILTER": "pod-*,web-*",
+    "RETINA_DROPREASON_SCOPE": "node",
+    "RETINA_DROPREASON_IGNOREREASONS": "skb_drop_reason_not_specified,NO_SOCKET",
+    "RETINA_TCPRETRANS_SCOPE": "node",
     "RETINA_ENABLEANNOTATIONS": "true",
     "RETINA_BYPASSLOOKUPIPOFINTEREST": "yes",
     "RETINA_FILTERMAPMAXENTRIES": "255",
@@ -196,6 +199,9 @@ def test_every_key_from_env() -> None:
         enrichment_inventory_file="/tmp/inv.yaml",
         metrics_interval_ns=2 * S,
         enrichment_netns_filter=("pod-*", "web-*"),
+        drop_reason_scope="node",
+        drop_reason_ignore=("NOT_SPECIFIED", "NO_SOCKET"),
+        tcp_retrans_scope="node",
         enable_annotations=True,
         bypass_lookup_ip_of_interest=True,
         filter_map_max_entries=255,
@@ -578,7 +584,8 @@ def test_unknown_key_without_match_lists_known_keys(tmp_path: pathlib.Path) -> N
         ": unknown key 'zzz'; known keys: apiServer, enabledPlugin, enablePodLevel, dataAggregationLevel, "
         "dataSamplingRate, conntrackReportInterval, conntrackMapSize, packetParserRingBufferSize, enableTCX, "
         "hostInterfaces, nodeName, logLevel, outputRingCapacity, bpfPinPath, remoteContext, enrichment, "
-        "metricsIntervalDuration, enableAnnotations, bypassLookupIPOfInterest, filterMapMaxEntries, "
+        "metricsIntervalDuration, dropReason, tcpRetrans, enableAnnotations, bypassLookupIPOfInterest, "
+        "filterMapMaxEntries, "
         "metricsConfiguration, metricsInterval"
     )
     assert error_of(tmp_path, "apiServer: {zzz: 1}\n").endswith(
@@ -733,6 +740,8 @@ def test_to_dict_defaults() -> None:
         "remoteContext": False,
         "enrichment": {"source": "none", "inventoryFile": "", "netnsFilter": ["*"]},
         "metricsIntervalDuration": "10s",
+        "dropReason": {"scope": "all", "ignoreReasons": ["NOT_DROPPED_YET", "CONSUMED", "NOT_SPECIFIED"]},
+        "tcpRetrans": {"scope": "all"},
         "enableAnnotations": False,
         "bypassLookupIPOfInterest": False,
         "filterMapMaxEntries": 4096,

@@ -143,18 +143,19 @@ def test_openmetrics_output_is_valid():
     mod.process([rec(packets=3, nbytes=300), LostMarker(4)])
     text = mod.render(openmetrics=True)
     assert text.endswith("# EOF\n")
-    assert "# TYPE controlplane_networkobservability_lost_events_counter counter\n" in text
-    assert ('controlplane_networkobservability_lost_events_counter_total{type="buffered_channel",'
+    # Retina's counter names (no _total) stay as they are: typed unknown, so no scraper renames them.
+    assert "# TYPE controlplane_networkobservability_lost_events_counter unknown\n" in text
+    assert ('controlplane_networkobservability_lost_events_counter{type="buffered_channel",'
             'reason="metricModule"} 4\n') in text
-    assert "networkobservability_adv_forward_count_total" not in text  # gauges keep their names
+    assert "_total" not in text
     fams = {f.name: f for f in parse_openmetrics(text)}
     lost = fams["controlplane_networkobservability_lost_events_counter"]
-    assert lost.type == "counter"
+    assert lost.type == "unknown"
     assert [(s.name, s.value) for s in lost.samples] == [
-        ("controlplane_networkobservability_lost_events_counter_total", 4.0)]
+        ("controlplane_networkobservability_lost_events_counter", 4.0)]
     fwd = fams["networkobservability_adv_forward_count"]
     assert fwd.type == "gauge" and [s.value for s in fwd.samples] == [3.0]
-    assert fams["networkobservability_adv_dns_request_count"].type == "counter"
+    assert fams["networkobservability_adv_dns_request_count"].type == "unknown"
 
 
 def test_render_openmetrics_families_directly():
