@@ -35,8 +35,8 @@ __all__ = ["KNOWN_SOURCES", "OPTION_KEYS", "PollingSource", "Source", "make_sour
 
 log = logging.getLogger(__name__)
 
-KNOWN_SOURCES: tuple[str, ...] = ("inventory", "netns")
-_LATER_SOURCES: tuple[str, ...] = ("kubernetes", "operator")
+KNOWN_SOURCES: tuple[str, ...] = ("inventory", "netns", "kubernetes")
+_LATER_SOURCES: tuple[str, ...] = ("operator",)
 
 OPTION_KEYS: tuple[str, ...] = (
     "source",
@@ -49,6 +49,10 @@ OPTION_KEYS: tuple[str, ...] = (
     "netnsRescanInterval",
     "netnsDir",
     "zone",
+    "kubeconfig",
+    "kubeContext",
+    "kubeStartTimeout",
+    "kubeResyncInterval",
 )
 
 
@@ -180,7 +184,7 @@ def make_source(kind: str, options: Mapping[str, Any] | None, node_name: str, te
     if unknown:
         raise ConfigError(f"enrichment.{unknown[0]}: unknown key (known: {', '.join(OPTION_KEYS)})")
     if kind in _LATER_SOURCES:
-        raise ConfigError(f"enrichment.source: {kind!r} is not available yet; use inventory or netns")
+        raise ConfigError(f"enrichment.source: {kind!r} is not available yet; use inventory, netns or kubernetes")
     if kind == "inventory":
         from enricher.inventory import InventorySource
 
@@ -190,6 +194,16 @@ def make_source(kind: str, options: Mapping[str, Any] | None, node_name: str, te
                               "'inventory'")
         src: Any = InventorySource(path, node_name=node_name,
                                    poll_interval_s=_duration_s(options, "inventoryPollInterval", 1.0))
+    elif kind == "kubernetes":
+        from enricher.kubernetes import KubeConfigError, KubernetesSource
+
+        try:
+            src = KubernetesSource(node_name, _string(options, "kubeconfig", "") or None,
+                                   context=_string(options, "kubeContext", "") or None,
+                                   start_timeout_s=_duration_s(options, "kubeStartTimeout", 10.0),
+                                   resync_period_s=_duration_s(options, "kubeResyncInterval", 300.0))
+        except KubeConfigError as exc:
+            raise ConfigError(f"enrichment.kubeconfig: {exc}") from None
     elif kind == "netns":
         from enricher.netns import NetnsSource
 

@@ -112,6 +112,8 @@ class Agent:
                     options["inventoryFile"] = cfg.enrichment_inventory_file
                 elif cfg.enrichment_source == "netns":
                     options["netnsFilter"] = list(cfg.enrichment_netns_filter)
+                elif cfg.enrichment_source == "kubernetes" and cfg.enrichment_kubeconfig:
+                    options["kubeconfig"] = cfg.enrichment_kubeconfig
                 try:
                     self.source = make_source(cfg.enrichment_source, options, cfg.node_name, self.telemetry)
                 except ConfigError as exc:

@@ -106,6 +106,8 @@ class Config:
     """Path of the inventory YAML for ``enrichment.source: inventory``."""
     metrics_interval_ns: int = 10 * _NS_PER_S
     """How often node-level plugins (linuxutil, packetforward) read their sources, in nanoseconds."""
+    enrichment_kubeconfig: str = ""
+    """Kubeconfig path for the ``kubernetes``/``operator`` sources' API access; empty: in-cluster config."""
     enrichment_netns_filter: tuple[str, ...] = ("*",)
     """Globs of network-namespace names the ``netns`` source takes as pods."""
     drop_reason_scope: str = "all"
@@ -448,6 +450,7 @@ _KEYS: tuple[_Key, ...] = (
     _Key("metricsIntervalDuration", "metrics_interval_ns", _duration_at_least(_NS_PER_S // 10),
          "a duration of at least 100ms such as '10s' (Retina's deprecated metricsInterval, in seconds, also works)",
          format_duration),
+    _Key("enrichment.kubeconfig", "enrichment_kubeconfig", _path_or_empty, "a kubeconfig file path, or empty"),
     _Key("enrichment.netnsFilter", "enrichment_netns_filter", _str_list_tuple,
          "a list (or comma-separated string) of glob patterns of network namespace names"),
     _Key("dropReason.scope", "drop_reason_scope", _choice("all", "node"), "all, node"),

@@ -326,8 +326,10 @@ def test_make_source_netns():
 
 
 @pytest.mark.parametrize("kind,options,message", [
-    ("kubernetes", {}, "enrichment.source: 'kubernetes' is not available yet; use inventory or netns"),
-    ("operator", {}, "enrichment.source: 'operator' is not available yet; use inventory or netns"),
+    ("kubernetes", {"kubeconfig": "/nonexistent/kubeconfig"},
+     "enrichment.kubeconfig: kubernetes source: cannot load the kubeconfig /nonexistent/kubeconfig: "
+     "Invalid kube-config file. No configuration found."),
+    ("operator", {}, "enrichment.source: 'operator' is not available yet; use inventory, netns or kubernetes"),
     ("crictl", {}, "enrichment.source: 'crictl' is not a known source; use inventory or netns"),
     ("inventory", {}, "enrichment.inventoryFile: required (a YAML file path) when enrichment.source is "
                       "'inventory'"),
