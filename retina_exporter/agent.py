@@ -269,6 +269,16 @@ class Agent:
                 "securityContext"
             )
         ensure_bpffs()
+        import socket as _socket
+
+        for name in self.cfg.host_interfaces:  # a typo here is the user's to fix, whichever plugins use it
+            try:
+                _socket.if_nametoindex(name)
+            except OSError:
+                raise StartupError(
+                    f"hostInterfaces: interface {name!r} does not exist in this network namespace; fix the "
+                    "hostInterfaces config key or create the interface"
+                ) from None
         if self.source is not None:
             self.source.start(self.cache)
         if self.enricher is not None:

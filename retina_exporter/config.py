@@ -54,7 +54,6 @@ KNOWN_PLUGINS: tuple[str, ...] = ("packetparser", "dropreason", "packetforward",
 RETINA_IGNORED_KEYS: tuple[str, ...] = (
     "enableTelemetry",
     "telemetryInterval",
-    "enableConntrackMetrics",
     "packetParserRingBuffer",
 )
 
@@ -72,7 +71,7 @@ class Config:
     """Address the HTTP server (``/metrics``, ``/debug/*``) listens on."""
     api_server_port: int = 10093
     """TCP port of the HTTP server."""
-    enabled_plugins: tuple[str, ...] = ("packetparser",)
+    enabled_plugins: tuple[str, ...] = ("dropreason", "packetforward", "linuxutil", "dns")
     """Plugins to run, in the configured order, without duplicates."""
     enable_pod_level: bool = False
     """Pod-level (advanced) metrics and flow enrichment."""
@@ -116,6 +115,8 @@ class Config:
     """dropreason: kernel reasons that are not counted as drops (routine frees)."""
     tcp_retrans_scope: str = "all"
     """tcpretrans: ``all`` network namespaces or ``node``."""
+    enable_conntrack_metrics: bool = False
+    """``conntrack_*`` gauges from packetparser's conntrack map (updated by its sweep)."""
     enable_annotations: bool = False
     """Annotation opt-in (``retina.sh: observe``): only annotated namespaces/pods are observed at pod level."""
     bypass_lookup_ip_of_interest: bool = False
@@ -457,6 +458,7 @@ _KEYS: tuple[_Key, ...] = (
     _Key("dropReason.ignoreReasons", "drop_reason_ignore", _reason_names,
          "a list of kernel drop reason names (e.g. NOT_SPECIFIED), with or without the SKB_DROP_REASON_ prefix"),
     _Key("tcpRetrans.scope", "tcp_retrans_scope", _choice("all", "node"), "all, node"),
+    _Key("enableConntrackMetrics", "enable_conntrack_metrics", _bool, "true, false (also 1/0, yes/no)"),
     _Key("enableAnnotations", "enable_annotations", _bool, "true, false (also 1/0, yes/no)"),
     _Key("bypassLookupIPOfInterest", "bypass_lookup_ip_of_interest", _bool, "true, false (also 1/0, yes/no)"),
     _Key("filterMapMaxEntries", "filter_map_max_entries", _int_range(1, 1048576), "an integer from 1 to 1048576"),

@@ -50,7 +50,7 @@ def test_defaults_without_file_or_env() -> None:
     cfg = load_config(None, {})
     assert cfg.api_server_host == "0.0.0.0"
     assert cfg.api_server_port == 10093
-    assert cfg.enabled_plugins == ("packetparser",)
+    assert cfg.enabled_plugins == ("dropreason", "packetforward", "linuxutil", "dns")
     assert cfg.enable_pod_level is False
     assert cfg.data_aggregation_level == "low"
     assert cfg.data_sampling_rate == 1
@@ -170,6 +170,7 @@ ENV_ALL = {
     "RETINA_DROPREASON_SCOPE": "node",
     "RETINA_DROPREASON_IGNOREREASONS": "skb_drop_reason_not_specified,NO_SOCKET",
     "RETINA_TCPRETRANS_SCOPE": "node",
+    "RETINA_ENABLECONNTRACKMETRICS": "yes",
     "RETINA_ENABLEANNOTATIONS": "true",
     "RETINA_BYPASSLOOKUPIPOFINTEREST": "yes",
     "RETINA_FILTERMAPMAXENTRIES": "255",
@@ -204,6 +205,7 @@ def test_every_key_from_env() -> None:
         drop_reason_scope="node",
         drop_reason_ignore=("NOT_SPECIFIED", "NO_SOCKET"),
         tcp_retrans_scope="node",
+        enable_conntrack_metrics=True,
         enable_annotations=True,
         bypass_lookup_ip_of_interest=True,
         filter_map_max_entries=255,
@@ -586,7 +588,8 @@ def test_unknown_key_without_match_lists_known_keys(tmp_path: pathlib.Path) -> N
         ": unknown key 'zzz'; known keys: apiServer, enabledPlugin, enablePodLevel, dataAggregationLevel, "
         "dataSamplingRate, conntrackReportInterval, conntrackMapSize, packetParserRingBufferSize, enableTCX, "
         "hostInterfaces, nodeName, logLevel, outputRingCapacity, bpfPinPath, remoteContext, enrichment, "
-        "metricsIntervalDuration, dropReason, tcpRetrans, enableAnnotations, bypassLookupIPOfInterest, "
+        "metricsIntervalDuration, dropReason, tcpRetrans, enableConntrackMetrics, enableAnnotations, "
+        "bypassLookupIPOfInterest, "
         "filterMapMaxEntries, "
         "metricsConfiguration, metricsInterval"
     )
@@ -605,26 +608,26 @@ def test_ignored_retina_keys_warn(tmp_path: pathlib.Path) -> None:
     path = write(
         tmp_path,
         "telemetryInterval: 10s\nenableTelemetry: false\n"
-        "enableConntrackMetrics:\n  a: [1, 2]\nenablePodLevel: true\n",
+        "packetParserRingBuffer:\n  a: [1, 2]\nenablePodLevel: true\n",
     )
     cfg = load_config(path, {})
     assert cfg.enable_pod_level is True
     assert cfg.warnings == tuple(
         f"config key {k!r} in {path} is a Retina setting that retina-exporter does not use; ignored"
-        for k in ("telemetryInterval", "enableTelemetry", "enableConntrackMetrics")
+        for k in ("telemetryInterval", "enableTelemetry", "packetParserRingBuffer")
     )
 
 
 def test_every_ignored_key_is_accepted(tmp_path: pathlib.Path) -> None:
     cfg = load_text(tmp_path, "".join(f"{k}: 1\n" for k in RETINA_IGNORED_KEYS))
-    assert len(cfg.warnings) == len(RETINA_IGNORED_KEYS) == 4
+    assert len(cfg.warnings) == len(RETINA_IGNORED_KEYS) == 3
     assert cfg.to_dict() == Config(node_name=cfg.node_name).to_dict()
 
 
 def test_ignored_key_from_env_warns() -> None:
-    cfg = load_config(None, {"RETINA_ENABLECONNTRACKMETRICS": "true"})
+    cfg = load_config(None, {"RETINA_ENABLETELEMETRY": "true"})
     assert cfg.warnings == (
-        "environment variable RETINA_ENABLECONNTRACKMETRICS sets Retina key 'enableConntrackMetrics', "
+        "environment variable RETINA_ENABLETELEMETRY sets Retina key 'enableTelemetry', "
         "which retina-exporter does not use; ignored",
     )
 
@@ -655,7 +658,8 @@ dataSamplingRate: 1
     assert cfg.remote_context is False
     assert cfg.enable_annotations is True
     assert cfg.metrics_interval_ns == 10 * S
-    assert len(cfg.warnings) == 3
+    assert cfg.enable_conntrack_metrics is False
+    assert len(cfg.warnings) == 2
 
 
 # ------------------------------------------------------------------------------------------------ file problems
@@ -726,7 +730,7 @@ def test_long_values_are_truncated_in_messages(tmp_path: pathlib.Path) -> None:
 def test_to_dict_defaults() -> None:
     assert Config(node_name="n").to_dict() == {
         "apiServer": {"host": "0.0.0.0", "port": 10093},
-        "enabledPlugin": ["packetparser"],
+        "enabledPlugin": ["dropreason", "packetforward", "linuxutil", "dns"],
         "enablePodLevel": False,
         "dataAggregationLevel": "low",
         "dataSamplingRate": 1,
@@ -744,6 +748,7 @@ def test_to_dict_defaults() -> None:
         "metricsIntervalDuration": "10s",
         "dropReason": {"scope": "all", "ignoreReasons": ["NOT_DROPPED_YET", "CONSUMED", "NOT_SPECIFIED"]},
         "tcpRetrans": {"scope": "all"},
+        "enableConntrackMetrics": False,
         "enableAnnotations": False,
         "bypassLookupIPOfInterest": False,
         "filterMapMaxEntries": 4096,

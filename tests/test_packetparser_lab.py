@@ -260,3 +260,32 @@ def test_restart_after_sigkill_leaves_one_attachment_per_hook(lab, tcx):
         second.close()
     for ifname in ifaces:
         assert attachments(lab, ifname) == []
+
+
+def test_conntrack_metrics(tmp_path):
+    """enableConntrackMetrics: gauges summed over live conntrack entries, refreshed by the sweep. A fresh lab with
+    one UDP exchange: two entries (one per veth), exact packets and bytes each way."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with Lab(pods=2) as lab:
+        p0, p1 = lab.pods
+        agent = AgentProcess(lab.node_ns, {"enableConntrackMetrics": True, "conntrackReportInterval": "1s"})
+        try:
+            agent.start()
+            traffic.udp_burst(lab, p0, p1, count=12, payload_size=30, sport=41000, dport=9500)
+
+            def read():
+                body = agent.get("/metrics")[1].decode()
+                return {f.name.removeprefix("networkobservability_conntrack_"): f.samples[0].value
+                        for f in text_string_to_metric_families(body) if f.name.startswith("networkobservability_conntrack_")}
+
+            want = {"packets_tx": 24, "packets_rx": 0, "bytes_tx": 24 * (30 + 42), "bytes_rx": 0,
+                    "total_connections": 2}
+            deadline = time.monotonic() + 5
+            got = read()
+            while got != want and time.monotonic() < deadline:
+                time.sleep(0.2)
+                got = read()
+            assert got == want
+        finally:
+            agent.close()

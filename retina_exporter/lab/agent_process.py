@@ -36,7 +36,9 @@ class AgentProcess:
     def __init__(self, netns: str, config: dict, port: int = 10093) -> None:
         self.netns = netns
         self.port = port
-        config = {"apiServer": {"host": "127.0.0.1", "port": port}, **config}
+        # Tests and the demo are about packetparser unless they say otherwise (the agent's default is Retina's
+        # [dropreason, packetforward, linuxutil, dns]).
+        config = {"apiServer": {"host": "127.0.0.1", "port": port}, "enabledPlugin": ["packetparser"], **config}
         self._cfg = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="retina-test-", delete=False)
         yaml.safe_dump(config, self._cfg)
         self._cfg.close()

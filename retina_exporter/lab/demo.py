@@ -23,8 +23,9 @@ def demo_config(lab: Lab, inventory: Path) -> dict:
     context = ["ip", "namespace", "podname", "workload", "zone"]
     return {
         "apiServer": {"host": "127.0.0.1", "port": AGENT_PORT},
-        "enabledPlugin": ["packetparser"],
+        "enabledPlugin": ["packetparser", "dropreason", "packetforward", "linuxutil", "dns", "tcpretrans"],
         "enablePodLevel": True,
+        "enableConntrackMetrics": True,
         "enrichment": {"source": "inventory", "inventoryFile": str(inventory)},
         "hostInterfaces": [lab.uplink],
         "dataAggregationLevel": "high",
@@ -36,6 +37,11 @@ def demo_config(lab: Lab, inventory: Path) -> dict:
                 {"metricName": "forward_count", "sourceLabels": context, "ttl": "10m"},
                 {"metricName": "forward_bytes", "sourceLabels": context, "ttl": "10m"},
                 {"metricName": "tcp_flag_gauges", "sourceLabels": ["podname", "namespace"], "ttl": "10m"},
+                {"metricName": "drop_count", "sourceLabels": context, "ttl": "10m"},
+                {"metricName": "drop_bytes", "sourceLabels": context, "ttl": "10m"},
+                {"metricName": "tcp_retransmission_count", "sourceLabels": context, "ttl": "10m"},
+                {"metricName": "dns_request_count", "sourceLabels": context, "ttl": "10m"},
+                {"metricName": "dns_response_count", "sourceLabels": context, "ttl": "10m"},
             ],
         },
     }

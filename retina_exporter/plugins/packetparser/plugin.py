@@ -83,6 +83,9 @@ class PacketParserPlugin(Plugin):
         program = self.program
         telemetry.lost_source(LOST_KERNEL, self.name, lambda: program.lost_counts()["ringbuf_full"])
         self.sweeper = ConntrackSweeper(self.program, cfg.conntrack_report_interval_ns)
+        if getattr(cfg, "enable_conntrack_metrics", False) and ctx.metrics is not None:
+            ctx.metrics.register(self._conntrack_families)
+            self._registered = ctx.metrics
 
     def _attach_pair(self, ifindex: int, ifname: str, ingress_prog: str, egress_prog: str) -> None:
         assert self.attacher is not None and self.program is not None
@@ -124,7 +127,27 @@ class PacketParserPlugin(Plugin):
         self.watcher = VethWatcher(self._on_veth_add, self._on_veth_remove, excluded=set(self.host_interfaces))
         self.watcher.start()
 
+    def _conntrack_families(self):
+        """``enableConntrackMetrics``: Retina's conntrack gauges, summed over live entries at the last sweep
+        (tx = initiator -> responder, rx = replies)."""
+        last = self.sweeper.last if self.sweeper is not None else None
+        if last is None:
+            return []
+        prefix = "networkobservability_conntrack_"
+        rows = (
+            ("packets_tx", "Packets sent by connection initiators, over live conntrack entries", last.packets_tx),
+            ("packets_rx", "Packets sent by responders (replies), over live conntrack entries", last.packets_rx),
+            ("bytes_tx", "Bytes sent by connection initiators, over live conntrack entries", last.bytes_tx),
+            ("bytes_rx", "Bytes sent by responders, over live conntrack entries", last.bytes_rx),
+            ("total_connections", "Live conntrack entries (one per connection and interface)", last.entries),
+        )
+        return [(prefix + name, "gauge", help_text, [((), value)]) for name, help_text, value in rows]
+
     def stop(self) -> None:
+        registry = getattr(self, "_registered", None)
+        if registry is not None:
+            registry.unregister(self._conntrack_families)
+            self._registered = None
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = None
