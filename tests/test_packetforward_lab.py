@@ -247,14 +247,24 @@ class ServingAgent(AgentProcess):
         raise TimeoutError(f"agent not serving within {timeout}s:\n{self.log()}")
 
 
-def test_missing_host_interface_fails_packetforward_only(lab):
-    agent = ServingAgent(lab.node_ns, {"enabledPlugin": ["packetforward", "linuxutil"],
-                                       "hostInterfaces": ["nosuch0"], "metricsInterval": INTERVAL_S})
+def test_attach_conflict_fails_packetforward_only(lab):
+    """A foreign clsact filter already holding packetforward's priority on the uplink makes packetforward fail to
+    attach; linuxutil keeps running and the failure shows in /readyz and the control-plane metric. (A host
+    interface that does not exist is a configuration error instead: the agent exits with status 2.)"""
+    import subprocess
+
+    node = ["ip", "netns", "exec", lab.node_ns]
+    subprocess.run(node + ["tc", "qdisc", "add", "dev", lab.uplink, "clsact"], check=True)
+    # A harmless classic-BPF filter (returns -1, "no verdict") at packetforward's clsact priority and handle.
+    subprocess.run(node + ["tc", "filter", "add", "dev", lab.uplink, "ingress", "prio", "2", "handle", "2",
+                           "bpf", "da", "bytecode", "1,6 0 0 4294967295"], check=True)
+    agent = ServingAgent(lab.node_ns, {"enabledPlugin": ["packetforward", "linuxutil"], "enableTCX": "off",
+                                       "hostInterfaces": [lab.uplink], "metricsInterval": INTERVAL_S})
     try:
         agent.start()
         status, body = agent.get("/readyz")
         assert status == 503
-        assert re.search(r"plugin packetforward failed: .*'nosuch0' does not exist.*hostInterfaces", body.decode())
+        assert "plugin packetforward failed" in body.decode()
         assert "linuxutil" not in body.decode()
         status, body = agent.get("/metrics")
         text = body.decode()
@@ -265,4 +275,5 @@ def test_missing_host_interface_fails_packetforward_only(lab):
         assert list(plugin_debug(agent)) == ["linuxutil"]
     finally:
         agent.close()
+        subprocess.run(node + ["tc", "qdisc", "del", "dev", lab.uplink, "clsact"], check=False)
     assert attachments(lab, lab.uplink) == {"ingress": [], "egress": []}
