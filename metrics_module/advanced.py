@@ -455,7 +455,7 @@ class _Pipeline:
         """(direction label value, local side) pairs this record counts for; local side 0/1 = source/destination
         pod (local context), -1 = both sides (remote context)."""
         owner = self.owner
-        cfg_allowed = owner.namespace_allowed
+        cfg_allowed = owner.pod_allowed
         src = rec.source
         dst = rec.destination
         if self.local:
@@ -503,13 +503,13 @@ class _Pipeline:
         return plan
 
 
-def _local_pod(ident: Any, allowed: Callable[[str], bool]) -> bool:
+def _local_pod(ident: Any, allowed: Callable[[str, str], bool]) -> bool:
     return (ident is not None and ident.kind == "pod" and not _is_api_server(ident)
-            and allowed(ident.namespace))
+            and allowed(ident.namespace, ident.pod_name))
 
 
-def _pod_in(ident: Any, allowed: Callable[[str], bool]) -> bool:
-    return ident is not None and ident.kind == "pod" and allowed(ident.namespace)
+def _pod_in(ident: Any, allowed: Callable[[str, str], bool]) -> bool:
+    return ident is not None and ident.kind == "pod" and allowed(ident.namespace, ident.pod_name)
 
 
 _FLAG_CACHE: dict[tuple[int, ...], tuple[tuple[int, int], ...]] = {}
@@ -563,7 +563,7 @@ class AdvancedMetrics:
         self.metrics: list[AdvMetric] = []
         self._pipelines: dict[int, _Pipeline] = {}
         self._dns: list[AdvMetric] = []
-        self.namespace_allowed: Callable[[str], bool] = lambda ns: True
+        self.pod_allowed: Callable[[str, str], bool] = lambda ns, pod: True
         self.apply(config)
 
     # -- configuration ----------------------------------------------------------------------------------------
@@ -609,7 +609,7 @@ class AdvancedMetrics:
                 elif m.kind == KIND_DNS:
                     dns.append(m)
             self.config = config
-            self.namespace_allowed = config.namespace_allowed if config is not None else (lambda ns: True)
+            self.pod_allowed = config.pod_allowed if config is not None else (lambda ns, pod: True)
             self.metrics = metrics
             self._dns = dns
             self._pipelines = {v: _Pipeline(self, ms, gated=(v == VERDICT_FORWARDED)) for v, ms in by_verdict.items()}
@@ -656,7 +656,7 @@ class AdvancedMetrics:
         info = getattr(rec, "dns", None)
         if info is None:
             return
-        allowed = self.namespace_allowed
+        allowed = self.pod_allowed
         src, dst = rec.source, rec.destination
         if self.local:
             src_ok = _local_pod(src, allowed)

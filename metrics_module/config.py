@@ -185,6 +185,9 @@ class MetricsConfiguration:
     """Pod label keys to copy (ours); the metric label is :func:`sanitize_pod_label_key` of each."""
     max_series_per_metric: int = DEFAULT_MAX_SERIES_PER_METRIC
     """New series beyond this many per metric are not created (ours)."""
+    pods_include: frozenset[tuple[str, str]] = frozenset()
+    """(namespace, pod name) pairs counted whatever the namespace rule says: pods opted in one by one with the
+    ``retina.sh: observe`` annotation (set by the Kubernetes control loop; not part of the spec, not in to_dict)."""
     warnings: tuple[str, ...] = field(default=(), compare=False)
     """One line per accepted-but-ineffective setting."""
 
@@ -194,6 +197,10 @@ class MetricsConfiguration:
         if self.namespaces_exclude is not None:
             return namespace not in self.namespaces_exclude
         return True
+
+    def pod_allowed(self, namespace: str, pod_name: str) -> bool:
+        """Whether pod-level metrics count this pod: its namespace is allowed, or it is in ``pods_include``."""
+        return self.namespace_allowed(namespace) or (namespace, pod_name) in self.pods_include
 
     def to_dict(self) -> dict[str, Any]:
         """Back to the spec shape (parses to an equal configuration)."""

@@ -112,8 +112,11 @@ class Agent:
                     options["inventoryFile"] = cfg.enrichment_inventory_file
                 elif cfg.enrichment_source == "netns":
                     options["netnsFilter"] = list(cfg.enrichment_netns_filter)
-                elif cfg.enrichment_source == "kubernetes" and cfg.enrichment_kubeconfig:
-                    options["kubeconfig"] = cfg.enrichment_kubeconfig
+                elif cfg.enrichment_source == "kubernetes":
+                    if cfg.enrichment_kubeconfig:
+                        options["kubeconfig"] = cfg.enrichment_kubeconfig
+                    if cfg.enrichment_kube_context:
+                        options["kubeContext"] = cfg.enrichment_kube_context
                 try:
                     self.source = make_source(cfg.enrichment_source, options, cfg.node_name, self.telemetry)
                 except ConfigError as exc:
@@ -148,6 +151,13 @@ class Agent:
         self.config_reload_errors = 0
         self.ctx = PluginContext(config=cfg, flow_sink=flow_sink, telemetry=self.telemetry, metrics=self.metrics)
         self.manager = PluginManager(self.plugins, self.ctx)
+        # Kubernetes control loop (MetricsConfiguration resources, or annotation opt-in): needs API access, i.e.
+        # enrichment.source kubernetes or operator; None otherwise.
+        from retina_exporter.k8s_control import build_for_agent
+
+        self.kube_control = build_for_agent(self)
+        if self.kube_control is not None:
+            self.metrics.register(self.kube_control.families)
         self.http = AgentHTTPServer(cfg.api_server_host, cfg.api_server_port)
         self._stopped = threading.Event()
         self._watch_thread: threading.Thread | None = None
@@ -163,6 +173,7 @@ class Agent:
         r("/debug/flows", self._debug_flows)
         r("/debug/plugins", lambda q, h: json_response({p.name: p.debug() for p in self.manager.started}))
         r("/debug/ipcache", self._debug_ipcache)
+        r("/debug/kubernetes", self._debug_kubernetes)
 
     def _healthz(self, _q, _h):
         alive = self.manager.readers_alive() and (self.enricher is None or self.enricher.alive())
@@ -177,6 +188,8 @@ class Agent:
             reasons.append(f"enrichment source {self.cfg.enrichment_source} not loaded" + (f": {err}" if err else ""))
         if self.enricher is not None and not self.enricher.alive():
             reasons.append("enricher not running")
+        if self.kube_control is not None:
+            reasons += self.kube_control.not_ready_reasons()
         return reasons
 
     def _readyz(self, _q, _h):
@@ -203,6 +216,11 @@ class Agent:
         if self.cache is None:
             return json_response({"enabled": False, "reason": "enablePodLevel is off and enrichment.source is none"})
         return json_response(self.cache.snapshot_json())
+
+    def _debug_kubernetes(self, _q, _h):
+        if self.kube_control is None:
+            return json_response({"enabled": False, "reason": "enrichment.source is neither kubernetes nor operator"})
+        return json_response(self.kube_control.status())
 
     def _pipeline_families(self):
         """Our own control-plane counters of the pipeline (not in Retina)."""
@@ -235,7 +253,10 @@ class Agent:
             return False
         if new.metrics_configuration == self.cfg.metrics_configuration:
             return False
-        self.metrics_module.apply(mcfg)
+        if self.kube_control is not None:
+            self.kube_control.set_file_configuration(mcfg)  # applied unless a MetricsConfiguration is in force
+        else:
+            self.metrics_module.apply(mcfg)
         self.cfg = dataclasses.replace(self.cfg, metrics_configuration=new.metrics_configuration)
         self.config_reloads += 1
         log.info("metricsConfiguration reloaded")
@@ -283,6 +304,8 @@ class Agent:
             self.source.start(self.cache)
         if self.enricher is not None:
             self.enricher.start()
+        if self.kube_control is not None:
+            self.kube_control.start()  # before the metrics module reads: annotation mode starts observing nothing
         if self.metrics_module is not None:
             self.metrics_module.start()
         try:
@@ -291,6 +314,8 @@ class Agent:
             self._stop_pipeline()
             self.http.stop()
             raise
+        if self.kube_control is not None:
+            self.kube_control.kick()  # packetparser's IP-of-interest map exists now: write the claims at once
         self.http.start()
         if self.config_path is not None and self.metrics_module is not None:
             self._watch_thread = threading.Thread(target=self._watch_config, args=(self._config_signature(),),
@@ -299,6 +324,8 @@ class Agent:
         log.info("retina-exporter %s listening on %s:%d", __version__, self.cfg.api_server_host, self.http.port)
 
     def _stop_pipeline(self) -> None:
+        if self.kube_control is not None:
+            self.kube_control.stop()
         if self.enricher is not None:
             self.enricher.stop()
         if self.metrics_module is not None:

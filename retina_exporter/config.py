@@ -107,6 +107,8 @@ class Config:
     """How often node-level plugins (linuxutil, packetforward) read their sources, in nanoseconds."""
     enrichment_kubeconfig: str = ""
     """Kubeconfig path for the ``kubernetes``/``operator`` sources' API access; empty: in-cluster config."""
+    enrichment_kube_context: str = ""
+    """Kubeconfig context to use (empty: the kubeconfig's current context)."""
     enrichment_netns_filter: tuple[str, ...] = ("*",)
     """Globs of network-namespace names the ``netns`` source takes as pods."""
     drop_reason_scope: str = "all"
@@ -452,6 +454,7 @@ _KEYS: tuple[_Key, ...] = (
          "a duration of at least 100ms such as '10s' (Retina's deprecated metricsInterval, in seconds, also works)",
          format_duration),
     _Key("enrichment.kubeconfig", "enrichment_kubeconfig", _path_or_empty, "a kubeconfig file path, or empty"),
+    _Key("enrichment.kubeContext", "enrichment_kube_context", _path_or_empty, "a kubeconfig context name, or empty"),
     _Key("enrichment.netnsFilter", "enrichment_netns_filter", _str_list_tuple,
          "a list (or comma-separated string) of glob patterns of network namespace names"),
     _Key("dropReason.scope", "drop_reason_scope", _choice("all", "node"), "all, node"),
