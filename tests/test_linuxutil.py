@@ -456,6 +456,13 @@ def test_real_interface_stats_ethtool_and_sysfs(netns):
             return tap, s
 
         tap, pkt = in_netns(netns, setup)
+
+        def carrier(name):
+            out = subprocess.run(ip + ["link", "show", name], capture_output=True, text=True).stdout
+            return "LOWER_UP" in out
+
+        # Frames sent before the veth pair has carrier are dropped before XDP sees them.
+        wait_for(lambda: carrier("vxa") and carrier("vxb"), what="veth carrier")
         frame = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x88\xb5" + bytes(46)  # local experimental ethertype
         try:
             for _ in range(N):
