@@ -35,8 +35,8 @@ __all__ = ["KNOWN_SOURCES", "OPTION_KEYS", "PollingSource", "Source", "make_sour
 
 log = logging.getLogger(__name__)
 
-KNOWN_SOURCES: tuple[str, ...] = ("inventory", "netns", "kubernetes")
-_LATER_SOURCES: tuple[str, ...] = ("operator",)
+KNOWN_SOURCES: tuple[str, ...] = ("inventory", "netns", "kubernetes", "operator")
+_LATER_SOURCES: tuple[str, ...] = ()
 
 OPTION_KEYS: tuple[str, ...] = (
     "source",
@@ -53,6 +53,13 @@ OPTION_KEYS: tuple[str, ...] = (
     "kubeContext",
     "kubeStartTimeout",
     "kubeResyncInterval",
+    "operatorAddress",
+    "operatorTLS",
+    "operatorCAFile",
+    "operatorCertFile",
+    "operatorKeyFile",
+    "operatorServerName",
+    "operatorStartTimeout",
 )
 
 
@@ -194,6 +201,11 @@ def make_source(kind: str, options: Mapping[str, Any] | None, node_name: str, te
                               "'inventory'")
         src: Any = InventorySource(path, node_name=node_name,
                                    poll_interval_s=_duration_s(options, "inventoryPollInterval", 1.0))
+    elif kind == "operator":
+        from enricher.operator_source import OPTION_KEYS as _OPERATOR_KEYS
+        from enricher.operator_source import source_from_options
+
+        src = source_from_options({k: v for k, v in options.items() if k in _OPERATOR_KEYS}, node_name)
     elif kind == "kubernetes":
         from enricher.kubernetes import KubeConfigError, KubernetesSource
 
@@ -228,6 +240,6 @@ def make_source(kind: str, options: Mapping[str, Any] | None, node_name: str, te
             zone=_string(options, "zone", ""),
         )
     else:
-        raise ConfigError(f"enrichment.source: {kind!r} is not a known source; use inventory or netns")
+        raise ConfigError(f"enrichment.source: {kind!r} is not a known source; use {', '.join(KNOWN_SOURCES)}")
     src.telemetry = telemetry
     return src

@@ -112,6 +112,15 @@ class Agent:
                     options["inventoryFile"] = cfg.enrichment_inventory_file
                 elif cfg.enrichment_source == "netns":
                     options["netnsFilter"] = list(cfg.enrichment_netns_filter)
+                elif cfg.enrichment_source == "operator":
+                    options["operatorAddress"] = cfg.enrichment_operator_address
+                    options["operatorTLS"] = cfg.enrichment_operator_tls
+                    for key, value in (("operatorCAFile", cfg.enrichment_operator_ca_file),
+                                       ("operatorCertFile", cfg.enrichment_operator_cert_file),
+                                       ("operatorKeyFile", cfg.enrichment_operator_key_file),
+                                       ("operatorServerName", cfg.enrichment_operator_server_name)):
+                        if value:
+                            options[key] = value
                 elif cfg.enrichment_source == "kubernetes":
                     if cfg.enrichment_kubeconfig:
                         options["kubeconfig"] = cfg.enrichment_kubeconfig

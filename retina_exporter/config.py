@@ -109,6 +109,14 @@ class Config:
     """Kubeconfig path for the ``kubernetes``/``operator`` sources' API access; empty: in-cluster config."""
     enrichment_kube_context: str = ""
     """Kubeconfig context to use (empty: the kubeconfig's current context)."""
+    enrichment_operator_address: str = "retina-operator:9090"
+    """``host:port`` of the operator's IP-cache gRPC service (``enrichment.source: operator``)."""
+    enrichment_operator_tls: bool = False
+    """TLS to the operator (also on when a CA, certificate or key file is given)."""
+    enrichment_operator_ca_file: str = ""
+    enrichment_operator_cert_file: str = ""
+    enrichment_operator_key_file: str = ""
+    enrichment_operator_server_name: str = ""
     enrichment_netns_filter: tuple[str, ...] = ("*",)
     """Globs of network-namespace names the ``netns`` source takes as pods."""
     drop_reason_scope: str = "all"
@@ -455,6 +463,13 @@ _KEYS: tuple[_Key, ...] = (
          format_duration),
     _Key("enrichment.kubeconfig", "enrichment_kubeconfig", _path_or_empty, "a kubeconfig file path, or empty"),
     _Key("enrichment.kubeContext", "enrichment_kube_context", _path_or_empty, "a kubeconfig context name, or empty"),
+    _Key("enrichment.operatorAddress", "enrichment_operator_address", _text, "host:port of the operator"),
+    _Key("enrichment.operatorTLS", "enrichment_operator_tls", _bool, "true, false (also 1/0, yes/no)"),
+    _Key("enrichment.operatorCAFile", "enrichment_operator_ca_file", _path_or_empty, "a file path, or empty"),
+    _Key("enrichment.operatorCertFile", "enrichment_operator_cert_file", _path_or_empty, "a file path, or empty"),
+    _Key("enrichment.operatorKeyFile", "enrichment_operator_key_file", _path_or_empty, "a file path, or empty"),
+    _Key("enrichment.operatorServerName", "enrichment_operator_server_name", _path_or_empty,
+         "a TLS server name, or empty"),
     _Key("enrichment.netnsFilter", "enrichment_netns_filter", _str_list_tuple,
          "a list (or comma-separated string) of glob patterns of network namespace names"),
     _Key("dropReason.scope", "drop_reason_scope", _choice("all", "node"), "all, node"),

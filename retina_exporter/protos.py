@@ -7,8 +7,9 @@ exactly as Hubble's Python stubs do, so that directory is put at the front of ``
 Usage::
 
     from retina_exporter.protos import flow_pb2
+    from retina_exporter.protos import ipcache_pb2, ipcache_pb2_grpc   # the operator's IpCache stream
 
-``flow_pb2`` is imported on first access (PEP 562), so :func:`ensure_generated` can be imported and called
+Each module is imported on first access (PEP 562), so :func:`ensure_generated` can be imported and called
 before the generated code exists (tests do so).
 """
 
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # for type checkers with retina_exporter/_proto on their search path
     from flow import flow_pb2  # type: ignore[import-not-found]  # noqa: F401
+    from ipcache import ipcache_pb2, ipcache_pb2_grpc  # type: ignore[import-not-found]  # noqa: F401
 
 GENERATED_DIR = Path(__file__).resolve().parent / "_proto"
 
@@ -46,20 +48,26 @@ def ensure_generated() -> bool:
     return proto_gen.generate()
 
 
-def _import_flow() -> ModuleType:
-    _add_to_path()
-    importlib.invalidate_caches()  # the directory may have been generated after an earlier failed import
-    try:
-        from flow import flow_pb2 as module  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise ProtoCodeMissingError(
-            f"generated protobuf code not found in {GENERATED_DIR} ({exc}); run `make setup` "
-            "(or `python -m retina_exporter.proto_gen`)"
-        ) from exc
-    return module
+def _importer(package: str, module: str):
+    def load() -> ModuleType:
+        _add_to_path()
+        importlib.invalidate_caches()  # the directory may have been generated after an earlier failed import
+        try:
+            return importlib.import_module(f"{package}.{module}")
+        except ImportError as exc:
+            raise ProtoCodeMissingError(
+                f"generated protobuf code not found in {GENERATED_DIR} ({exc}); run `make setup` "
+                "(or `python -m retina_exporter.proto_gen`)"
+            ) from exc
+
+    return load
 
 
-_LAZY = {"flow_pb2": _import_flow}
+_LAZY = {
+    "flow_pb2": _importer("flow", "flow_pb2"),
+    "ipcache_pb2": _importer("ipcache", "ipcache_pb2"),
+    "ipcache_pb2_grpc": _importer("ipcache", "ipcache_pb2_grpc"),
+}
 
 
 def __getattr__(name: str) -> ModuleType:
@@ -71,4 +79,5 @@ def __getattr__(name: str) -> ModuleType:
     return module
 
 
-__all__ = ["GENERATED_DIR", "ProtoCodeMissingError", "ensure_generated", "flow_pb2"]
+__all__ = ["GENERATED_DIR", "ProtoCodeMissingError", "ensure_generated", "flow_pb2", "ipcache_pb2",
+           "ipcache_pb2_grpc"]

@@ -329,8 +329,8 @@ def test_make_source_netns():
     ("kubernetes", {"kubeconfig": "/nonexistent/kubeconfig"},
      "enrichment.kubeconfig: kubernetes source: cannot load the kubeconfig /nonexistent/kubeconfig: "
      "Invalid kube-config file. No configuration found."),
-    ("operator", {}, "enrichment.source: 'operator' is not available yet; use inventory, netns or kubernetes"),
-    ("crictl", {}, "enrichment.source: 'crictl' is not a known source; use inventory or netns"),
+    ("nosuch", {}, "enrichment.source: 'nosuch' is not a known source; use inventory, netns, kubernetes, operator"),
+    ("crictl", {}, "enrichment.source: 'crictl' is not a known source; use inventory, netns, kubernetes, operator"),
     ("inventory", {}, "enrichment.inventoryFile: required (a YAML file path) when enrichment.source is "
                       "'inventory'"),
     ("inventory", {"inventoryFile": "/x", "inventoryPollInterval": "0s"},
