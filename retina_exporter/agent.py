@@ -167,6 +167,30 @@ class Agent:
         self.kube_control = build_for_agent(self)
         if self.kube_control is not None:
             self.metrics.register(self.kube_control.families)
+        self.otlp = None
+        if cfg.otlp_enabled:
+            from metrics_module.otlp import OtlpExporter
+
+            if self.metrics_module is not None:
+                module = self.metrics_module
+
+                def families():  # the same fast path as /metrics
+                    return module.families(prerendered=True)
+            else:
+                families = self.metrics.families
+            try:
+                self.otlp = OtlpExporter(
+                    families, endpoint=cfg.otlp_endpoint or None, protocol=cfg.otlp_protocol,
+                    interval_s=cfg.otlp_interval_ns / 1e9, timeout_s=cfg.otlp_timeout_ns / 1e9,
+                    headers=dict(cfg.otlp_headers), insecure=cfg.otlp_insecure,
+                    ca_file=cfg.otlp_ca_file or None, cert_file=cfg.otlp_cert_file or None,
+                    key_file=cfg.otlp_key_file or None, compression=cfg.otlp_compression,
+                    service_version=__version__, node_name=cfg.node_name,
+                    resource_attributes=dict(cfg.otlp_resource_attributes),
+                    start_time_unix_nano=int(self.started_at * 1e9))
+            except ValueError as exc:
+                raise StartupError(f"otlp: {exc}") from exc
+            self.metrics.register(self.otlp.families)
         self.http = AgentHTTPServer(cfg.api_server_host, cfg.api_server_port)
         self._stopped = threading.Event()
         self._watch_thread: threading.Thread | None = None
@@ -182,6 +206,7 @@ class Agent:
         r("/debug/flows", self._debug_flows)
         r("/debug/plugins", lambda q, h: json_response({p.name: p.debug() for p in self.manager.started}))
         r("/debug/ipcache", self._debug_ipcache)
+        r("/debug/otlp", lambda q, h: json_response(self.otlp.status() if self.otlp is not None else {"enabled": False}))
         r("/debug/kubernetes", self._debug_kubernetes)
 
     def _healthz(self, _q, _h):
@@ -326,6 +351,8 @@ class Agent:
         if self.kube_control is not None:
             self.kube_control.kick()  # packetparser's IP-of-interest map exists now: write the claims at once
         self.http.start()
+        if self.otlp is not None:
+            self.otlp.start()
         if self.config_path is not None and self.metrics_module is not None:
             self._watch_thread = threading.Thread(target=self._watch_config, args=(self._config_signature(),),
                                                   name="config-watch", daemon=True)
@@ -347,6 +374,8 @@ class Agent:
             return
         self._stopped.set()
         self.manager.stop()
+        if self.otlp is not None:
+            self.otlp.stop()  # a last export with the final values, unless the collector is failing
         self._stop_pipeline()
         self.http.stop()
 

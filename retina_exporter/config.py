@@ -133,6 +133,21 @@ class Config:
     """Track every packet even with annotations (no IP-of-interest filter in the kernel)."""
     filter_map_max_entries: int = 4096
     """Entries of the kernel IP-of-interest map (IPs or CIDRs)."""
+    otlp_enabled: bool = False
+    """Push the metrics over OTLP (docs/otlp.md)."""
+    otlp_endpoint: str = ""
+    """Collector URL; empty: the protocol's default (http://localhost:4317, or :4318/v1/metrics for HTTP)."""
+    otlp_protocol: str = "grpc"
+    otlp_interval_ns: int = 60 * _NS_PER_S
+    otlp_timeout_ns: int = 10 * _NS_PER_S
+    otlp_headers: tuple[tuple[str, str], ...] = ()
+    otlp_insecure: Any = None
+    """None: the endpoint's scheme decides (TLS without one)."""
+    otlp_ca_file: str = ""
+    otlp_cert_file: str = ""
+    otlp_key_file: str = ""
+    otlp_compression: str = "gzip"
+    otlp_resource_attributes: tuple[tuple[str, str], ...] = ()
     metrics_configuration: Any = None
     """The ``metricsConfiguration`` mapping (MetricsConfiguration CRD spec), validated; None when absent."""
     warnings: tuple[str, ...] = ()
@@ -380,6 +395,28 @@ def _metrics_configuration(value: Any) -> Any:
     return value
 
 
+def _otlp_endpoint(value: Any) -> str:
+    return "" if value in ("", None) else _text(value)
+
+
+def _otlp_headers(value: Any) -> tuple[tuple[str, str], ...]:
+    from metrics_module.otlp import parse_headers
+
+    try:
+        return tuple(parse_headers(value).items())
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+
+
+def _otlp_attributes(value: Any) -> tuple[tuple[str, str], ...]:
+    from metrics_module.otlp import parse_attributes
+
+    try:
+        return tuple(parse_attributes(value).items())
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+
+
 def _str_list(value: Any) -> list[str]:
     """A YAML list of strings, or a comma-separated string (environment, or viper-style in the file)."""
     if isinstance(value, str):
@@ -480,6 +517,25 @@ _KEYS: tuple[_Key, ...] = (
     _Key("enableAnnotations", "enable_annotations", _bool, "true, false (also 1/0, yes/no)"),
     _Key("bypassLookupIPOfInterest", "bypass_lookup_ip_of_interest", _bool, "true, false (also 1/0, yes/no)"),
     _Key("filterMapMaxEntries", "filter_map_max_entries", _int_range(1, 1048576), "an integer from 1 to 1048576"),
+    _Key("otlp.enabled", "otlp_enabled", _bool, "true, false (also 1/0, yes/no)"),
+    _Key("otlp.endpoint", "otlp_endpoint", _otlp_endpoint,
+         "a URL such as 'http://otel-collector:4317' or 'https://host/v1/metrics', host:port, or empty"),
+    _Key("otlp.protocol", "otlp_protocol", _choice("grpc", "http/protobuf", aliases={"http": "http/protobuf"}),
+         "grpc, http/protobuf (or http)"),
+    _Key("otlp.interval", "otlp_interval_ns", _duration_at_least(_NS_PER_S), "a duration of at least 1s such as '60s'",
+         format_duration),
+    _Key("otlp.timeout", "otlp_timeout_ns", _duration_at_least(_NS_PER_S // 10),
+         "a duration of at least 100ms such as '10s'", format_duration),
+    _Key("otlp.headers", "otlp_headers", _otlp_headers,
+         "a mapping of header names to strings, or 'name=value,name2=value2' (URL-encoded values)",
+         lambda pairs: {k: "<redacted>" for k, _ in pairs}),
+    _Key("otlp.insecure", "otlp_insecure", _bool, "true, false (also 1/0, yes/no), or null (from the scheme)"),
+    _Key("otlp.caFile", "otlp_ca_file", _path_or_empty, "a file path, or empty"),
+    _Key("otlp.certFile", "otlp_cert_file", _path_or_empty, "a file path, or empty"),
+    _Key("otlp.keyFile", "otlp_key_file", _path_or_empty, "a file path, or empty"),
+    _Key("otlp.compression", "otlp_compression", _choice("gzip", "none"), "gzip, none"),
+    _Key("otlp.resourceAttributes", "otlp_resource_attributes", _otlp_attributes,
+         "a mapping of attribute names to strings, or 'name=value,...'", dict),
     _Key("metricsConfiguration", "metrics_configuration", _metrics_configuration,
          "a mapping with the MetricsConfiguration CRD spec (docs/metrics.md)"),
 )
@@ -646,6 +702,15 @@ def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Confi
                 f"{key.name}: invalid value {_show(value)} {source}{reason}; accepted: {key.accepted}"
             ) from None
     cfg = dataclasses.replace(Config(), **values, warnings=tuple(warnings))
+    if cfg.otlp_enabled:
+        from metrics_module.otlp import check_settings
+
+        try:
+            check_settings(endpoint=cfg.otlp_endpoint or None, protocol=cfg.otlp_protocol, insecure=cfg.otlp_insecure,
+                           ca_file=cfg.otlp_ca_file or None, cert_file=cfg.otlp_cert_file or None,
+                           key_file=cfg.otlp_key_file or None)
+        except ValueError as exc:
+            raise ConfigError(f"otlp: {exc}") from None
     if cfg.enrichment_source == "inventory" and not cfg.enrichment_inventory_file:
         raise ConfigError(
             "enrichment.inventoryFile: required when enrichment.source is 'inventory'; "

@@ -181,6 +181,18 @@ ENV_ALL = {
     "RETINA_ENABLEANNOTATIONS": "true",
     "RETINA_BYPASSLOOKUPIPOFINTEREST": "yes",
     "RETINA_FILTERMAPMAXENTRIES": "255",
+    "RETINA_OTLP_ENABLED": "true",
+    "RETINA_OTLP_ENDPOINT": "http://otel:4317",
+    "RETINA_OTLP_PROTOCOL": "grpc",
+    "RETINA_OTLP_INTERVAL": "15s",
+    "RETINA_OTLP_TIMEOUT": "5s",
+    "RETINA_OTLP_HEADERS": "authorization=Bearer%20x",
+    "RETINA_OTLP_INSECURE": "true",
+    "RETINA_OTLP_CAFILE": "",
+    "RETINA_OTLP_CERTFILE": "",
+    "RETINA_OTLP_KEYFILE": "",
+    "RETINA_OTLP_COMPRESSION": "none",
+    "RETINA_OTLP_RESOURCEATTRIBUTES": "k8s.cluster.name=prod",
     "RETINA_METRICSCONFIGURATION": '{"contextOptions": [{"metricName": "drop_count", "sourceLabels": ["namespace"]}]}',
 }
 
@@ -223,6 +235,14 @@ def test_every_key_from_env() -> None:
         enable_annotations=True,
         bypass_lookup_ip_of_interest=True,
         filter_map_max_entries=255,
+        otlp_enabled=True,
+        otlp_endpoint="http://otel:4317",
+        otlp_interval_ns=15 * S,
+        otlp_timeout_ns=5 * S,
+        otlp_headers=(("authorization", "Bearer x"),),
+        otlp_insecure=True,
+        otlp_compression="none",
+        otlp_resource_attributes=(("k8s.cluster.name", "prod"),),
         metrics_configuration={"contextOptions": [{"metricName": "drop_count", "sourceLabels": ["namespace"]}]},
     )
 
@@ -604,7 +624,7 @@ def test_unknown_key_without_match_lists_known_keys(tmp_path: pathlib.Path) -> N
         "hostInterfaces, nodeName, logLevel, outputRingCapacity, bpfPinPath, remoteContext, enrichment, "
         "metricsIntervalDuration, dropReason, tcpRetrans, enableConntrackMetrics, enableAnnotations, "
         "bypassLookupIPOfInterest, "
-        "filterMapMaxEntries, "
+        "filterMapMaxEntries, otlp, "
         "metricsConfiguration, metricsInterval"
     )
     assert error_of(tmp_path, "apiServer: {zzz: 1}\n").endswith(
@@ -769,6 +789,9 @@ def test_to_dict_defaults() -> None:
         "enableAnnotations": False,
         "bypassLookupIPOfInterest": False,
         "filterMapMaxEntries": 4096,
+        "otlp": {"enabled": False, "endpoint": "", "protocol": "grpc", "interval": "1m", "timeout": "10s",
+                 "headers": {}, "insecure": None, "caFile": "", "certFile": "", "keyFile": "", "compression": "gzip",
+                 "resourceAttributes": {}},
         "metricsConfiguration": None,
     }
 
