@@ -36,6 +36,7 @@ import socket
 import threading
 import time
 
+from retina_exporter.bpf.ringreader import BpfRingReader
 from retina_exporter.errors import StartupError
 from retina_exporter.plugins.base import Plugin, PluginContext
 from retina_exporter.plugins.dns import loader
@@ -125,17 +126,16 @@ class _MasterAwareWatcher(VethWatcher):
                 log.exception("updating the master of ifindex %s failed", index)
 
 
-class _Reader:
-    """Polls the ring buffer in its own thread and hands each event to the processor."""
+class _Reader(BpfRingReader):
+    """Polls the ring buffer in its own thread and hands each event to the processor, whose records
+    (:meth:`emit`) go to ``on_batch(list)`` in batches (see :class:`~retina_exporter.bpf.ringreader.BpfRingReader`).
+
+    Events shorter than a header are skipped; ``callback_errors`` counts events the processor failed on."""
 
     def __init__(self, program: DnsProgram, processor: DnsProcessor, on_batch) -> None:
+        super().__init__(program.bpf, on_batch, name="dns")
         self._program = program
-        self._bpf = program.bpf
         self._processor = processor
-        self._on_batch = on_batch
-        self._pending: list = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.callback_errors = 0
         program.set_event_handler(self._callback)
 
@@ -146,47 +146,16 @@ class _Reader:
             except Exception:  # a bug here must not stop the reader; the event is lost, and counted
                 self.callback_errors += 1
                 log.exception("dns event processing failed")
-        if len(self._pending) >= 256:
+        if len(self._batch) >= self._batch_size:
             self._flush()
         return -1 if self._stop.is_set() else 0
 
     def emit(self, rec) -> None:
-        self._pending.append(rec)
-
-    def _flush(self) -> None:
-        if self._pending:
-            batch, self._pending = self._pending, []
-            self._on_batch(batch)
-
-    def _run(self) -> None:
-        poll = self._bpf.ring_buffer_poll
-        while not self._stop.is_set():
-            try:
-                poll(100)
-            except Exception:
-                log.exception("dns ring buffer poll failed")
-            self._flush()
-        self._flush()
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="dns-reader", daemon=True)
-        self._thread.start()
-
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        self._batch.append(rec)
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        self._stop.clear()
-        self.drain()
+        super().stop(timeout)
         self._program.set_event_handler(None)
-
-    def drain(self) -> None:
-        self._bpf.ring_buffer_consume()
-        self._flush()
 
 
 class DnsPlugin(Plugin):

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import ctypes as ct
-import logging
 import os
 import socket
-import threading
 
+from retina_exporter.bpf.ringreader import BpfRingReader
 from retina_exporter.flow.record import DIR_EGRESS, DIR_INGRESS, DIR_UNKNOWN, VERDICT_DROPPED, FlowRecord
 from retina_exporter.plugins.dropreason.layout import EVENT_SIZE, EVENT_STRUCT
 from retina_exporter.plugins.dropreason.reasons import DIR_EGRESS as S_EGRESS
 from retina_exporter.plugins.dropreason.reasons import DIR_INGRESS as S_INGRESS
 from retina_exporter.plugins.dropreason.reasons import ReasonTable
 from retina_exporter.plugins.packetparser.reader import boot_to_wall_offset_ns
-
-log = logging.getLogger(__name__)
 
 #: ``obs_point`` of a drop record: none of the packetparser's four points (the proto field stays unset).
 OBS_DROP = 255
@@ -67,71 +63,22 @@ class DropDecoder:
         )
 
 
-class DropEventReader:
+class DropEventReader(BpfRingReader):
     """Owns the thread that polls the program's ``events`` ring buffer and hands DROPPED records to
-    ``sink.write_batch`` in batches (as the packetparser's reader does).
+    ``sink.write_batch`` in batches (see :class:`~retina_exporter.bpf.ringreader.BpfRingReader`).
 
     The ring buffer is opened once per program (:meth:`DropReasonProgram.set_event_handler`), so a program
-    shared by several plugin instances in tests keeps one consumer.
+    shared by several plugin instances in tests keeps one consumer; :meth:`stop` unhooks this reader from it.
     """
 
     def __init__(self, program, decoder: DropDecoder, sink, batch_size: int = 256) -> None:
+        super().__init__(program.bpf, sink.write_batch, name="dropreason", batch_size=batch_size,
+                         decode=decoder.decode, event_size=EVENT_SIZE)
         self._program = program
         self._decoder = decoder
         self._sink = sink
-        self._batch_size = batch_size
-        self._batch: list[FlowRecord] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.events_read = 0
-        self.decode_errors = 0
         program.set_event_handler(self._callback)
 
-    def _callback(self, _ctx, data, size) -> int:
-        if size < EVENT_SIZE:
-            self.decode_errors += 1
-            return 0
-        self._batch.append(self._decoder.decode(ct.string_at(data, EVENT_SIZE)))
-        if len(self._batch) >= self._batch_size:
-            self._flush()
-        return -1 if self._stop.is_set() else 0
-
-    def _flush(self) -> None:
-        batch = self._batch
-        if not batch:
-            return
-        self._batch = []
-        self.events_read += len(batch)
-        self._sink.write_batch(batch)
-
-    def _run(self) -> None:
-        poll = self._program.bpf.ring_buffer_poll
-        while not self._stop.is_set():
-            try:
-                poll(100)
-            except Exception:
-                log.exception("dropreason ring buffer poll failed")
-            self._flush()
-        self._flush()
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="dropreason-reader", daemon=True)
-        self._thread.start()
-
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def drain(self) -> None:
-        """Consume what is in the ring now (tests, shutdown)."""
-        if self._program.bpf is not None:
-            self._program.bpf.ring_buffer_consume()
-        self._flush()
-
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        self._stop.clear()
-        self.drain()
+        super().stop(timeout)
         self._program.set_event_handler(None)

@@ -7,16 +7,12 @@ work is one ``struct.unpack_from`` and one slotted-object construction (measured
 
 from __future__ import annotations
 
-import ctypes as ct
-import logging
-import threading
 import time
 from typing import Callable, Protocol
 
+from retina_exporter.bpf.ringreader import BpfRingReader
 from retina_exporter.flow.record import FlowRecord
 from retina_exporter.plugins.packetparser.layout import EVENT_SIZE, EVENT_STRUCT
-
-log = logging.getLogger(__name__)
 
 
 class BatchSink(Protocol):
@@ -53,8 +49,9 @@ class EventDecoder:
         )
 
 
-class RingBufferReader:
-    """Owns the thread that polls one bcc ring buffer and feeds decoded records to ``sink.write_batch``."""
+class RingBufferReader(BpfRingReader):
+    """Owns the thread that polls one bcc ring buffer and feeds decoded records to ``sink.write_batch``
+    (see :class:`~retina_exporter.bpf.ringreader.BpfRingReader`); ``on_batch(n)`` after each batch of ``n``."""
 
     def __init__(
         self,
@@ -65,68 +62,8 @@ class RingBufferReader:
         batch_size: int = 256,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
-        self._bpf = bpf
+        super().__init__(bpf, sink.write_batch, name="packetparser", batch_size=batch_size, on_batch=on_batch,
+                         decode=decoder.decode, event_size=EVENT_SIZE)
         self._decoder = decoder
         self._sink = sink
-        self._batch_size = batch_size
-        self._on_batch = on_batch
-        self._batch: list[FlowRecord] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.events_read = 0
-        self.decode_errors = 0
-        self.last_poll_monotonic = 0.0
         bpf[map_name.encode()].open_ring_buffer(self._callback)
-
-    def _callback(self, _ctx, data, size) -> int:
-        if size < EVENT_SIZE:
-            self.decode_errors += 1
-            return 0
-        rec = self._decoder.decode(ct.string_at(data, EVENT_SIZE))
-        batch = self._batch
-        batch.append(rec)
-        if len(batch) >= self._batch_size:
-            self._flush()
-        return -1 if self._stop.is_set() else 0
-
-    def _flush(self) -> None:
-        batch = self._batch
-        if not batch:
-            return
-        self._batch = []
-        self.events_read += len(batch)
-        self._sink.write_batch(batch)
-        if self._on_batch is not None:
-            self._on_batch(len(batch))
-
-    def _run(self) -> None:
-        poll = self._bpf.ring_buffer_poll
-        while not self._stop.is_set():
-            self.last_poll_monotonic = time.monotonic()
-            try:
-                poll(100)
-            except Exception:  # a callback error must not kill the reader
-                log.exception("ring buffer poll failed")
-            self._flush()
-        self._flush()
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="packetparser-reader", daemon=True)
-        self._thread.start()
-
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the thread, then hand on whatever is still in the ring."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        self._stop.clear()
-        self.drain()
-
-    def drain(self) -> None:
-        """Consume what is in the ring now (for callers that poll themselves, e.g. benchmarks and tests)."""
-        self._bpf.ring_buffer_consume()
-        self._flush()

@@ -25,11 +25,10 @@ plugin fails to start in scope ``node``.
 
 from __future__ import annotations
 
-import ctypes as ct
 import logging
-import threading
 import time
 
+from retina_exporter.bpf.ringreader import BpfRingReader
 from retina_exporter.errors import StartupError
 from retina_exporter.flow.record import DIR_EGRESS, IPPROTO_TCP, OBS_FROM_ENDPOINT, OBS_TO_NETWORK, FlowRecord
 from retina_exporter.plugins.base import Plugin, PluginContext
@@ -72,61 +71,17 @@ class RetransDecoder:
         )  # fmt: skip
 
 
-class _Reader:
+class _Reader(BpfRingReader):
+    """Polls the program's ``rt_events`` ring buffer in its own thread and hands retransmission records to
+    ``sink.write_batch`` in batches (see :class:`~retina_exporter.bpf.ringreader.BpfRingReader`)."""
+
     def __init__(self, program: TcpRetransProgram, decoder: RetransDecoder, sink, batch_size: int = 256) -> None:
+        super().__init__(program.bpf, sink.write_batch, name="tcpretrans", batch_size=batch_size,
+                         decode=decoder.decode, event_size=EVENT_SIZE)
         self._program = program
         self._decoder = decoder
         self._sink = sink
-        self._batch_size = batch_size
-        self._batch: list = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.events_read = 0
-        self.decode_errors = 0
         program.set_event_handler(self._callback)
-
-    def _callback(self, _ctx, data, size) -> int:
-        if size < EVENT_SIZE:
-            self.decode_errors += 1
-            return 0
-        self._batch.append(self._decoder.decode(ct.string_at(data, EVENT_SIZE)))
-        if len(self._batch) >= self._batch_size:
-            self._flush()
-        return -1 if self._stop.is_set() else 0
-
-    def _flush(self) -> None:
-        if self._batch:
-            batch, self._batch = self._batch, []
-            self.events_read += len(batch)
-            self._sink.write_batch(batch)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._program.bpf.ring_buffer_poll(100)
-            except Exception:
-                log.exception("tcpretrans ring buffer poll failed")
-            self._flush()
-        self._flush()
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="tcpretrans-reader", daemon=True)
-        self._thread.start()
-
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        self._stop.clear()
-        try:
-            self._program.bpf.ring_buffer_consume()
-        except Exception:
-            pass
-        self._flush()
 
 
 class TcpRetransPlugin(Plugin):
