@@ -381,3 +381,22 @@ def test_hand_encoded_extensions_match_protobuf_struct():
         f = to_proto(rec)
         unpacked = struct_pb2.Struct()
         assert f.extensions.Unpack(unpacked) and unpacked == want
+
+
+def test_enriched_services_and_names():
+    """source_service/destination_service and *_names come from the enricher's identities."""
+    from enricher.identity import Identity
+
+    rec = tcp_synack_record()
+    rec.source = Identity("pod", "shop", "web-1", ("app=web",), (("Deployment", "web"),), service="web-svc",
+                          names=("web-1.shop.pod.cluster.local",))
+    rec.destination = Identity("service", "shop", service="db", names=("db.shop.svc.cluster.local",))
+    f = to_proto(rec)
+    assert (f.source_service.name, f.source_service.namespace) == ("web-svc", "shop")
+    assert (f.destination_service.name, f.destination_service.namespace) == ("db", "shop")
+    assert list(f.source_names) == ["web-1.shop.pod.cluster.local"]
+    assert list(f.destination_names) == ["db.shop.svc.cluster.local"]
+    assert f.source.pod_name == "web-1" and list(f.source.labels) == ["k8s:app=web"]
+    assert [(w.kind, w.name) for w in f.source.workloads] == [("Deployment", "web")]
+    d = to_json_dict(f)
+    assert d["destination_service"] == {"name": "db", "namespace": "shop"}
