@@ -383,3 +383,52 @@ def test_agent_in_the_node_namespace(lab, nft, program):
         assert f["traffic_direction"] == "INGRESS"
     finally:
         agent.close()
+
+
+def test_agent_pod_level_drop_metrics_with_pod_labels(lab, nft, program, tmp_path):
+    """K netfilter drops in pod-1 give adv_drop_count/adv_drop_bytes{reason="NETFILTER_DROP"} of exactly K with the
+    pods' inventory labels (local context: the sending and the receiving pod each get a series)."""
+    pod0, pod1 = lab.pods
+    inv = lab.write_inventory(tmp_path / "inventory.yaml")
+    context = ["namespace", "podname", "workload"]
+    agent = AgentProcess(lab.node_ns, {
+        "enabledPlugin": ["dropreason"], "enablePodLevel": True, "nodeName": "lab-node",
+        "enrichment": {"source": "inventory", "inventoryFile": str(inv)},
+        "metricsConfiguration": {"contextOptions": [
+            {"metricName": "drop_count", "sourceLabels": context},
+            {"metricName": "drop_bytes", "sourceLabels": context}]},
+    }, port=10093)
+    k, payload = 9, 50
+    try:
+        agent.start()
+        nft(pod1, "rxdrop_pod", "chain input { type filter hook input priority 0; udp dport 9600 counter drop; }")
+        res = traffic.udp_burst(lab, pod0, pod1, count=k, payload_size=payload, dport=9600, drain_timeout=0.5)
+        assert res.sent == k and res.received == 0 and nft.counter(pod1, "rxdrop_pod") == k
+
+        def adv():
+            from prometheus_client.parser import text_string_to_metric_families
+
+            out = {}
+            for fam in text_string_to_metric_families(agent.get("/metrics")[1].decode()):
+                if fam.name in ("networkobservability_adv_drop_count", "networkobservability_adv_drop_bytes"):
+                    for s in fam.samples:
+                        if s.labels.get("reason") == "NETFILTER_DROP":
+                            key = (fam.name.rsplit("_", 1)[1], s.labels["podname"], s.labels["namespace"],
+                                   s.labels["workload_kind"], s.labels["workload_name"])
+                            out[key] = out.get(key, 0) + s.value
+            return out
+
+        want = {
+            ("count", pod0.name, "lab", "Deployment", pod0.app): k,
+            ("count", pod1.name, "lab", "Deployment", pod1.app): k,
+            ("bytes", pod0.name, "lab", "Deployment", pod0.app): k * (payload + UDP_IP_OVERHEAD[False]),
+            ("bytes", pod1.name, "lab", "Deployment", pod1.app): k * (payload + UDP_IP_OVERHEAD[False]),
+        }
+        deadline = time.monotonic() + 10
+        got = adv()
+        while got != want and time.monotonic() < deadline:
+            time.sleep(0.1)
+            got = adv()
+        assert got == want
+    finally:
+        agent.close()
