@@ -323,3 +323,19 @@ def test_cli_down_removes_stray_namespaces_of_an_id(tmp_path):
         assert not (NETNS_DIR / stray).exists()
     finally:
         subprocess.run(["ip", "netns", "del", stray], check=False, capture_output=True)
+
+
+def test_lab_dns_answers_queries_from_pods():
+    """The demo's DNS (server in the world namespace, queries from the pods) answers every query it sends."""
+    from retina_exporter.lab.dns import LabDns
+
+    with Lab(pods=2) as lab:
+        dns = LabDns(lab, interval_s=0.02).start()
+        try:
+            deadline = time.monotonic() + 10
+            while dns.answers < 10 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            dns.stop()
+        # The last query may have been in flight when the server stopped.
+        assert dns.answers >= 10 and dns.queries - dns.answers <= 1

@@ -60,6 +60,7 @@ def run_demo(pods: int = 3, port: int = AGENT_PORT) -> int:
         inventory = lab.write_inventory(workdir / "inventory.yaml")
         agent = AgentProcess(lab.node_ns, demo_config(lab, inventory), port=AGENT_PORT)
         forward = None
+        dns = None
         tstats: dict = {}
         gen = threading.Thread(target=traffic.background_traffic, args=(lab, stop), kwargs={"stats": tstats},
                                name="traffic", daemon=True)
@@ -71,6 +72,9 @@ def run_demo(pods: int = 3, port: int = AGENT_PORT) -> int:
                 print(f"retina-exporter demo: cannot listen on 127.0.0.1:{port} ({exc.strerror}); "
                       f"use --port", file=sys.stderr)
             gen.start()
+            from retina_exporter.lab.dns import LabDns
+
+            dns = LabDns(lab).start()  # DNS queries from the pods to a server in the world namespace
             base = f"http://127.0.0.1:{port}"
             print(f"""
 retina-exporter demo: lab {lab.id} with {pods} pods, agent running in namespace {lab.node_ns}.
@@ -91,9 +95,11 @@ Live traffic between pods and to the 'world' namespace (TCP, UDP, ICMP, IPv4 and
                     return 1
                 if time.monotonic() - last >= 30:
                     last = time.monotonic()
-                    print(f"traffic so far: {tstats}", flush=True)
+                    print(f"traffic so far: {tstats}, dns queries {dns.queries}", flush=True)
         finally:
             stop.set()
+            if dns is not None:
+                dns.stop()
             if forward is not None:
                 forward.stop()
             agent.close()
