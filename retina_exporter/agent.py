@@ -76,6 +76,24 @@ def build_plugins(cfg: Config) -> list[Plugin]:
     return plugins
 
 
+class SerializedSink:
+    """The flow sink plugins write to. Every plugin's reader thread (packetparser, dropreason, dns, tcpretrans)
+    hands batches here, while a ring has a single writer: batches are serialized with a lock (one acquisition per
+    batch of up to 256 records, not per record)."""
+
+    def __init__(self, ring: Ring) -> None:
+        self._ring = ring
+        self._lock = threading.Lock()
+
+    def write_batch(self, items) -> None:
+        with self._lock:
+            self._ring.write_batch(items)
+
+    def write(self, item) -> None:
+        with self._lock:
+            self._ring.write(item)
+
+
 class Agent:
     """The assembled agent.
 
@@ -158,7 +176,8 @@ class Agent:
                     pass
         self.config_reloads = 0
         self.config_reload_errors = 0
-        self.ctx = PluginContext(config=cfg, flow_sink=flow_sink, telemetry=self.telemetry, metrics=self.metrics)
+        self.ctx = PluginContext(config=cfg, flow_sink=SerializedSink(flow_sink), telemetry=self.telemetry,
+                                 metrics=self.metrics)
         self.manager = PluginManager(self.plugins, self.ctx)
         # Kubernetes control loop (MetricsConfiguration resources, or annotation opt-in): needs API access, i.e.
         # enrichment.source kubernetes or operator; None otherwise.
