@@ -1,4 +1,4 @@
-"""Cost of FlowRecord -> flow.Flow conversion (retina_exporter.flow.convert), in µs per record.
+"""Cost of FlowRecord -> flow.Flow conversion (retina_core.convert), in µs per record.
 
 Run: ``.venv/bin/python bench/bench_convert.py``. Prints results; asserts nothing about time.
 """
@@ -16,8 +16,8 @@ from retina_exporter import proto_gen  # noqa: E402
 
 proto_gen.generate()
 
-from retina_exporter.flow.convert import to_json_dict, to_proto  # noqa: E402
-from retina_exporter.flow.record import (  # noqa: E402
+from retina_core.convert import to_json_dict, to_proto  # noqa: E402
+from retina_core.record import (  # noqa: E402
     DIR_EGRESS,
     OBS_FROM_ENDPOINT,
     TCP_ACK,

@@ -19,10 +19,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from enricher.enricher import Enricher  # noqa: E402
-from enricher.identity import KIND_NODE, KIND_POD, KIND_SERVICE, Identity  # noqa: E402
-from enricher.ipcache import IPCache, ip_bytes  # noqa: E402
-from retina_exporter.flow.record import IPPROTO_TCP, FlowRecord  # noqa: E402
-from retina_exporter.ring import Ring  # noqa: E402
+from retina_core.identity import KIND_NODE, KIND_POD, KIND_SERVICE, Identity  # noqa: E402
+from enricher.ipcache import IPCache  # noqa: E402
+from retina_core.addr import ip_bytes  # noqa: E402
+from retina_core.record import IPPROTO_TCP, FlowRecord  # noqa: E402
+from retina_core.ring import Ring  # noqa: E402
 
 N = 500_000
 BATCH = 256

@@ -16,11 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from enricher.identity import WORLD, Identity  # noqa: E402
+from retina_core.identity import WORLD, Identity  # noqa: E402
 from metrics_module.advanced import AdvancedMetrics  # noqa: E402
-from metrics_module.config import parse_metrics_configuration  # noqa: E402
+from retina_core.metricsconfig import parse_metrics_configuration  # noqa: E402
 from metrics_module.module import MetricsModule  # noqa: E402
-from retina_exporter.flow.record import (  # noqa: E402
+from retina_core.record import (  # noqa: E402
     DIR_EGRESS,
     DIR_INGRESS,
     OBS_FROM_ENDPOINT,

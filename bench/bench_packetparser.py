@@ -26,7 +26,7 @@ from scapy.layers.inet import IP, UDP  # noqa: E402
 from scapy.layers.l2 import Ether  # noqa: E402
 from scapy.packet import Raw  # noqa: E402
 
-from retina_exporter.bpf.syscall import prog_test_run  # noqa: E402
+from retina_exporter.datapath.syscall import prog_test_run  # noqa: E402
 from retina_exporter.lab.agent_process import AgentProcess  # noqa: E402
 from retina_exporter.lab.topology import Lab  # noqa: E402
 from retina_exporter.plugins.packetparser.loader import LoadOptions, PacketParserProgram  # noqa: E402

@@ -17,13 +17,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from enricher.enricher import Enricher  # noqa: E402
-from enricher.identity import Identity  # noqa: E402
+from retina_core.identity import Identity  # noqa: E402
 from enricher.ipcache import IPCache  # noqa: E402
-from metrics_module.config import parse_metrics_configuration  # noqa: E402
+from retina_core.metricsconfig import parse_metrics_configuration  # noqa: E402
 from metrics_module.module import MetricsModule  # noqa: E402
-from retina_exporter.flow.record import OBS_FROM_ENDPOINT, OBS_TO_ENDPOINT, FlowRecord  # noqa: E402
-from retina_exporter.ring import Ring  # noqa: E402
-from retina_exporter.telemetry import ControlPlane  # noqa: E402
+from retina_core.record import OBS_FROM_ENDPOINT, OBS_TO_ENDPOINT, FlowRecord  # noqa: E402
+from retina_core.ring import Ring  # noqa: E402
+from retina_core.telemetry import ControlPlane  # noqa: E402
 
 N_RECORDS = 600_000
 

@@ -1,4 +1,4 @@
-"""Throughput of the output ring (retina_exporter.ring): writes/s and reads/s, with 1 and 3 readers.
+"""Throughput of the output ring (retina_core.ring): writes/s and reads/s, with 1 and 3 readers.
 
 Run: ``.venv/bin/python bench/bench_ring.py``. Prints results; asserts nothing about time.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from retina_exporter.ring import LostMarker, Ring  # noqa: E402
+from retina_core.ring import LostMarker, Ring  # noqa: E402
 
 N = 2_000_000
 BATCH = 256

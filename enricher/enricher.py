@@ -4,10 +4,10 @@ identities on them from the IP cache, and writes them to an output ring.
 Per record the work is two ``dict.get`` calls on one cache snapshot (taken once per batch, so a batch never mixes
 two cache versions) and two attribute stores. Records are enriched **in place** (the output ring carries the same
 objects as the input ring). A record that already carries an identity (``source``/``destination`` not ``None``)
-keeps it. Unknown addresses get :data:`enricher.identity.WORLD`; service addresses get the service identity
+keeps it. Unknown addresses get :data:`retina_core.identity.WORLD`; service addresses get the service identity
 (kind ``service``) and node addresses the node's (kind ``node``/``host``), as the cache resolves them.
 
-Falling behind: when the writer overruns this reader, the reader reports a :class:`~retina_exporter.ring.LostMarker`;
+Falling behind: when the writer overruns this reader, the reader reports a :class:`~retina_core.ring.LostMarker`;
 the enricher counts it with ``telemetry.add_lost("enricher_ring", "enricher", n)`` and **forwards** it to the
 output ring as an :class:`EnricherLost` (a ``LostMarker`` subclass with ``where == "enricher_ring"``) in the
 place of the missing records, so downstream readers (``/debug/flows``, a Hubble observer) can show the gap and
@@ -25,10 +25,10 @@ import logging
 import threading
 from typing import Any, Literal
 
-from retina_exporter.ring import LostMarker, Ring
-from retina_exporter.telemetry import LOST_ENRICHER_RING
+from retina_core.ring import LostMarker, Ring
+from retina_core.telemetry import LOST_ENRICHER_RING
 
-from enricher.identity import WORLD
+from retina_core.identity import WORLD
 from enricher.ipcache import IPCache
 
 __all__ = ["Enricher", "EnricherLost", "LOST_REASON"]

@@ -37,8 +37,8 @@ from typing import Any
 
 import yaml
 
-from enricher.identity import KIND_HOST, KIND_NODE, KIND_POD, KIND_SERVICE, Identity
-from enricher.ipcache import ip_bytes, ip_text
+from retina_core.identity import KIND_HOST, KIND_NODE, KIND_POD, KIND_SERVICE, Identity
+from retina_core.addr import ip_bytes, ip_text
 from enricher.source import PollingSource
 
 __all__ = ["Inventory", "InventoryError", "InventorySource", "parse_inventory", "parse_inventory_text"]

@@ -1,4 +1,4 @@
-"""The IP cache: packed address bytes -> :class:`~enricher.identity.Identity`, IPv4 and IPv6.
+"""The IP cache: packed address bytes -> :class:`~retina_core.identity.Identity`, IPv4 and IPv6.
 
 Readers never lock. The cache holds one *merged* dict in ``_map``; a lookup is a single ``dict.get`` on whatever
 dict ``_map`` refers to at that moment. Writers never modify a dict a reader can see: every update builds a new
@@ -24,37 +24,17 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from enricher.identity import KIND_NODE, KIND_POD, KIND_SERVICE, WORLD, Identity
+from retina_core.addr import ip_text
+from retina_core.identity import KIND_NODE, KIND_POD, KIND_SERVICE, WORLD, Identity
 
 if TYPE_CHECKING:
     from enricher.source import Source
 
-__all__ = ["IPCache", "MAP_KINDS", "ip_bytes", "ip_text"]
+__all__ = ["IPCache", "MAP_KINDS"]
 
 #: The per-kind maps a source fills, lowest precedence first (a later kind overrides an earlier one).
 MAP_KINDS: tuple[str, ...] = (KIND_NODE, KIND_SERVICE, KIND_POD)
 _PRECEDENCE: tuple[str, ...] = tuple(reversed(MAP_KINDS))  # pod, service, node
-
-
-def ip_bytes(text: str) -> bytes:
-    """Packed network-order bytes (4 or 16) of an IPv4 or IPv6 address in text form; raises ``ValueError``."""
-    try:
-        return socket.inet_pton(socket.AF_INET, text)
-    except OSError:
-        pass
-    try:
-        return socket.inet_pton(socket.AF_INET6, text)
-    except OSError:
-        raise ValueError(f"{text!r} is not an IP address") from None
-
-
-def ip_text(packed: bytes) -> str:
-    """Text form of packed address bytes (4 -> IPv4, 16 -> IPv6); raises ``ValueError`` for other lengths."""
-    if len(packed) == 4:
-        return socket.inet_ntop(socket.AF_INET, packed)
-    if len(packed) == 16:
-        return socket.inet_ntop(socket.AF_INET6, packed)
-    raise ValueError(f"packed address must be 4 or 16 bytes, not {len(packed)}")
 
 
 def _empty_maps() -> dict[str, dict[bytes, Identity]]:
@@ -87,7 +67,7 @@ class IPCache:
         return self._map.get(ip)
 
     def lookup(self, ip: bytes) -> Identity:
-        """The identity of packed address ``ip``; :data:`enricher.identity.WORLD` when the cache does not know it."""
+        """The identity of packed address ``ip``; :data:`retina_core.identity.WORLD` when the cache does not know it."""
         return self._map.get(ip, WORLD)
 
     def view(self) -> Mapping[bytes, Identity]:

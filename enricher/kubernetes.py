@@ -1,6 +1,6 @@
 """The ``kubernetes`` source: identities straight from the Kubernetes API, for small clusters without the operator.
 
-Three informers (:class:`retina_operator.kube.watch.Informer`) feed the cache:
+Three informers (:class:`retina_core.kube.watch.Informer`) feed the cache:
 
 * **Pods of this node** (``fieldSelector=spec.nodeName=<node>``, as Retina's local context): every address in
   ``status.podIPs`` (IPv4 and IPv6; ``status.podIP`` for old servers), skipping ``hostNetwork`` pods (their
@@ -40,8 +40,9 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
-from enricher.identity import KIND_HOST, KIND_NODE, KIND_POD, KIND_SERVICE, Identity
-from enricher.ipcache import IPCache, ip_bytes, ip_text
+from retina_core.identity import KIND_HOST, KIND_NODE, KIND_POD, KIND_SERVICE, Identity
+from enricher.ipcache import IPCache
+from retina_core.addr import ip_bytes, ip_text
 
 __all__ = ["KubeConfigError", "KubernetesSource"]
 
@@ -260,7 +261,7 @@ class KubernetesSource:
         owner_cache_ttl_s: float = 600.0,
         owner_retry_s: float = 5.0,
     ) -> None:
-        from retina_operator.kube.client import describe_target, make_api_client
+        from retina_core.kube.client import describe_target, make_api_client
 
         if not node_name:
             raise KubeConfigError("kubernetes source: the node name is empty (set nodeName)")
@@ -296,7 +297,7 @@ class KubernetesSource:
 
         from kubernetes import client
 
-        from retina_operator.kube.watch import Informer
+        from retina_core.kube.watch import Informer
 
         core = client.CoreV1Api(self.api_client)
         common = dict(resync_period_s=resync_period_s, watch_timeout_s=watch_timeout_s,
@@ -354,7 +355,7 @@ class KubernetesSource:
     def status(self) -> dict[str, Any]:
         """``loaded`` (all informers listed and the picture published), ``error`` (the first failing informer's
         error), ``entries``, ``updated_at``, plus ``server``, ``node``, object counts, owner lookups and each
-        informer's :meth:`~retina_operator.kube.watch.Informer.health`."""
+        informer's :meth:`~retina_core.kube.watch.Informer.health`."""
         return {
             "loaded": self.loaded,
             "error": self.error,

@@ -27,8 +27,8 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from enricher.identity import KIND_POD, Identity
-from enricher.ipcache import ip_bytes
+from retina_core.identity import KIND_POD, Identity
+from retina_core.addr import ip_bytes
 from enricher.source import PollingSource
 
 __all__ = ["NetnsSource", "list_named_netns", "list_process_netns", "own_netns", "read_addresses"]

@@ -48,9 +48,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from enricher.identity import KIND_HOST, KIND_NODE, KIND_POD, KIND_SERVICE, Identity
-from enricher.ipcache import IPCache, ip_bytes, ip_text
-from retina_exporter.config import ConfigError, parse_duration
+from retina_core.identity import KIND_HOST, KIND_NODE, KIND_POD, KIND_SERVICE, Identity
+from enricher.ipcache import IPCache
+from retina_core.addr import ip_bytes, ip_text
+from retina_core.units import ConfigError, parse_duration
 
 __all__ = ["CHANNEL_OPTIONS", "DEFAULT_ADDRESS", "OPTION_KEYS", "OperatorSource", "source_from_options"]
 
@@ -324,7 +325,7 @@ class OperatorSource:
         OK without SHUTDOWN); raises on errors."""
         import grpc
 
-        from retina_exporter.protos import ipcache_pb2, ipcache_pb2_grpc
+        from retina_core.proto import ipcache_pb2, ipcache_pb2_grpc
 
         channel = self._channel()
         try:
@@ -361,7 +362,7 @@ class OperatorSource:
     # -- applying ----------------------------------------------------------------------------------------------
 
     def _identity(self, u: Any) -> tuple[bytes, str, Identity, bool] | None:
-        from retina_exporter.protos import ipcache_pb2
+        from retina_core.proto import ipcache_pb2
 
         try:
             packed = ip_bytes(u.ip.strip())
@@ -396,7 +397,7 @@ class OperatorSource:
                      ) -> tuple[dict[bytes, tuple[str, Identity, bool]] | None, bool]:
         """Apply one batch. ``staging``: the snapshot being collected (None once in sync). Returns the new staging
         and whether SHUTDOWN arrived."""
-        from retina_exporter.protos import ipcache_pb2
+        from retina_core.proto import ipcache_pb2
 
         changes: dict[bytes, tuple[str, Identity, bool] | None] = {}
         shutdown = False

@@ -27,7 +27,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from retina_exporter.config import ConfigError, parse_duration
+from retina_core.units import ConfigError, parse_duration
 
 from enricher.ipcache import IPCache
 
@@ -182,7 +182,7 @@ def make_source(kind: str, options: Mapping[str, Any] | None, node_name: str, te
     """Build the source named ``kind`` from the ``enrichment`` section ``options`` (keys in the module docstring).
 
     ``node_name`` is this agent's node: inventory nodes of that name get kind ``host``, netns pods get it as
-    ``node_name``. ``telemetry`` (a :class:`retina_exporter.telemetry.ControlPlane` or None) is kept on the
+    ``node_name``. ``telemetry`` (a :class:`retina_core.telemetry.ControlPlane` or None) is kept on the
     source as ``telemetry``. Raises :class:`~retina_exporter.config.ConfigError` with a one-line message for an
     unknown kind, an unknown key or a bad value. The source is not started.
     """

@@ -1,6 +1,6 @@
 """Advanced (pod-level) metrics: ``networkobservability_adv_*`` series built from enriched flow records.
 
-Which metrics exist, and their labels, come from the MetricsConfiguration (:mod:`metrics_module.config`).
+Which metrics exist, and their labels, come from the MetricsConfiguration (:mod:`retina_core.metricsconfig`).
 
 Label order (as Retina): the metric's fixed labels (``direction``; ``flag``; ``reason``, ``direction`` …), then
 the context labels in the fixed order ``ip``, ``namespace``, ``podname``, ``workload_kind``, ``workload_name``,
@@ -61,7 +61,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from metrics_module.config import (
+from retina_core.metricsconfig import (
     KIND_DNS,
     KIND_DROP,
     KIND_FORWARD,
@@ -73,7 +73,8 @@ from metrics_module.config import (
     sanitize_pod_label_key,
 )
 from metrics_module.exposition import escape_label_value
-from retina_exporter.flow.record import (
+from retina_core.addr import ip_text_cached
+from retina_core.record import (
     DIR_EGRESS,
     DIR_INGRESS,
     OBS_FROM_ENDPOINT,
@@ -166,23 +167,9 @@ class DNSInfo:
 # ----------------------------------------------------------------------------------------------------------------
 # Label values of one endpoint ("side")
 
-_ip_cache: dict[bytes, str] = {}
-
-
 def ip_label(packed: bytes) -> str:
-    """Text of a packed address (IPv6 compressed, lower case), cached."""
-    text = _ip_cache.get(packed)
-    if text is None:
-        if len(packed) == 4:
-            text = socket.inet_ntop(socket.AF_INET, packed)
-        elif len(packed) == 16:
-            text = socket.inet_ntop(socket.AF_INET6, packed)
-        else:
-            return UNKNOWN
-        if len(_ip_cache) >= 65536:
-            _ip_cache.clear()
-        _ip_cache[packed] = text
-    return text
+    """Text of a packed address (IPv6 compressed, lower case), cached; ``unknown`` for a non-address."""
+    return ip_text_cached(packed, UNKNOWN)
 
 
 def _is_api_server(ident: Any) -> bool:

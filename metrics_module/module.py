@@ -1,6 +1,6 @@
 """The metrics module: follows the output ring, feeds the advanced metrics, and serves every family for /metrics.
 
-``MetricsModule`` owns a reader thread with its own :class:`~retina_exporter.ring.RingReader` (Retina's metrics
+``MetricsModule`` owns a reader thread with its own :class:`~retina_core.ring.RingReader` (Retina's metrics
 module follows the enricher's output ring the same way). Records the reader lost because the writer overtook it
 are counted in ``controlplane_networkobservability_lost_events_counter{type="buffered_channel",
 reason="metricModule"}``. The thread also runs the TTL sweeps.
@@ -8,7 +8,7 @@ reason="metricModule"}``. The thread also runs the TTL sweeps.
 :meth:`MetricsModule.families` yields, in order: node-level families published by plugins through
 :meth:`MetricsModule.register` (a :class:`~metrics_module.registry.FamilyRegistry`: the agent's, shared with the
 plugins, when given as ``registry``), the advanced (``adv_*``) families, then control-plane families: the
-telemetry's (:class:`~retina_exporter.telemetry.ControlPlane`) -- unless a shared registry is given, whose owner
+telemetry's (:class:`~retina_core.telemetry.ControlPlane`) -- unless a shared registry is given, whose owner
 registers them (as the agent does) -- and ``expired_metrics_counter`` and ``metrics_series_overflow_counter``. Scrape cost is proportional to the number of series (each series' label
 text is rendered once and cached), not to the number of records.
 """
@@ -22,10 +22,10 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from metrics_module.advanced import AdvancedMetrics
-from metrics_module.config import MetricsConfiguration
+from retina_core.metricsconfig import MetricsConfiguration
 from metrics_module.exposition import Family, render as render_text, render_openmetrics
 from metrics_module.registry import FamilyRegistry
-from retina_exporter.ring import LostMarker, Ring
+from retina_core.ring import LostMarker, Ring
 
 __all__ = ["MetricsModule"]
 

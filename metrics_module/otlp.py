@@ -55,7 +55,7 @@ from metrics_module._otlp_transport import (
 )
 from metrics_module._otlp_wire import DEFAULT_MAX_REQUEST_BYTES, HistogramValue, OtlpEncoder
 from metrics_module.exposition import Family
-from retina_exporter import __version__
+from retina_core.version import __version__
 
 __all__ = [
     "COMPRESSIONS",

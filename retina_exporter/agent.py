@@ -11,15 +11,15 @@ import time
 
 from metrics_module.exposition import negotiate
 from metrics_module.registry import FamilyRegistry
-from retina_exporter import __version__
+from retina_core.version import __version__
 from retina_exporter.config import Config, ConfigError, load_config
 from retina_exporter.errors import StartupError
 from retina_exporter.plugins.base import Plugin, PluginContext
 from retina_exporter.plugins.manager import PluginManager
-from retina_exporter.ring import Ring
+from retina_core.ring import Ring
 from retina_exporter.server.http import AgentHTTPServer, json_response, parse_last, parse_since
-from retina_exporter.sysfs import ensure_bpffs, missing_capabilities
-from retina_exporter.telemetry import PREFIX, ControlPlane
+from retina_exporter.datapath.sysfs import ensure_bpffs, missing_capabilities
+from retina_core.telemetry import PREFIX, ControlPlane
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class Agent:
         # Advanced (pod-level) metrics.
         self.metrics_module = None
         if cfg.enable_pod_level:
-            from metrics_module.config import parse_metrics_configuration
+            from retina_core.metricsconfig import parse_metrics_configuration
             from metrics_module.module import MetricsModule
 
             mcfg = None
@@ -257,7 +257,7 @@ class Agent:
         return 200, content_type, renderer(families).encode()
 
     def _debug_flows(self, q, _h):
-        from retina_exporter.flow.convert import to_json_dict, to_proto
+        from retina_core.convert import to_json_dict, to_proto
 
         n = parse_last(q, self.ring.capacity)
         since_ns = parse_since(q)
@@ -293,7 +293,7 @@ class Agent:
         """Re-read the config file; apply a changed ``metricsConfiguration``. Returns True when applied."""
         if self.config_path is None or self.metrics_module is None:
             return False
-        from metrics_module.config import parse_metrics_configuration
+        from retina_core.metricsconfig import parse_metrics_configuration
 
         try:
             new = load_config(self.config_path)

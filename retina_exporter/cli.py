@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 
-from retina_exporter import __version__
+from retina_core.version import __version__
 
 
 def _die(msg: str) -> int:

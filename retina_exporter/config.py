@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from retina_core.units import NS_PER_S, ConfigError, format_duration, parse_duration, show_value as _show
+
 __all__ = [
     "Config",
     "ConfigError",
@@ -40,10 +42,6 @@ __all__ = [
     "load_config",
     "parse_duration",
 ]
-
-
-class ConfigError(ValueError):
-    """Invalid configuration. ``str(error)`` is one line, fit to print before exiting with status 2."""
 
 
 #: Plugins that can be listed in ``enabledPlugin``.
@@ -57,7 +55,7 @@ RETINA_IGNORED_KEYS: tuple[str, ...] = (
     "packetParserRingBuffer",
 )
 
-_NS_PER_S = 1_000_000_000
+_NS_PER_S = NS_PER_S
 _LEGACY_INTERVAL = "metricsInterval"  # Retina's deprecated seconds-only form of metricsIntervalDuration
 _MAX_DURATION_NS = 2**63 - 1  # Go's time.Duration range
 _PAGE_SIZE = mmap.PAGESIZE  # BPF ring buffers must be a power-of-two multiple of the page size
@@ -171,80 +169,6 @@ class Config:
                 target = target.setdefault(section, {})
             target[leaf] = value
         return out
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Durations
-
-
-_DURATION_UNITS_NS: dict[str, int] = {
-    "ns": 1,
-    "us": 1_000,
-    "µs": 1_000,  # U+00B5 micro sign
-    "μs": 1_000,  # U+03BC Greek mu
-    "ms": 1_000_000,
-    "s": _NS_PER_S,
-    "m": 60 * _NS_PER_S,
-    "h": 3600 * _NS_PER_S,
-}
-_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
-_DURATION_PART = re.compile(rf"({_NUMBER})(ns|us|µs|μs|ms|s|m|h)")
-_DURATION_FULL = re.compile(rf"(?:{_NUMBER}(?:ns|us|µs|μs|ms|s|m|h))+")
-_SECONDS_ONLY = re.compile(_NUMBER)
-
-
-def parse_duration(text: str | int | float) -> int:
-    """Parse a duration and return it in integer nanoseconds (sub-nanosecond fractions are truncated).
-
-    Accepts Go ``time.ParseDuration`` syntax without a sign (``"500ms"``, ``"30s"``, ``"1m30s"``, ``"1.5h"``;
-    units ns, us/µs, ms, s, m, h) or a plain number of **seconds** (``30``, ``"2.5"``). Raises
-    :class:`ConfigError` for anything else, including negative values.
-    """
-    if isinstance(text, bool):
-        raise ConfigError(f"invalid duration {_show(text)}: expected e.g. '30s', '1m30s', '500ms' or seconds")
-    if isinstance(text, (int, float)):
-        if text < 0 or not math.isfinite(text):
-            raise ConfigError(f"invalid duration {_show(text)}: must be a non-negative number of seconds")
-        seconds = Decimal(text) if isinstance(text, int) else Decimal(repr(text))
-        total = int(seconds * _NS_PER_S)
-    elif isinstance(text, str):
-        s = text.strip()
-        if _SECONDS_ONLY.fullmatch(s):
-            total = int(Decimal(s) * _NS_PER_S)
-        elif _DURATION_FULL.fullmatch(s):
-            total = int(
-                sum(Decimal(num) * _DURATION_UNITS_NS[unit] for num, unit in _DURATION_PART.findall(s))
-            )
-        else:
-            raise ConfigError(
-                f"invalid duration {_show(text)}: expected e.g. '30s', '1m30s', '500ms' "
-                "(units ns, us, ms, s, m, h) or a number of seconds"
-            )
-    else:
-        raise ConfigError(f"invalid duration {_show(text)}: expected a string or a number of seconds")
-    if total > _MAX_DURATION_NS:
-        raise ConfigError(f"invalid duration {_show(text)}: longer than the maximum of {_MAX_DURATION_NS}ns")
-    return total
-
-
-def format_duration(ns: int) -> str:
-    """Render integer nanoseconds compactly in a form :func:`parse_duration` reads back: ``"1m30s"``, ``"500ms"``."""
-    if ns == 0:
-        return "0s"
-    if ns < _NS_PER_S:
-        for unit, size in (("ms", 1_000_000), ("us", 1_000)):
-            if ns % size == 0:
-                return f"{ns // size}{unit}"
-        return f"{ns}ns"
-    whole, frac = divmod(ns, _NS_PER_S)
-    hours, rest = divmod(whole, 3600)
-    minutes, seconds = divmod(rest, 60)
-    out = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "")
-    if frac:
-        out += f"{seconds}.{frac:09d}".rstrip("0") + "s"
-    elif seconds:
-        out += f"{seconds}s"
-    return out
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -389,7 +313,7 @@ def _metrics_configuration(value: Any) -> Any:
             raise _Invalid("not valid YAML/JSON") from None
     if not isinstance(value, dict):
         raise _Invalid("not a mapping")
-    from metrics_module.config import parse_metrics_configuration
+    from retina_core.metricsconfig import parse_metrics_configuration
 
     parse_metrics_configuration(value)  # raises ConfigError naming metricsConfiguration.<field>
     return value
@@ -555,17 +479,6 @@ def env_var_name(key: str) -> str:
 
 # --------------------------------------------------------------------------------------------------------------
 # Loading
-
-
-def _show(value: Any, limit: int = 80) -> str:
-    """A one-line rendering of a value for error messages (strings quoted, YAML spelling for booleans/null)."""
-    if value is None:
-        text = "null"
-    elif isinstance(value, bool):
-        text = "true" if value else "false"
-    else:
-        text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class _Loader(yaml.SafeLoader):

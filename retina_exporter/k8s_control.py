@@ -57,7 +57,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-from retina_exporter.config import ConfigError
+from retina_core.units import ConfigError
 
 __all__ = [
     "ANNOTATION",
@@ -126,7 +126,7 @@ def annotation_spec(remote_context: bool) -> dict[str, Any]:
 @functools.lru_cache(maxsize=1)
 def supports_pod_include() -> bool:
     """Whether the metrics module's MetricsConfiguration has ``pods_include`` (per-pod opt-in)."""
-    from metrics_module.config import MetricsConfiguration
+    from retina_core.metricsconfig import MetricsConfiguration
 
     return any(f.name == "pods_include" for f in dataclasses.fields(MetricsConfiguration))
 
@@ -238,7 +238,7 @@ class KubeControl:
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
     ) -> None:
-        from retina_operator.kube.client import describe_target, make_api_client
+        from retina_core.kube.client import describe_target, make_api_client
 
         if enable_annotations and not remote_context and not node_name:
             raise KubeControlConfigError("kubernetes control: the node name is empty (set nodeName)")
@@ -289,7 +289,7 @@ class KubeControl:
 
         from kubernetes import client
 
-        from retina_operator.kube.watch import Informer
+        from retina_core.kube.watch import Informer
 
         common = dict(resync_period_s=resync_period_s, watch_timeout_s=watch_timeout_s,
                       request_timeout_s=request_timeout_s, backoff_initial_s=backoff_initial_s,
@@ -425,7 +425,7 @@ class KubeControl:
 
     def families(self) -> list[tuple]:
         """Control-plane families for /metrics (register with the agent's FamilyRegistry)."""
-        from retina_exporter.telemetry import PREFIX
+        from retina_core.telemetry import PREFIX
 
         if self.annotations:
             return []
@@ -525,7 +525,7 @@ class KubeControl:
                             "(the annotated namespaces decide)")
             template = file_cfg
         else:
-            from metrics_module.config import parse_metrics_configuration
+            from retina_core.metricsconfig import parse_metrics_configuration
 
             template = parse_metrics_configuration(annotation_spec(self.remote_context),
                                                    remote_context=self.remote_context)
@@ -585,7 +585,7 @@ class KubeControl:
 
     def _accepted(self, cr: Mapping[str, Any]) -> Any:
         """The parsed accepted spec of an Accepted resource (cached per uid+resourceVersion), or a ConfigError."""
-        from metrics_module.config import parse_metrics_configuration
+        from retina_core.metricsconfig import parse_metrics_configuration
 
         meta = cr.get("metadata") or {}
         name = str(meta.get("name", ""))

@@ -1,7 +1,7 @@
 """The retina-exporter operator (named ``retina_operator`` because a top-level ``operator`` package would shadow
 the standard library), and the Kubernetes plumbing it shares with the agent's ``kubernetes`` source.
 
-* :mod:`retina_operator.kube`: client construction and a list+watch informer over the ``kubernetes`` client.
+* :mod:`retina_core.kube`: client construction and a list+watch informer over the ``kubernetes`` client.
 * :mod:`retina_operator.cluster`: the informers (pods, services, nodes, namespaces, replicasets, jobs) and the
   address map they feed; :mod:`retina_operator.ipmap` (claims, precedence, address reuse),
   :mod:`retina_operator.broadcast` (the delta log every agent reads), :mod:`retina_operator.wire` (encoding).

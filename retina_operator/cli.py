@@ -13,7 +13,7 @@ import os
 import sys
 from typing import NoReturn
 
-from retina_exporter import __version__
+from retina_core.version import __version__
 
 PROG = "retina-operator"
 LOG_LEVELS = ("debug", "info", "warning", "error")

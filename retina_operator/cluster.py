@@ -1,6 +1,6 @@
 """What the operator watches, and the address map it keeps from it.
 
-Informers (:class:`retina_operator.kube.watch.Informer`, cluster-wide, objects trimmed to what is used):
+Informers (:class:`retina_core.kube.watch.Informer`, cluster-wide, objects trimmed to what is used):
 
 * **Pods**: every address in ``status.podIPs`` (IPv4 and IPv6), skipping ``hostNetwork`` pods (their address is
   the node's) and finished pods (phase Succeeded/Failed). Identity: namespace, name, labels, node and its zone,
@@ -31,12 +31,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from enricher.identity import KIND_NODE, KIND_POD, KIND_SERVICE, Identity
+from retina_core.identity import KIND_NODE, KIND_POD, KIND_SERVICE, Identity
 from enricher.kubernetes import (controller_ref, guess_parent, node_ips, node_zone, pod_ips, service_ips, trim_node,
                                  trim_pod, trim_service)
 from retina_operator.broadcast import DeltaLog
 from retina_operator.ipmap import Delta, Entry, IpMap
-from retina_operator.kube.watch import DELETED, SYNCED, Informer, WatchEvent
+from retina_core.kube.watch import DELETED, SYNCED, Informer, WatchEvent
 from retina_operator.wire import framed_delete, framed_upsert
 
 __all__ = ["ANNOTATION", "ClusterState", "INFORMER_NAMES", "OBSERVE", "trim_namespace", "trim_operator_pod",

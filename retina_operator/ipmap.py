@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from enricher.identity import KIND_NODE, KIND_POD, KIND_SERVICE, Identity
+from retina_core.identity import KIND_NODE, KIND_POD, KIND_SERVICE, Identity
 
 __all__ = ["Delta", "Entry", "IpMap", "Owner", "PRECEDENCE", "Rank"]
 

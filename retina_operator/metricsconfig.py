@@ -1,6 +1,6 @@
 """MetricsConfiguration (``retina.sh/v1alpha1``, cluster-scoped): validation and status, one in force.
 
-Every resource is validated with the agent's own validator (:func:`metrics_module.config.parse_metrics_configuration`,
+Every resource is validated with the agent's own validator (:func:`retina_core.metricsconfig.parse_metrics_configuration`,
 so the operator accepts exactly what an agent can run) and gets a status through the ``/status`` subresource:
 
 * invalid: ``state: Errored``, ``reason`` = the validator's one-line message (``spec.contextOptions[0].metricName:
@@ -30,9 +30,9 @@ import logging
 import threading
 from typing import Any
 
-from metrics_module.config import parse_metrics_configuration
-from retina_exporter.config import ConfigError
-from retina_operator.kube.watch import Informer, WatchEvent, describe_error
+from retina_core.metricsconfig import parse_metrics_configuration
+from retina_core.units import ConfigError
+from retina_core.kube.watch import Informer, WatchEvent, describe_error
 
 __all__ = ["ACCEPTED", "ERRORED", "GROUP", "MetricsConfigController", "PLURAL", "VERSION", "desired_statuses"]
 

@@ -21,7 +21,7 @@ from typing import Any
 from metrics_module.exposition import CONTENT_TYPE, render
 from retina_operator.cluster import ClusterState
 from retina_operator.http import DebugHTTPServer, Response, json_response, text_response
-from retina_operator.kube.client import describe_target, make_api_client
+from retina_core.kube.client import describe_target, make_api_client
 from retina_operator.metricsconfig import MetricsConfigController
 from retina_operator.server import BindError, IpCacheServer, TlsError, TlsFiles
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import grpc
 
-from retina_exporter.protos import ipcache_pb2
+from retina_core.proto import ipcache_pb2
 
 from retina_operator.broadcast import Lagged
 from retina_operator.cluster import ClusterState

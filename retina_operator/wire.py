@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from enricher.identity import KIND_NODE, KIND_POD, KIND_SERVICE
-from retina_exporter.protos import ipcache_pb2
+from retina_core.identity import KIND_NODE, KIND_POD, KIND_SERVICE
+from retina_core.proto import ipcache_pb2
 
 from retina_operator.ipmap import Entry
 

@@ -57,5 +57,5 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q -e '.[test]'
   rm -f .venv/.installed-*; touch "$stamp"
 fi
-.venv/bin/python -m retina_exporter.proto_gen
+.venv/bin/python -m retina_core.proto.generate
 echo "setup: ok"

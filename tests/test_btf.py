@@ -1,4 +1,4 @@
-"""retina_exporter.btf against bpftool's view of the running kernel's BTF, plus hand-built BTF for every kind."""
+"""retina_exporter.datapath.btf against bpftool's view of the running kernel's BTF, plus hand-built BTF for every kind."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from retina_exporter import btf as btfmod
-from retina_exporter.btf import BTF, BtfError
+from retina_exporter.datapath import btf as btfmod
+from retina_exporter.datapath.btf import BTF, BtfError
 
 pytestmark = pytest.mark.skipif(not btfmod.os.path.exists(btfmod.VMLINUX), reason="kernel without BTF")
 

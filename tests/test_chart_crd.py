@@ -10,8 +10,8 @@ import jsonschema
 import pytest
 import yaml
 
-from metrics_module.config import parse_metrics_configuration
-from retina_exporter.config import ConfigError
+from retina_core.metricsconfig import parse_metrics_configuration
+from retina_core.units import ConfigError
 
 CRD = Path(__file__).resolve().parents[1] / "chart" / "crds" / "retina.sh_metricsconfigurations.yaml"
 

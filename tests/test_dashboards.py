@@ -243,9 +243,9 @@ def test_catalog_sources_are_agent_plugins():
 
 def _records():
     """One record of each verdict the adv metrics count, between two pods (and a DNS query and response)."""
-    from enricher.identity import Identity
+    from retina_core.identity import Identity
     from metrics_module.advanced import VERDICT_DNS, VERDICT_TCP_RETRANSMISSION, DNSInfo
-    from retina_exporter.flow.record import DIR_EGRESS, DIR_INGRESS, OBS_FROM_ENDPOINT, FlowRecord
+    from retina_core.record import DIR_EGRESS, DIR_INGRESS, OBS_FROM_ENDPOINT, FlowRecord
 
     a = Identity("pod", namespace="shop", pod_name="web-1", labels=("app=web",), workloads=(("Deployment", "web"),),
                  service="web", node_name="n", zone="z", ip="10.0.0.5")
@@ -275,9 +275,9 @@ def test_catalog_matches_in_process_exposition(remote):
     pod label key) is in the catalog with its type and labels. The end-to-end test does the same against the
     real agent with every plugin."""
     from metrics_module.advanced import AdvancedMetrics
-    from metrics_module.config import parse_metrics_configuration
+    from retina_core.metricsconfig import parse_metrics_configuration
     from metrics_module.exposition import render
-    from retina_exporter.telemetry import ControlPlane
+    from retina_core.telemetry import ControlPlane
 
     ctx = ["ip", "namespace", "podname", "workload", "service", "port", "zone"]
     names = ["forward_count", "forward_bytes", "tcp_flag_gauges", "drop_count", "drop_bytes",

@@ -137,7 +137,7 @@ def test_with_packetparser_in_clsact_mode():
                                             "hostInterfaces": [lab2.uplink], "nodeName": "node2"}, port=10094)
         try:
             agent.start()
-            from retina_exporter.tc.attach import TcAttacher
+            from retina_exporter.datapath.tc import TcAttacher
 
             with TcAttacher(prefix="rdns_", netns=lab2.node_ns) as att:
                 names = [(a.mode, a.prog_name) for a in att.list_attachments(lab2.pods[0].host_ifname, "ingress")]

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import socket
 
-from retina_exporter.dns.encoder import RR, build_query, build_response
-from retina_exporter.dns.parser import parse
-from retina_exporter.dns.record import VERDICT_DNS, DnsRecord
-from retina_exporter.flow.convert import dns_summary, extensions_struct, to_json_dict, to_proto
-from retina_exporter.flow.record import DIR_EGRESS, DIR_INGRESS, OBS_FROM_ENDPOINT, FlowRecord
-from retina_exporter.protos import flow_pb2
+from retina_core.dns.encoder import RR, build_query, build_response
+from retina_core.dns.parser import parse
+from retina_core.dns.record import VERDICT_DNS, DnsRecord
+from retina_core.convert import dns_summary, extensions_struct, to_json_dict, to_proto
+from retina_core.record import DIR_EGRESS, DIR_INGRESS, OBS_FROM_ENDPOINT, FlowRecord
+from retina_core.proto import flow_pb2
 
 T = 1_700_000_000_123_456_789
 

@@ -16,12 +16,12 @@ from types import SimpleNamespace
 import pytest
 
 from metrics_module.registry import FamilyRegistry
-from retina_exporter.dns.encoder import build_query
+from retina_core.dns.encoder import build_query
 from retina_exporter.lab.topology import Lab, in_netns
 from retina_exporter.plugins.base import PluginContext
 from retina_exporter.plugins.dns.loader import DnsProgram
 from retina_exporter.plugins.dns.plugin import DnsPlugin
-from retina_exporter.telemetry import ControlPlane
+from retina_core.telemetry import ControlPlane
 from test_dns_support import DnsServer, dns_client
 
 OBS = {0: "FROM_ENDPOINT", 1: "TO_ENDPOINT", 2: "FROM_NETWORK", 3: "TO_NETWORK"}
@@ -91,7 +91,7 @@ def agent(lab, program, servers, request):
 
 def leftovers(lab) -> list:
     """Our programs still on any lab interface of the node namespace."""
-    from retina_exporter.tc.attach import TcAttacher
+    from retina_exporter.datapath.tc import TcAttacher
 
     out = []
     with TcAttacher(prefix="rdns_", netns=lab.node_ns) as att:

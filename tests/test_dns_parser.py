@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from retina_exporter.dns.encoder import RR, build_query, build_response, encode_name, with_tcp_prefix
-from retina_exporter.dns.names import rcode_name, type_name, type_number
-from retina_exporter.dns.parser import MAX_POINTERS, REASONS, Message, ParseError, parse, read_name, split_tcp_stream
-from retina_exporter.dns.record import DnsRecord
+from retina_core.dns.encoder import RR, build_query, build_response, encode_name, with_tcp_prefix
+from retina_core.dns.names import rcode_name, type_name, type_number
+from retina_core.dns.parser import MAX_POINTERS, REASONS, Message, ParseError, parse, read_name, split_tcp_stream
+from retina_core.dns.record import DnsRecord
 
 
 def header(qd=1, an=0, flags=0x0100, msg_id=0x4242, ns=0, ar=0) -> bytes:

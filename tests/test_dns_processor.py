@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import socket
 
-from retina_exporter.dns.encoder import RR, build_query, build_response, with_tcp_prefix
-from retina_exporter.dns.record import VERDICT_DNS
-from retina_exporter.flow.record import DIR_EGRESS, DIR_INGRESS, OBS_FROM_ENDPOINT, OBS_TO_ENDPOINT
+from retina_core.dns.encoder import RR, build_query, build_response, with_tcp_prefix
+from retina_core.dns.record import VERDICT_DNS
+from retina_core.record import DIR_EGRESS, DIR_INGRESS, OBS_FROM_ENDPOINT, OBS_TO_ENDPOINT
 from retina_exporter.plugins.dns.layout import DNS_CAPTURE, EVENT_HEADER, EVENT_SIZE
 from retina_exporter.plugins.dns.processor import DnsProcessor
 

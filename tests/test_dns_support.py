@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SERVER = r"""
 import socket, struct, sys, threading
-from retina_exporter.dns.encoder import RR, build_response
-from retina_exporter.dns.parser import ParseError, parse
+from retina_core.dns.encoder import RR, build_response
+from retina_core.dns.parser import ParseError, parse
 
 A = [RR("a.example", "A", 60, "10.1.0.1"), RR("a.example", "A", 60, "10.1.0.2")]
 ZONE = {
@@ -97,9 +97,9 @@ sys.stdin.read()  # until the test closes our stdin (or kills us)
 
 CLIENT = r"""
 import json, socket, struct, sys
-from retina_exporter.dns.encoder import build_query
-from retina_exporter.dns.parser import parse
-from retina_exporter.dns.record import DnsRecord
+from retina_core.dns.encoder import build_query
+from retina_core.dns.parser import parse
+from retina_core.dns.record import DnsRecord
 
 plan = json.loads(sys.argv[1])
 server = plan["server"]

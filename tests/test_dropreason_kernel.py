@@ -9,21 +9,21 @@ from types import SimpleNamespace
 import pytest
 
 from metrics_module.registry import FamilyRegistry
-from retina_exporter import btf as btfmod
+from retina_exporter.datapath import btf as btfmod
 from retina_exporter.errors import StartupError
 from retina_exporter.plugins.base import PluginContext
 from retina_exporter.plugins.dropreason import layout, reasons
 from retina_exporter.plugins.dropreason.loader import DropReasonProgram, LoadOptions
 from retina_exporter.plugins.dropreason.plugin import DropReasonPlugin
-from retina_exporter.plugins.dropreason.tracepoint import (
+from retina_exporter.datapath.tracepoint import (
     DEFAULT_TRACEFS,
     TracepointMissing,
     parse_format,
     read_format,
 )
 from retina_exporter.plugins.manager import PluginManager
-from retina_exporter.sysfs import ensure_tracefs
-from retina_exporter.telemetry import ControlPlane
+from retina_exporter.datapath.sysfs import ensure_tracefs
+from retina_core.telemetry import ControlPlane
 
 ensure_tracefs()
 
@@ -164,7 +164,7 @@ def test_hubble_mapping(table):
     assert table.hubble(table.code("IP_CSUM")) == 134
     assert table.hubble(table.code("IP_OUTNOROUTES")) == 169
     assert table.hubble(table.code("NO_SOCKET")) == 0
-    from retina_exporter.protos import flow_pb2
+    from retina_core.proto import flow_pb2
 
     for code in set(reasons.HUBBLE_BY_NAME.values()):  # every number we produce is a named Hubble reason
         assert flow_pb2.DropReason.Name(code)

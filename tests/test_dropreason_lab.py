@@ -19,8 +19,8 @@ import pytest
 
 from metrics_module.exposition import render
 from metrics_module.registry import FamilyRegistry
-from retina_exporter.flow import record as R
-from retina_exporter.flow.convert import to_proto
+from retina_core import record as R
+from retina_core.convert import to_proto
 from retina_exporter.lab import traffic
 from retina_exporter.lab.agent_process import AgentProcess
 from retina_exporter.lab.topology import Lab, delete_namespaces, in_netns
@@ -28,8 +28,8 @@ from retina_exporter.plugins.base import PluginContext
 from retina_exporter.plugins.dropreason.loader import DropReasonProgram, LoadOptions
 from retina_exporter.plugins.dropreason.plugin import DropReasonPlugin
 from retina_exporter.plugins.dropreason.reasons import kernel_table
-from retina_exporter.sysfs import ensure_tracefs
-from retina_exporter.telemetry import ControlPlane
+from retina_exporter.datapath.sysfs import ensure_tracefs
+from retina_core.telemetry import ControlPlane
 
 pytestmark = pytest.mark.skipif(subprocess.run(["which", "nft"], capture_output=True).returncode != 0,
                                 reason="nftables not installed (scripts/setup.sh installs it)")

@@ -10,13 +10,14 @@ import time
 import pytest
 
 from enricher.enricher import Enricher, EnricherLost
-from enricher.identity import (IDENTITY_HOST, IDENTITY_REMOTE_NODE, IDENTITY_WORLD, KIND_HOST, KIND_NODE,
+from retina_core.identity import (IDENTITY_HOST, IDENTITY_REMOTE_NODE, IDENTITY_WORLD, KIND_HOST, KIND_NODE,
                                KIND_POD, KIND_SERVICE, KIND_WORLD, WORLD, Identity)
 from enricher.inventory import parse_inventory
-from enricher.ipcache import IPCache, ip_bytes, ip_text
-from retina_exporter.flow.record import IPPROTO_TCP, FlowRecord
-from retina_exporter.ring import LostMarker, Ring
-from retina_exporter.telemetry import ControlPlane
+from enricher.ipcache import IPCache
+from retina_core.addr import ip_bytes, ip_text
+from retina_core.record import IPPROTO_TCP, FlowRecord
+from retina_core.ring import LostMarker, Ring
+from retina_core.telemetry import ControlPlane
 
 
 def wait_until(cond, timeout: float = 5.0, interval: float = 0.005):

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from enricher.identity import KIND_HOST, KIND_NODE, KIND_POD, KIND_SERVICE, WORLD, Identity
+from retina_core.identity import KIND_HOST, KIND_NODE, KIND_POD, KIND_SERVICE, WORLD, Identity
 from enricher.inventory import InventoryError, InventorySource, parse_inventory, parse_inventory_text
-from enricher.ipcache import IPCache, ip_bytes
+from enricher.ipcache import IPCache
+from retina_core.addr import ip_bytes
 from enricher.netns import NetnsSource
 from enricher.source import PollingSource, Source, make_source
-from retina_exporter.config import ConfigError
-from retina_exporter.telemetry import ControlPlane
+from retina_core.units import ConfigError
+from retina_core.telemetry import ControlPlane
 
 
 def wait_until(cond, timeout: float = 5.0, interval: float = 0.005):

@@ -13,8 +13,9 @@ import time
 
 import pytest
 
-from enricher.identity import KIND_POD, Identity
-from enricher.ipcache import IPCache, ip_bytes
+from retina_core.identity import KIND_POD, Identity
+from enricher.ipcache import IPCache
+from retina_core.addr import ip_bytes
 from enricher.netns import NetnsSource, list_named_netns, own_netns, read_addresses
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")

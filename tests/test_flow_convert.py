@@ -1,4 +1,4 @@
-"""Field-by-field checks of FlowRecord -> flow.Flow conversion (retina_exporter.flow.convert)."""
+"""Field-by-field checks of FlowRecord -> flow.Flow conversion (retina_core.convert)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ proto_gen.generate()  # no-op when the generated code is current
 
 from google.protobuf import struct_pb2  # noqa: E402
 
-from retina_exporter.flow.convert import (  # noqa: E402
+from retina_core.convert import (  # noqa: E402
     icmp_type_code_name,
     tcp_flags_summary,
     to_json_dict,
     to_proto,
 )
-from retina_exporter.flow.record import (  # noqa: E402
+from retina_core.record import (  # noqa: E402
     DIR_EGRESS,
     DIR_INGRESS,
     DIR_UNKNOWN,
@@ -39,7 +39,7 @@ from retina_exporter.flow.record import (  # noqa: E402
     VERDICT_DROPPED,
     FlowRecord,
 )
-from retina_exporter.protos import flow_pb2  # noqa: E402
+from retina_core.proto import flow_pb2  # noqa: E402
 
 T_NS = 1_700_000_000_123_456_789
 
@@ -335,7 +335,7 @@ def test_hand_encoded_extensions_match_protobuf_struct():
     # The extensions bytes are written by hand; they must decode to exactly the Struct protobuf would build.
     import random
 
-    from retina_exporter.flow.convert import extensions_struct
+    from retina_core.convert import extensions_struct
 
     rng = random.Random(7)
     for _ in range(500):
@@ -385,7 +385,7 @@ def test_hand_encoded_extensions_match_protobuf_struct():
 
 def test_enriched_services_and_names():
     """source_service/destination_service and *_names come from the enricher's identities."""
-    from enricher.identity import Identity
+    from retina_core.identity import Identity
 
     rec = tcp_synack_record()
     rec.source = Identity("pod", "shop", "web-1", ("app=web",), (("Deployment", "web"),), service="web-svc",

@@ -13,10 +13,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from enricher.identity import Identity
-from metrics_module.config import parse_metrics_configuration
+from retina_core.identity import Identity
+from retina_core.metricsconfig import parse_metrics_configuration
 from metrics_module.module import MetricsModule
-from retina_exporter.flow.record import OBS_FROM_ENDPOINT, OBS_TO_ENDPOINT, FlowRecord
+from retina_core.record import OBS_FROM_ENDPOINT, OBS_TO_ENDPOINT, FlowRecord
 from retina_exporter.k8s_control import (ANNOTATION_METRICS, OWNER_NAMESPACES, OWNER_PODS, KubeControl,
                                          annotation_spec, build_for_agent, packetparser_filter, supports_pod_include)
 from tests.support.kube_api_server import KubeApiServer

@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from enricher.identity import KIND_HOST, KIND_NODE, KIND_POD, KIND_SERVICE
-from enricher.ipcache import IPCache, ip_bytes
+from retina_core.identity import KIND_HOST, KIND_NODE, KIND_POD, KIND_SERVICE
+from enricher.ipcache import IPCache
+from retina_core.addr import ip_bytes
 from enricher.kubernetes import KubeConfigError, KubernetesSource, _Unresolved
 from tests.support.kube_fixtures import kube_server, node_body, owner, run_pod, service_body, wait_for  # noqa: F401
 

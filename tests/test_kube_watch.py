@@ -1,4 +1,4 @@
-"""The list+watch informer (retina_operator.kube.watch) against the test API server with the real client: ordered
+"""The list+watch informer (retina_core.kube.watch) against the test API server with the real client: ordered
 events, exact relists after 410 Gone, reconnects with backoff after dropped watches, outages and garbage, resync,
 selectors, pagination, one log line per outage."""
 
@@ -11,8 +11,8 @@ import threading
 import pytest
 from kubernetes import client
 
-from retina_operator.kube.client import make_api_client
-from retina_operator.kube.watch import ADDED, DELETED, MODIFIED, SYNCED, Informer, WatchEvent
+from retina_core.kube.client import make_api_client
+from retina_core.kube.watch import ADDED, DELETED, MODIFIED, SYNCED, Informer, WatchEvent
 from tests.support.kube_fixtures import kube_server, node_body, pod_body, wait_for  # noqa: F401
 
 FAST = dict(backoff_initial_s=0.05, backoff_max_s=0.4, resync_period_s=0, watch_timeout_s=30)
@@ -115,7 +115,7 @@ def test_relist_after_410_is_exact(kube_server, api, informers):
 
 
 def test_reconnect_after_closed_watches_resumes_without_relist(kube_server, api, informers, caplog):
-    caplog.set_level(logging.INFO, logger="retina_operator.kube.watch")
+    caplog.set_level(logging.INFO, logger="retina_core.kube.watch")
     inf, rec = start(informers, client.CoreV1Api(api).list_namespace, name="ns")
     n0 = len(rec.seen())
     for graceful in (False, True):
@@ -129,7 +129,7 @@ def test_reconnect_after_closed_watches_resumes_without_relist(kube_server, api,
 
 
 def test_outage_backoff_and_one_log_line(kube_server, api, informers, caplog):
-    caplog.set_level(logging.DEBUG, logger="retina_operator.kube.watch")
+    caplog.set_level(logging.DEBUG, logger="retina_core.kube.watch")
     inf, rec = start(informers, client.CoreV1Api(api).list_namespace, name="ns")
     kube_server.set_down(True, how="503")
     first = len(kube_server.requests)

@@ -431,7 +431,7 @@ def test_real_interface_stats_ethtool_and_sysfs(netns):
     """vxa/vxb: veth (ethtool statistics); vxb drops N frames with an XDP_DROP program (rx_queue_0_xdp_drops).
     tapx: tap (no ethtool statistics: sysfs); M frames of an unknown ethertype written into it are dropped by the
     stack (rx_dropped). The reader runs under ``ip netns exec`` so that /sys is the namespace's."""
-    from retina_exporter.bpf import syscall as bpfsys
+    from retina_exporter.datapath import syscall as bpfsys
 
     N, M = 11, 7
     ip = ["ip", "-n", netns]

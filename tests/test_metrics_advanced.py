@@ -6,10 +6,10 @@ import socket
 
 import pytest
 
-from enricher.identity import WORLD, Identity
+from retina_core.identity import WORLD, Identity
 from metrics_module.advanced import AdvancedMetrics, DNSInfo
-from metrics_module.config import parse_metrics_configuration
-from retina_exporter.flow.record import (
+from retina_core.metricsconfig import parse_metrics_configuration
+from retina_core.record import (
     DIR_EGRESS,
     DIR_INGRESS,
     DIR_UNKNOWN,

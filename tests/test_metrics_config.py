@@ -1,10 +1,10 @@
-"""metrics_module.config: the MetricsConfiguration spec, its validation messages and warnings."""
+"""retina_core.metricsconfig: the MetricsConfiguration spec, its validation messages and warnings."""
 
 from __future__ import annotations
 
 import pytest
 
-from metrics_module.config import (
+from retina_core.metricsconfig import (
     ACCEPTED_METRIC_NAMES,
     DEFAULT_MAX_SERIES_PER_METRIC,
     ContextOption,
@@ -14,7 +14,7 @@ from metrics_module.config import (
     parse_metrics_configuration,
     sanitize_pod_label_key,
 )
-from retina_exporter.config import ConfigError
+from retina_core.units import ConfigError
 
 ACCEPTED_LIST = ", ".join(ACCEPTED_METRIC_NAMES)
 

@@ -9,8 +9,8 @@ import time
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from enricher.identity import Identity
-from metrics_module.config import parse_metrics_configuration
+from retina_core.identity import Identity
+from retina_core.metricsconfig import parse_metrics_configuration
 from metrics_module.exposition import (
     CONTENT_TYPE,
     OPENMETRICS_CONTENT_TYPE,
@@ -19,9 +19,9 @@ from metrics_module.exposition import (
     render_openmetrics,
 )
 from metrics_module.module import MetricsModule
-from retina_exporter.flow.record import OBS_FROM_ENDPOINT, OBS_TO_ENDPOINT, FlowRecord
-from retina_exporter.ring import LostMarker, Ring
-from retina_exporter.telemetry import ControlPlane
+from retina_core.record import OBS_FROM_ENDPOINT, OBS_TO_ENDPOINT, FlowRecord
+from retina_core.ring import LostMarker, Ring
+from retina_core.telemetry import ControlPlane
 
 NODE = "node-a"
 WEB = Identity("pod", namespace="shop", pod_name='we"b\\1', workloads=(("Deployment", "web"),), node_name=NODE)

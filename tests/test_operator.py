@@ -12,8 +12,8 @@ import threading
 import grpc
 import pytest
 
-from enricher.identity import KIND_HOST, KIND_NODE, KIND_POD, KIND_SERVICE
-from retina_exporter.protos import ipcache_pb2, ipcache_pb2_grpc
+from retina_core.identity import KIND_HOST, KIND_NODE, KIND_POD, KIND_SERVICE
+from retina_core.proto import ipcache_pb2, ipcache_pb2_grpc
 from retina_operator.operator import TlsFiles
 from tests.support.kube_fixtures import node_body, owner, run_pod, service_body, wait_for
 from tests.support.otlp_receiver import make_tls_files

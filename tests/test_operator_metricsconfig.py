@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from metrics_module.config import parse_metrics_configuration
-from retina_exporter.config import ConfigError
+from retina_core.metricsconfig import parse_metrics_configuration
+from retina_core.units import ConfigError
 from retina_operator.metricsconfig import desired_statuses
 from tests.support.kube_fixtures import wait_for
 from tests.test_operator_support import http_get, http_json, kube_server, metric, operators  # noqa: F401

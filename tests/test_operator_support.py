@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from enricher.identity import KIND_HOST, KIND_NODE, KIND_POD, KIND_SERVICE, Identity
-from enricher.ipcache import IPCache, ip_bytes
+from retina_core.identity import KIND_HOST, KIND_NODE, KIND_POD, KIND_SERVICE, Identity
+from enricher.ipcache import IPCache
+from retina_core.addr import ip_bytes
 from enricher.operator_source import OperatorSource
 from retina_operator.operator import Operator
 from tests.support.kube_fixtures import kube_server  # noqa: F401 - re-exported fixture

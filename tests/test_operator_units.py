@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from enricher.identity import KIND_HOST, KIND_NODE, KIND_POD, KIND_SERVICE, Identity
-from enricher.ipcache import IPCache, ip_bytes
+from retina_core.identity import KIND_HOST, KIND_NODE, KIND_POD, KIND_SERVICE, Identity
+from enricher.ipcache import IPCache
+from retina_core.addr import ip_bytes
 from enricher.operator_source import DEFAULT_ADDRESS, OperatorSource, source_from_options
-from retina_exporter.config import ConfigError
-from retina_exporter.protos import ipcache_pb2
+from retina_core.units import ConfigError
+from retina_core.proto import ipcache_pb2
 from retina_operator.broadcast import DeltaLog, Lagged
 from retina_operator.ipmap import Entry, IpMap
 from retina_operator.wire import (SHUTDOWN_BATCH, SYNC_COMPLETE_BATCH, batches, frame, framed_delete,

@@ -19,10 +19,10 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from enricher.identity import Identity
+from retina_core.identity import Identity
 from metrics_module._otlp_transport import parse_target
 from metrics_module._otlp_wire import HistogramValue, OtlpEncoder, parse_label_text
-from metrics_module.config import parse_metrics_configuration
+from retina_core.metricsconfig import parse_metrics_configuration
 from metrics_module.exposition import _label_text, render
 from metrics_module.module import MetricsModule
 from metrics_module.otlp import (
@@ -34,8 +34,8 @@ from metrics_module.otlp import (
     parse_attributes,
     parse_headers,
 )
-from retina_exporter.flow.record import OBS_FROM_ENDPOINT, OBS_TO_ENDPOINT, FlowRecord
-from retina_exporter.telemetry import ControlPlane
+from retina_core.record import OBS_FROM_ENDPOINT, OBS_TO_ENDPOINT, FlowRecord
+from retina_core.telemetry import ControlPlane
 from tests.support.otlp_receiver import OtlpReceiver, make_tls_files
 
 PROTOCOLS = ["grpc", "http/protobuf"]

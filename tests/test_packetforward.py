@@ -20,8 +20,8 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Raw
 
-from retina_exporter.bpf import syscall as bpfsys
-from retina_exporter.bpf.syscall import prog_test_run
+from retina_exporter.datapath import syscall as bpfsys
+from retina_exporter.datapath.syscall import prog_test_run
 from retina_exporter.lab.topology import in_netns
 from retina_exporter.plugins.base import PluginContext
 from retina_exporter.plugins.linuxutil.plugin import LinuxUtilPlugin
@@ -29,8 +29,8 @@ from retina_exporter.plugins.manager import PluginManager
 from retina_exporter.plugins.packetforward import loader
 from retina_exporter.plugins.packetforward import plugin as pf
 from retina_exporter.plugins.packetforward.loader import PacketForwardError, PacketForwardProgram
-from retina_exporter.tc.attach import TcAttacher
-from retina_exporter.telemetry import ControlPlane
+from retina_exporter.datapath.tc import TcAttacher
+from retina_core.telemetry import ControlPlane
 
 TC_ACT_UNSPEC = -1
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "proc"

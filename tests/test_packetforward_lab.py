@@ -20,11 +20,11 @@ import time
 
 import pytest
 
-from retina_exporter.bpf import syscall as bpfsys
+from retina_exporter.datapath import syscall as bpfsys
 from retina_exporter.lab import traffic
 from retina_exporter.lab.agent_process import ROOT, AgentProcess
 from retina_exporter.lab.topology import Lab
-from retina_exporter.tc.attach import TcAttacher
+from retina_exporter.datapath.tc import TcAttacher
 
 HAS_TCX = bpfsys.kernel_has_tcx()
 INTERVAL_S = 1  # metricsInterval for these agents (Retina's key, seconds)

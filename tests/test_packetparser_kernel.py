@@ -21,8 +21,8 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 
-from retina_exporter.bpf.syscall import prog_test_run
-from retina_exporter.flow import record as R
+from retina_exporter.datapath.syscall import prog_test_run
+from retina_core import record as R
 from retina_exporter.plugins.packetparser import layout
 from retina_exporter.plugins.packetparser.loader import LoadOptions
 from retina_exporter.plugins.packetparser.reader import EventDecoder, RingBufferReader

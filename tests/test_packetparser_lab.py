@@ -168,7 +168,7 @@ def attachments(lab, ifname: str) -> list[tuple[str, str, str]]:
     """Our programs on an interface's hooks as the kernel lists them: (direction, mode, program name).
 
     (Debian's bpftool 7.1 does not list TCX programs, so this asks the kernel with BPF_PROG_QUERY and netlink.)"""
-    from retina_exporter.tc.attach import TcAttacher
+    from retina_exporter.datapath.tc import TcAttacher
 
     with TcAttacher(prefix="retina_", netns=lab.node_ns) as att:
         return sorted((d, a.mode, a.prog_name) for d in ("ingress", "egress")

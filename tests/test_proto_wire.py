@@ -8,7 +8,7 @@ from retina_exporter import proto_gen
 
 proto_gen.generate()  # no-op when the generated code is current
 
-from retina_exporter.protos import flow_pb2  # noqa: E402
+from retina_core.proto import flow_pb2  # noqa: E402
 
 # (message, field name, number) from hubble-api.md §1 (FlowFilter) and §2 (Flow and nested messages).
 WIRE_TABLE = [

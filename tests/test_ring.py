@@ -1,4 +1,4 @@
-"""The output ring (retina_exporter.ring): capacity, order, readers, lost markers, concurrency."""
+"""The output ring (retina_core.ring): capacity, order, readers, lost markers, concurrency."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from retina_exporter.ring import DEFAULT_CAPACITY, LostMarker, Ring, validate_capacity
+from retina_core.ring import DEFAULT_CAPACITY, LostMarker, Ring, validate_capacity
 
 
 def drain(reader, max_items=1000):

@@ -1,4 +1,4 @@
-"""TC attachment layer (retina_exporter.tc.attach) and bpf() wrapper (retina_exporter.bpf.syscall) on the real
+"""TC attachment layer (retina_exporter.datapath.tc) and bpf() wrapper (retina_exporter.datapath.syscall) on the real
 kernel. Needs root and bcc.
 
 Isolation: every test gets its own pair of network namespaces (random suffix) joined by a veth; nothing
@@ -43,9 +43,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # also when pytest is started without `python -m`
     sys.path.insert(0, str(REPO))
 
-from retina_exporter.bpf import syscall as bpfsys  # noqa: E402
-from retina_exporter.bpf.syscall import BpfError  # noqa: E402
-from retina_exporter.tc.attach import AttachError, TcAttacher, enter_netns  # noqa: E402
+from retina_exporter.datapath import syscall as bpfsys  # noqa: E402
+from retina_exporter.datapath.syscall import BpfError  # noqa: E402
+from retina_exporter.datapath.tc import AttachError, TcAttacher, enter_netns  # noqa: E402
 
 PY = sys.executable
 pytestmark = [
@@ -462,7 +462,7 @@ def test_clsact_priority_conflict_is_explained(in_nsb, progs, attachers):
 # --- stale attachments after a crash ---------------------------------------------------------------------
 CHILD = r"""
 import sys
-from retina_exporter.tc.attach import TcAttacher
+from retina_exporter.datapath.tc import TcAttacher
 mode, dev, fd_in, fd_eg = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 t = TcAttacher(enable_tcx=mode)
 t.attach(dev, "ingress", fd_in, "retina_t_in")
@@ -647,7 +647,7 @@ def test_bad_arguments(in_nsb, progs, attachers):
 
 CHILD_NOCAPS = r"""
 import sys
-from retina_exporter.tc.attach import TcAttacher, AttachError
+from retina_exporter.datapath.tc import TcAttacher, AttachError
 try:
     TcAttacher(enable_tcx=sys.argv[1]).attach(sys.argv[2], "ingress", int(sys.argv[3]), "retina_t_in")
 except AttachError as e:
@@ -675,7 +675,7 @@ def test_permission_error_names_capabilities(lab, progs, mode):
 def test_fallback_to_clsact_when_no_tcx(in_nsb, progs, attachers, monkeypatch, caplog):
     monkeypatch.setattr(bpfsys, "kernel_has_tcx", lambda: False)
     t = attachers(enable_tcx="auto")
-    with caplog.at_level(logging.INFO, logger="retina_exporter.tc.attach"):
+    with caplog.at_level(logging.INFO, logger="retina_exporter.datapath.tc"):
         a = t.attach(in_nsb.vb, "ingress", progs.fd_in, "retina_t_in")
     assert a.mode == "clsact"
     assert any("no TCX" in r.getMessage() and "clsact" in r.getMessage() for r in caplog.records)

@@ -20,8 +20,8 @@ from retina_exporter.lab.topology import Lab
 from retina_exporter.plugins.base import PluginContext
 from retina_exporter.plugins.tcpretrans.loader import TcpRetransProgram
 from retina_exporter.plugins.tcpretrans.plugin import RETRANS_METRIC, TcpRetransPlugin
-from retina_exporter.tc.attach import TcAttacher
-from retina_exporter.telemetry import ControlPlane
+from retina_exporter.datapath.tc import TcAttacher
+from retina_core.telemetry import ControlPlane
 from types import SimpleNamespace
 
 DROP_SRC = r"""

@@ -12,8 +12,8 @@ import random
 import socket
 import threading
 
-from retina_exporter.dns.encoder import RR, build_query, build_response
-from retina_exporter.dns.parser import ParseError, parse
+from retina_core.dns.encoder import RR, build_query, build_response
+from retina_core.dns.parser import ParseError, parse
 from retina_exporter.lab.topology import Lab, in_netns
 
 log = logging.getLogger(__name__)

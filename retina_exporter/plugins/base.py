@@ -13,7 +13,7 @@ class PluginContext:
 
     config: object  # retina_exporter.config.Config
     flow_sink: object  # has write_batch(list[FlowRecord]); the enricher's input when pod level is on
-    telemetry: object  # retina_exporter.telemetry.ControlPlane (control-plane counters)
+    telemetry: object  # retina_core.telemetry.ControlPlane (control-plane counters)
     metrics: object = None  # metrics_module.registry.FamilyRegistry: register(callable yielding families)
     extra: dict = field(default_factory=dict)
 

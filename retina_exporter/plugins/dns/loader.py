@@ -9,12 +9,11 @@ from pathlib import Path
 
 from retina_exporter.errors import StartupError
 from retina_exporter.plugins.dns import layout
-from retina_exporter.plugins.packetparser.loader import check_kernel_headers
-from retina_exporter.sysfs import missing_capabilities
+from retina_exporter.datapath.compiler import BPF_DIR, check_kernel_headers
+from retina_exporter.datapath.sysfs import missing_capabilities
 
 log = logging.getLogger(__name__)
 
-BPF_DIR = Path(__file__).resolve().parents[3] / "bpf"
 SOURCE = BPF_DIR / "dns.bpf.c"
 
 # Program names (<= 15 characters). The prefix is this plugin's own: packetparser's stale-attachment cleanup

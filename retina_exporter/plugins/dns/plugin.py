@@ -18,11 +18,11 @@ Metrics: ``networkobservability_dns_request_count`` and ``networkobservability_d
 no labels, as Retina since #877): one per message whose header and first question parse, by the QR bit.
 ``controlplane_networkobservability_dns_parse_errors_counter{reason}`` counts port-53 payloads that are not a
 DNS message we can read (garbage, truncated, compression loops, oversized names ...; reasons are
-``retina_exporter.dns.parser.REASONS``); those are not requests or responses. Ring-buffer overflow counts in
+``retina_core.dns.parser.REASONS``); those are not requests or responses. Ring-buffer overflow counts in
 ``controlplane_networkobservability_lost_events_counter{type="kernel",reason="dns"}``.
 
 Pod level (``enablePodLevel``): one :class:`FlowRecord` per counted message, verdict 16 (Retina's
-``Verdict_DNS``), ``l7`` a :class:`~retina_exporter.dns.record.DnsRecord`; direction EGRESS for queries and
+``Verdict_DNS``), ``l7`` a :class:`~retina_core.dns.record.DnsRecord`; direction EGRESS for queries and
 INGRESS for responses (as Retina), ``is_reply`` = QR.
 """
 
@@ -36,16 +36,16 @@ import socket
 import threading
 import time
 
-from retina_exporter.bpf.ringreader import BpfRingReader
+from retina_exporter.datapath.ringreader import BpfRingReader
 from retina_exporter.errors import StartupError
 from retina_exporter.plugins.base import Plugin, PluginContext
 from retina_exporter.plugins.dns import loader
 from retina_exporter.plugins.dns.layout import HEADER_SIZE
 from retina_exporter.plugins.dns.loader import DnsProgram
 from retina_exporter.plugins.dns.processor import DnsProcessor
-from retina_exporter.plugins.packetparser.watcher import RTMGRP_LINK, VethWatcher, _attr
-from retina_exporter.tc.attach import AttachError, TcAttacher, enter_netns
-from retina_exporter.telemetry import LOST_KERNEL
+from retina_exporter.datapath.vethwatch import RTMGRP_LINK, VethWatcher, _attr
+from retina_exporter.datapath.tc import AttachError, TcAttacher, enter_netns
+from retina_core.telemetry import LOST_KERNEL
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class _MasterAwareWatcher(VethWatcher):
 
 class _Reader(BpfRingReader):
     """Polls the ring buffer in its own thread and hands each event to the processor, whose records
-    (:meth:`emit`) go to ``on_batch(list)`` in batches (see :class:`~retina_exporter.bpf.ringreader.BpfRingReader`).
+    (:meth:`emit`) go to ``on_batch(list)`` in batches (see :class:`~retina_exporter.datapath.ringreader.BpfRingReader`).
 
     Events shorter than a header are skipped; ``callback_errors`` counts events the processor failed on."""
 

@@ -1,5 +1,5 @@
 """Turns the kernel's port-53 events into DNS messages: node-level counts, parse-error counts and (pod level)
-flow records carrying a :class:`~retina_exporter.dns.record.DnsRecord` in ``l7``.
+flow records carrying a :class:`~retina_core.dns.record.DnsRecord` in ``l7``.
 
 UDP: one datagram is one message (``msg_len`` from the UDP header is its wire length; the capture holds at most
 512 bytes of it, and a first IP fragment only what the fragment carries: the parser then reads what is there).
@@ -31,9 +31,9 @@ import time
 from collections import OrderedDict
 from typing import Callable
 
-from retina_exporter.dns.parser import ParseError, parse, split_tcp_stream
-from retina_exporter.dns.record import VERDICT_DNS, DnsRecord
-from retina_exporter.flow.record import DIR_EGRESS, DIR_INGRESS, FlowRecord
+from retina_core.dns.parser import ParseError, parse, split_tcp_stream
+from retina_core.dns.record import VERDICT_DNS, DnsRecord
+from retina_core.record import DIR_EGRESS, DIR_INGRESS, FlowRecord
 from retina_exporter.plugins.dns.layout import EVENT_HEADER, HEADER_SIZE
 
 __all__ = ["DnsProcessor", "TCP_STATE_MAX"]

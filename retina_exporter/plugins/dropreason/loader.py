@@ -4,7 +4,7 @@ Everything kernel-version dependent is looked up at start-up and handed to the c
 
 * the tracepoint record's field offsets (``TP_OFF_*``) from ``<tracefs>/events/skb/kfree_skb/format``;
 * ``sk_buff``, ``skb_shared_info``, ``net_device``, ``sock`` and ``net`` member offsets (``OFF_*``) from the
-  running kernel's BTF (:mod:`retina_exporter.btf`), never from the headers bcc compiles against (on this
+  running kernel's BTF (:mod:`retina_exporter.datapath.btf`), never from the headers bcc compiles against (on this
   project's machines those are another kernel's).
 
 Compiling takes about a second: do it once per process (tests share one program per module).
@@ -18,16 +18,15 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from retina_exporter import btf as btfmod
+from retina_exporter.datapath import btf as btfmod
 from retina_exporter.errors import StartupError
 from retina_exporter.plugins.dropreason import layout
-from retina_exporter.plugins.dropreason.tracepoint import DEFAULT_TRACEFS, TracepointFormat, read_format
-from retina_exporter.plugins.packetparser.loader import check_kernel_headers
-from retina_exporter.sysfs import missing_capabilities
+from retina_exporter.datapath.tracepoint import DEFAULT_TRACEFS, TracepointFormat, read_format
+from retina_exporter.datapath.compiler import BPF_DIR, check_kernel_headers
+from retina_exporter.datapath.sysfs import missing_capabilities
 
 log = logging.getLogger(__name__)
 
-BPF_DIR = Path(__file__).resolve().parents[3] / "bpf"
 SOURCE = BPF_DIR / "dropreason.bpf.c"
 PROGRAM = "retina_drop"
 TRACEPOINT = ("skb", "kfree_skb")

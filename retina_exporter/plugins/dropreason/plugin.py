@@ -33,9 +33,9 @@ from retina_exporter.plugins.dropreason import reasons as reasons_mod
 from retina_exporter.plugins.dropreason import scope as scope_mod
 from retina_exporter.plugins.dropreason.loader import DropReasonProgram, LoadOptions
 from retina_exporter.plugins.dropreason.reader import DropDecoder, DropEventReader
-from retina_exporter.plugins.dropreason.tracepoint import DEFAULT_TRACEFS
-from retina_exporter.sysfs import ensure_tracefs
-from retina_exporter.telemetry import LOST_KERNEL
+from retina_exporter.datapath.tracepoint import DEFAULT_TRACEFS
+from retina_exporter.datapath.sysfs import ensure_tracefs
+from retina_core.telemetry import LOST_KERNEL
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import socket
 
-from retina_exporter.bpf.ringreader import BpfRingReader
-from retina_exporter.flow.record import DIR_EGRESS, DIR_INGRESS, DIR_UNKNOWN, VERDICT_DROPPED, FlowRecord
+from retina_exporter.datapath.ringreader import BpfRingReader
+from retina_core.record import DIR_EGRESS, DIR_INGRESS, DIR_UNKNOWN, VERDICT_DROPPED, FlowRecord
 from retina_exporter.plugins.dropreason.layout import EVENT_SIZE, EVENT_STRUCT
 from retina_exporter.plugins.dropreason.reasons import DIR_EGRESS as S_EGRESS
 from retina_exporter.plugins.dropreason.reasons import DIR_INGRESS as S_INGRESS
@@ -65,7 +65,7 @@ class DropDecoder:
 
 class DropEventReader(BpfRingReader):
     """Owns the thread that polls the program's ``events`` ring buffer and hands DROPPED records to
-    ``sink.write_batch`` in batches (see :class:`~retina_exporter.bpf.ringreader.BpfRingReader`).
+    ``sink.write_batch`` in batches (see :class:`~retina_exporter.datapath.ringreader.BpfRingReader`).
 
     The ring buffer is opened once per program (:meth:`DropReasonProgram.set_event_handler`), so a program
     shared by several plugin instances in tests keeps one consumer; :meth:`stop` unhooks this reader from it.

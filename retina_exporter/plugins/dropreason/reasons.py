@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from retina_exporter.plugins.dropreason.tracepoint import DEFAULT_TRACEFS, read_format
+from retina_exporter.datapath.tracepoint import DEFAULT_TRACEFS, read_format
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class ReasonTable:
     def from_kernel(cls, tracefs: str = DEFAULT_TRACEFS, btf_path: str | None = None) -> "ReasonTable":
         """Names from the kfree_skb print format and the BTF enum (either may be missing; both usually agree,
         the print format wins a conflict since it is what the kernel prints)."""
-        from retina_exporter import btf as btfmod
+        from retina_exporter.datapath import btf as btfmod
 
         names: dict[int, str] = {}
         subsystems: dict[int, str] = {}

@@ -28,7 +28,7 @@ from typing import Iterable
 
 from pyroute2 import IPRoute
 
-from retina_exporter.plugins.packetparser.watcher import is_pod_veth
+from retina_exporter.datapath.vethwatch import is_pod_veth
 
 SCOPE_ALL = "all"
 SCOPE_NODE = "node"

@@ -10,9 +10,9 @@ import ctypes as ct
 import os
 from pathlib import Path
 
-from retina_exporter.sysfs import missing_capabilities
+from retina_exporter.datapath.compiler import BPF_DIR, check_kernel_headers
+from retina_exporter.datapath.sysfs import missing_capabilities
 
-BPF_DIR = Path(__file__).resolve().parents[3] / "bpf"
 SOURCE = BPF_DIR / "packetforward.bpf.c"
 
 # Program names (at most 15 characters). They start with PROGRAM_PREFIX, which is how our own stale TC attachments
@@ -39,15 +39,6 @@ class PacketForwardError(RuntimeError):
     StartupError: the plugin manager isolates it and the other plugins keep running."""
 
 
-def _check_kernel_headers() -> None:
-    build = Path("/lib/modules") / os.uname().release / "build"
-    if not (build / "include" / "generated").exists() and not Path("/sys/kernel/kheaders.tar.xz").exists():
-        raise PacketForwardError(
-            f"kernel headers not found at {build}: run 'make setup' (links the distribution's headers there) "
-            "or install linux-headers-$(uname -r)"
-        )
-
-
 class PacketForwardProgram:
     """The loaded BPF object: the two classifiers' fds and the per-CPU counter array.
 
@@ -55,7 +46,7 @@ class PacketForwardProgram:
 
     def __init__(self, source: str | os.PathLike = SOURCE) -> None:
         self.bpf = None
-        _check_kernel_headers()
+        check_kernel_headers(PacketForwardError)
         missing = missing_capabilities()
         if missing:
             raise PacketForwardError(

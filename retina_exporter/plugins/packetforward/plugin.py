@@ -36,7 +36,7 @@ from retina_exporter.plugins.base import Plugin, PluginContext
 from retina_exporter.plugins.linuxutil.poller import Poller, metrics_interval_s
 from retina_exporter.plugins.packetforward import loader
 from retina_exporter.plugins.packetforward.loader import PacketForwardError, PacketForwardProgram
-from retina_exporter.tc.attach import AttachError, TcAttacher
+from retina_exporter.datapath.tc import AttachError, TcAttacher
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from retina_exporter.errors import StartupError
 from retina_exporter.plugins.packetparser import layout
-from retina_exporter.sysfs import missing_capabilities
+from retina_exporter.datapath.compiler import BPF_DIR, check_kernel_headers
+from retina_exporter.datapath.sysfs import missing_capabilities
 
 log = logging.getLogger(__name__)
 
-BPF_DIR = Path(__file__).resolve().parents[3] / "bpf"
 SOURCE = BPF_DIR / "packetparser.bpf.c"
 
 # Program names in the C file (at most 15 characters: the kernel's name length). Every one starts with
@@ -50,16 +50,6 @@ class LoadOptions:
     # IP-of-interest filter (annotation opt-in): only packets with an address in retina_filter are tracked.
     filter_enabled: bool = False
     filter_map_size: int = 4096
-
-
-def check_kernel_headers() -> None:
-    """Raise :class:`StartupError` with the fix when bcc cannot find kernel headers."""
-    build = Path("/lib/modules") / os.uname().release / "build"
-    if not (build / "include" / "generated").exists() and not Path("/sys/kernel/kheaders.tar.xz").exists():
-        raise StartupError(
-            f"kernel headers not found at {build}: run 'make setup' (links the distribution's headers there) "
-            "or install linux-headers-$(uname -r)"
-        )
 
 
 class PacketParserProgram:

@@ -18,9 +18,9 @@ from retina_exporter.plugins.packetparser import loader
 from retina_exporter.plugins.packetparser.loader import LoadOptions, PacketParserProgram
 from retina_exporter.plugins.packetparser.reader import EventDecoder, RingBufferReader
 from retina_exporter.plugins.packetparser.sweeper import ConntrackSweeper
-from retina_exporter.plugins.packetparser.watcher import VethWatcher
-from retina_exporter.telemetry import LOST_KERNEL
-from retina_exporter.tc.attach import AttachError, TcAttacher
+from retina_exporter.datapath.vethwatch import VethWatcher
+from retina_core.telemetry import LOST_KERNEL
+from retina_exporter.datapath.tc import AttachError, TcAttacher
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from typing import Callable, Protocol
 
-from retina_exporter.bpf.ringreader import BpfRingReader
-from retina_exporter.flow.record import FlowRecord
+from retina_exporter.datapath.ringreader import BpfRingReader
+from retina_core.record import FlowRecord
 from retina_exporter.plugins.packetparser.layout import EVENT_SIZE, EVENT_STRUCT
 
 
@@ -51,7 +51,7 @@ class EventDecoder:
 
 class RingBufferReader(BpfRingReader):
     """Owns the thread that polls one bcc ring buffer and feeds decoded records to ``sink.write_batch``
-    (see :class:`~retina_exporter.bpf.ringreader.BpfRingReader`); ``on_batch(n)`` after each batch of ``n``."""
+    (see :class:`~retina_exporter.datapath.ringreader.BpfRingReader`); ``on_batch(n)`` after each batch of ``n``."""
 
     def __init__(
         self,

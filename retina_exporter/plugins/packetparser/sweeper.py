@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from retina_exporter.bpf.syscall import prog_test_run
+from retina_exporter.datapath.syscall import prog_test_run
 from retina_exporter.plugins.packetparser import layout
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@
 Version-dependent facts are read at start-up and handed to the compiler as ``-D`` defines: the tracepoint
 records' field offsets from ``<tracefs>/events/tcp/<event>/format`` (``TP_SKB_OFF_*``, ``TP_SA_OFF_*``; ``err``
 exists since Linux 6.10 or so), and -- when the kernel has BTF -- ``sock``/``net``/``sk_buff``/``tcp_skb_cb``
-member offsets from :mod:`retina_exporter.btf` (netns inode, segment count, TCP flags). Without BTF the plugin
+member offsets from :mod:`retina_exporter.datapath.btf` (netns inode, segment count, TCP flags). Without BTF the plugin
 still counts, with netns 0 (no namespace scoping), 1 segment per retransmission and no flags.
 """
 
@@ -16,21 +16,20 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from retina_exporter import btf as btfmod
+from retina_exporter.datapath import btf as btfmod
 from retina_exporter.errors import StartupError
-from retina_exporter.plugins.dropreason.tracepoint import (
+from retina_exporter.datapath.tracepoint import (
     DEFAULT_TRACEFS,
     TracepointFormat,
     TracepointMissing,
     parse_format,
 )
-from retina_exporter.plugins.packetparser.loader import check_kernel_headers
 from retina_exporter.plugins.tcpretrans import layout
-from retina_exporter.sysfs import missing_capabilities
+from retina_exporter.datapath.compiler import BPF_DIR, check_kernel_headers
+from retina_exporter.datapath.sysfs import missing_capabilities
 
 log = logging.getLogger(__name__)
 
-BPF_DIR = Path(__file__).resolve().parents[3] / "bpf"
 SOURCE = BPF_DIR / "tcpretrans.bpf.c"
 PROG_SKB = "rtcp_retrans"
 PROG_SYNACK = "rtcp_synack"

@@ -28,15 +28,15 @@ from __future__ import annotations
 import logging
 import time
 
-from retina_exporter.bpf.ringreader import BpfRingReader
+from retina_exporter.datapath.ringreader import BpfRingReader
 from retina_exporter.errors import StartupError
-from retina_exporter.flow.record import DIR_EGRESS, IPPROTO_TCP, OBS_FROM_ENDPOINT, OBS_TO_NETWORK, FlowRecord
+from retina_core.record import DIR_EGRESS, IPPROTO_TCP, OBS_FROM_ENDPOINT, OBS_TO_NETWORK, FlowRecord
 from retina_exporter.plugins.base import Plugin, PluginContext
 from retina_exporter.plugins.dropreason import scope as scope_mod
 from retina_exporter.plugins.tcpretrans.layout import EVENT_SIZE, EVENT_STRUCT
 from retina_exporter.plugins.tcpretrans.loader import LoadOptions, TcpRetransProgram
-from retina_exporter.sysfs import ensure_tracefs
-from retina_exporter.telemetry import LOST_KERNEL
+from retina_exporter.datapath.sysfs import ensure_tracefs
+from retina_core.telemetry import LOST_KERNEL
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class RetransDecoder:
 
 class _Reader(BpfRingReader):
     """Polls the program's ``rt_events`` ring buffer in its own thread and hands retransmission records to
-    ``sink.write_batch`` in batches (see :class:`~retina_exporter.bpf.ringreader.BpfRingReader`)."""
+    ``sink.write_batch`` in batches (see :class:`~retina_exporter.datapath.ringreader.BpfRingReader`)."""
 
     def __init__(self, program: TcpRetransProgram, decoder: RetransDecoder, sink, batch_size: int = 256) -> None:
         super().__init__(program.bpf, sink.write_batch, name="tcpretrans", batch_size=batch_size,

@@ -9,8 +9,8 @@ import socket
 import struct
 from typing import Iterable, NamedTuple
 
-from retina_exporter.dns.names import TYPE_A, TYPE_AAAA, TYPE_CNAME, type_number
-from retina_exporter.dns.parser import parse
+from retina_core.dns.names import TYPE_A, TYPE_AAAA, TYPE_CNAME, type_number
+from retina_core.dns.parser import parse
 
 __all__ = ["RR", "build_query", "build_response", "encode_name", "NameWriter", "with_tcp_prefix"]
 

@@ -1,7 +1,7 @@
 """What an address is: the identity the enricher puts on a flow record's ``source``/``destination``.
 
 Identities are immutable and shared: the cache hands out the same object for every flow of an address, so the
-per-event cost of enrichment is two dict lookups. Attribute names match what ``retina_exporter.flow.convert``
+per-event cost of enrichment is two dict lookups. Attribute names match what ``retina_core.convert``
 (``fill_endpoint``) and the metrics module read.
 """
 

@@ -1,4 +1,4 @@
-"""Conversion of a :class:`~retina_exporter.flow.record.FlowRecord` into a Hubble ``flow.Flow`` protobuf.
+"""Conversion of a :class:`~retina_core.record.FlowRecord` into a Hubble ``flow.Flow`` protobuf.
 
 This runs at the edges only (gRPC ``GetFlows``, ``/debug/flows``), never per kernel event; it costs about
 3-4 µs for a UDP/ICMP record, 8 µs for an aggregated TCP record, 14 µs with two enriched endpoints
@@ -19,7 +19,7 @@ What is filled, and how it maps to Hubble/Cilium:
   SYN, ACK, RST, FIN, PSH, URG, ECE, CWR, NS), ``"UDP"``, ``"ICMPv4 EchoRequest"``, ``"ICMPv6 EchoReply"``,
   ``"ICMPv4 DestinationUnreachable(Port)"`` (gopacket's ICMP type/code names), else ``"IPv4"``/``"IPv6"``.
 * ``source``/``destination`` from enricher objects when present (see :func:`fill_endpoint`), else unset.
-* **DNS** (``rec.l7`` a :class:`~retina_exporter.dns.record.DnsRecord`, from the dns plugin): ``Type = L7``,
+* **DNS** (``rec.l7`` a :class:`~retina_core.dns.record.DnsRecord`, from the dns plugin): ``Type = L7``,
   ``event_type = {type: 129}``, ``l7 = {type: REQUEST | RESPONSE, dns: {query, ips, ttl, cnames, rcode, qtypes,
   rrtypes}}``, and Cilium's Summary (``"DNS Query example.com. A"``, ``"DNS Answer \"1.2.3.4\" TTL: 30 (Query
   example.com. A)"``, ``"DNS Answer RCode: NXDOMAIN (Query example.com. A)"``; "Query" rather than Cilium's
@@ -56,7 +56,7 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 
-from retina_exporter.flow.record import (
+from retina_core.record import (
     DIR_EGRESS,
     DIR_INGRESS,
     FLAG_NAMES,
@@ -81,9 +81,9 @@ from retina_exporter.flow.record import (
     VERDICT_DROPPED,
     FlowRecord,
 )
-from retina_exporter.dns.names import rcode_name
-from retina_exporter.dns.record import VERDICT_DNS
-from retina_exporter.protos import flow_pb2
+from retina_core.dns.names import rcode_name
+from retina_core.dns.record import VERDICT_DNS
+from retina_core.proto import flow_pb2
 
 __all__ = [
     "EXT_KEY_BYTES",

@@ -15,7 +15,7 @@ The binary format (Documentation/bpf/btf.rst) is parsed here directly, without l
 
 Loading is lazy and cheap: one pass records where each type starts and indexes the named structs, unions,
 enums and typedefs; members and enumerators are decoded only for the types asked about. On Linux 6.18 the
-5.5 MB vmlinux BTF (126k types) loads in about 0.1 s (``python -m retina_exporter.btf --bench``); :func:`load`
+5.5 MB vmlinux BTF (126k types) loads in about 0.1 s (``python -m retina_exporter.datapath.btf --bench``); :func:`load`
 caches the parsed object per (path, size, mtime), and lookups are memoised.
 
 ``member_offset("sk_buff", "len")`` resolves members of anonymous unions and structs (``sk_buff.len`` lives at

@@ -36,7 +36,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from retina_exporter.config import ConfigError, format_duration, parse_duration
+from retina_core.units import ConfigError, format_duration, parse_duration
 
 __all__ = [
     "ACCEPTED_CONTEXT_LABELS",

@@ -56,8 +56,8 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
-from retina_exporter.bpf import syscall as bpfsys
-from retina_exporter.bpf.syscall import BpfError
+from retina_exporter.datapath import syscall as bpfsys
+from retina_exporter.datapath.syscall import BpfError
 
 __all__ = [
     "AttachError",

@@ -1,7 +1,7 @@
 """The compact, slotted flow record that travels the per-event path.
 
 A record is built once per kernel event (about 0.4 µs) and converted to a protobuf ``flow.Flow`` only where a
-consumer needs the protobuf (gRPC, ``/debug/flows``), by :func:`retina_exporter.flow.convert.to_proto`.
+consumer needs the protobuf (gRPC, ``/debug/flows``), by :func:`retina_core.convert.to_proto`.
 
 Units and encodings:
 
@@ -88,7 +88,7 @@ class FlowRecord:
         # Filled by the enricher (issue 3); None until then.
         "source",
         "destination",
-        # Layer-7 data, None for L3/L4 records: a retina_exporter.dns.record.DnsRecord on the dns plugin's records
+        # Layer-7 data, None for L3/L4 records: a retina_core.dns.record.DnsRecord on the dns plugin's records
         # (then Type L7 and Hubble's l7.dns in the protobuf).
         "l7",
     )

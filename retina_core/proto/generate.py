@@ -1,10 +1,12 @@
 """Compile the project's ``.proto`` files into Python modules.
 
-``python -m retina_exporter.proto_gen`` runs ``grpc_tools.protoc`` on every ``.proto`` under ``proto/``
+``python -m retina_core.proto.generate`` runs ``grpc_tools.protoc`` on every ``.proto`` under ``proto/``
 (``-I proto`` plus grpc_tools' bundled include directory for the well-known types) and writes
-``*_pb2.py``, ``*_pb2.pyi`` and ``*_pb2_grpc.py`` into ``retina_exporter/_proto/`` (gitignored). The import
-layout mirrors Hubble's: ``proto/flow/flow.proto`` becomes ``_proto/flow/flow_pb2.py``, imported as
-``from flow import flow_pb2`` with ``_proto`` on ``sys.path`` (see :mod:`retina_exporter.protos`).
+``*_pb2.py``, ``*_pb2.pyi`` and ``*_pb2_grpc.py`` into this package (gitignored): ``proto/flow/flow.proto``
+becomes ``retina_core/proto/flow/flow_pb2.py``. protoc writes imports by proto path (``from flow import
+flow_pb2``), which only resolve with the output directory on ``sys.path``; :func:`_rewrite_imports` turns them into
+``from retina_core.proto.flow import flow_pb2`` so the code is an ordinary sub-package (see :mod:`retina_core.proto`).
+The descriptors keep their proto file names (``flow/flow.proto``), as Hubble's own do.
 
 It is idempotent and quick when nothing changed: generation is skipped when every expected output exists and
 is newer than every ``.proto`` file and than this module (one ``stat`` per file, no protoc run).
@@ -14,13 +16,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_ROOT = PACKAGE_DIR.parent
+REPO_ROOT = PACKAGE_DIR.parents[1]
 PROTO_DIR = REPO_ROOT / "proto"
-OUT_DIR = PACKAGE_DIR / "_proto"
+OUT_DIR = PACKAGE_DIR
+PACKAGE = "retina_core.proto"
 
 _SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
@@ -52,7 +56,7 @@ def is_up_to_date(proto_dir: Path = PROTO_DIR, out_dir: Path = OUT_DIR) -> bool:
                     return False
     except FileNotFoundError:
         return False
-    return (out_dir / "__init__.py").exists()
+    return True
 
 
 def generate(proto_dir: Path = PROTO_DIR, out_dir: Path = OUT_DIR, force: bool = False) -> bool:
@@ -71,9 +75,6 @@ def generate(proto_dir: Path = PROTO_DIR, out_dir: Path = OUT_DIR, force: bool =
 
     protos = proto_files(proto_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "__init__.py").write_text(
-        '"""Generated protobuf code (python -m retina_exporter.proto_gen); do not edit, not committed."""\n'
-    )
     wkt_include = Path(grpc_tools.__file__).resolve().parent / "_proto"
     args = [
         "grpc_tools.protoc",
@@ -100,24 +101,34 @@ def generate(proto_dir: Path = PROTO_DIR, out_dir: Path = OUT_DIR, force: bool =
         for out in _outputs_for(proto, proto_dir, out_dir):
             init = out.parent / "__init__.py"
             if not init.exists():
-                init.write_text("")
+                init.write_text('"""Generated protobuf code (python -m retina_core.proto.generate); not committed."""\n')
             if out.exists():
+                _rewrite_imports(out, {p.relative_to(proto_dir).parts[0] for p in protos if p.parent != proto_dir})
                 out.touch()
     return True
 
 
+def _rewrite_imports(path: Path, proto_packages: set[str]) -> None:
+    """Rewrite protoc's path-based imports of our own generated modules into package imports (idempotent)."""
+    text = path.read_text()
+    new = re.sub(r"^from (%s)((?:\.\w+)*) import " % "|".join(map(re.escape, sorted(proto_packages))),
+                 lambda m: f"from {PACKAGE}.{m.group(1)}{m.group(2)} import ", text, flags=re.M)
+    if new != text:
+        path.write_text(new)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point: ``python -m retina_exporter.proto_gen [--force]``."""
+    """Command-line entry point: ``python -m retina_core.proto.generate [--force]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="regenerate even if the output looks up to date")
     args = parser.parse_args(argv)
     try:
         ran = generate(force=args.force)
     except ProtoGenError as exc:
-        print(f"proto_gen: {exc}", file=sys.stderr)
+        print(f"proto generate: {exc}", file=sys.stderr)
         return 1
     if ran:
-        print(f"proto_gen: generated {len(proto_files())} proto file(s) into {OUT_DIR}")
+        print(f"proto generate: generated {len(proto_files())} proto file(s) into {OUT_DIR}")
     return 0
 
 

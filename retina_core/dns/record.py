@@ -16,13 +16,13 @@ Field meanings:
 
 from __future__ import annotations
 
-from retina_exporter.dns.names import type_name
-from retina_exporter.dns.parser import Message
+from retina_core.dns.names import type_name
+from retina_core.dns.parser import Message
 
 __all__ = ["DnsRecord", "VERDICT_DNS"]
 
 # Retina's custom verdict for DNS flows (pkg/utils Verdict_DNS), which the metrics module dispatches on; converted
-# to Hubble's FORWARDED (with Type L7) by retina_exporter.flow.convert.
+# to Hubble's FORWARDED (with Type L7) by retina_core.convert.
 VERDICT_DNS = 16
 
 
