@@ -26,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from retina_core.telemetry import CONTROL_PLANE_PREFIX, METRIC_PREFIX
+
 HERE = Path(__file__).resolve().parent
 SCHEMA_VERSION = 39
 DS = {"type": "prometheus", "uid": "${datasource}"}
@@ -41,8 +43,8 @@ NR = N + ', source_podname!=""'  # remote context (source_/destination_ labels)
 RI = "$__rate_interval"
 RANGE = "$__range"
 
-M = "networkobservability_"
-CP = "controlplane_networkobservability_"
+M = METRIC_PREFIX
+CP = CONTROL_PLANE_PREFIX
 
 
 # ----------------------------------------------------------------------------------------------------------------

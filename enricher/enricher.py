@@ -22,9 +22,9 @@ The enricher is the single writer of its output ring.
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any, Literal
 
+from retina_core.worker import Worker
 from retina_core.ring import LostMarker, Ring
 from retina_core.telemetry import LOST_ENRICHER_RING
 
@@ -49,7 +49,7 @@ class EnricherLost(LostMarker):
         return f"EnricherLost(count={self.count})"
 
 
-class Enricher:
+class Enricher(Worker):
     """Input ring -> identities -> output ring, in one daemon thread.
 
     * ``batch_size``: records taken from the input ring per read.
@@ -76,6 +76,7 @@ class Enricher:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        super().__init__("enricher")
         self.cache = cache
         self.input = input_ring
         self.output = output_ring
@@ -84,9 +85,7 @@ class Enricher:
         self.wait_s = wait_s
         self.forward_lost = forward_lost
         self._reader = input_ring.reader(start)
-        self._stop = threading.Event()
         self._drain_to = 0  # input sequence number stop() asked to drain up to
-        self._thread: threading.Thread | None = None
         self.records = 0
         self.lost = 0
         self.batches = 0
@@ -94,30 +93,15 @@ class Enricher:
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the thread (once)."""
-        if self._thread is not None:
-            raise RuntimeError("enricher already started")
-        self._thread = threading.Thread(target=self._run, name="enricher", daemon=True)
-        self._thread.start()
-
     def stop(self, timeout_s: float = 5.0) -> bool:
         """Ask the thread to finish: it enriches and forwards what was in the input ring when ``stop`` was called
         (records written later are left), then exits. Waits up to ``timeout_s`` seconds; returns True if the thread
         has ended."""
         self._drain_to = self.input.total_written
-        self._stop.set()
-        self.input.notify_all()  # wake the reader if it waits; other readers just return early once
-        t = self._thread
-        if t is None:
-            return True
-        t.join(timeout_s)
-        return not t.is_alive()
+        return super().stop(timeout_s)
 
-    def alive(self) -> bool:
-        """True while the thread runs."""
-        t = self._thread
-        return t is not None and t.is_alive()
+    def _wake_thread(self) -> None:
+        self.input.notify_all()  # wake the reader if it waits; other readers just return early once
 
     @property
     def lag(self) -> int:

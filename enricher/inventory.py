@@ -39,7 +39,7 @@ import yaml
 
 from retina_core.identity import KIND_HOST, KIND_NODE, KIND_POD, KIND_SERVICE, Identity
 from retina_core.addr import ip_bytes, ip_text
-from enricher.source import PollingSource
+from enricher.base import PollingSource
 
 __all__ = ["Inventory", "InventoryError", "InventorySource", "parse_inventory", "parse_inventory_text"]
 

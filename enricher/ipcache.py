@@ -18,7 +18,6 @@ source registered (or first published) later wins.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -28,7 +27,7 @@ from retina_core.addr import ip_text
 from retina_core.identity import KIND_NODE, KIND_POD, KIND_SERVICE, WORLD, Identity
 
 if TYPE_CHECKING:
-    from enricher.source import Source
+    from enricher.base import Source
 
 __all__ = ["IPCache", "MAP_KINDS"]
 

@@ -7,16 +7,21 @@ Three informers (:class:`retina_core.kube.watch.Informer`) feed the cache:
   address is the node's) and pods that have finished (phase Succeeded/Failed: their sandbox is gone and the
   address may already be someone else's). Identity: namespace, pod name, labels, node and its zone, and the
   workloads ``((top kind, top name), (owner kind, owner name))`` from the controller ownerReference resolved one
-  level up for ReplicaSets (→ Deployment) and Jobs (→ CronJob); DaemonSets, StatefulSets and other owners are
-  the top themselves. The ReplicaSet/Job is fetched with a GET once and cached (``owner_cache_size`` entries,
-  ``owner_cache_ttl_s``), which costs one request per ReplicaSet on this node rather than a cluster-wide watch per
-  agent. When the GET fails for a transport reason, a ReplicaSet whose name is ``<deployment>-<pod-template-hash>``
-  is taken to belong to that Deployment meanwhile, and the lookup is retried in the background.
+  level up for ReplicaSets of group ``apps`` (→ Deployment) and Jobs of group ``batch`` (→ CronJob); DaemonSets,
+  StatefulSets and other owners are the top themselves. The ReplicaSet/Job is fetched with a GET once and cached
+  (``owner_cache_size`` entries, ``owner_cache_ttl_s``), which costs one request per ReplicaSet on this node rather
+  than a cluster-wide watch per agent. When the GET fails for a transport reason, a ReplicaSet whose name is
+  ``<deployment>-<pod-template-hash>`` is taken to belong to that Deployment meanwhile, and the lookup is retried
+  in the background.
 * **Services** (all namespaces): ``spec.clusterIPs`` (``clusterIP`` for old servers) unless ``None``,
   ``status.loadBalancer.ingress[].ip`` and ``spec.externalIPs``. A pod gets the name of the alphabetically first
   service of its namespace whose (non-empty) selector matches its labels.
 * **Nodes** (all): every ``InternalIP`` address; zone from ``topology.kubernetes.io/zone`` (or the deprecated
   ``failure-domain.beta.kubernetes.io/zone``). This agent's node gets kind ``host``, the others ``node``.
+
+The derivation itself (trimming, addresses, zones, owners, service selection, object -> identities) is
+:mod:`retina_core.kube.objects`, shared with the operator; owner GETs are
+:class:`retina_core.kube.owners.OwnerResolver`. This module keeps the informers, claims and cache updates.
 
 Cache updates: nothing is published until all three informers have listed once; then the whole picture is
 published in one snapshot (``IPCache.publish``) and ``status()["loaded"]`` turns True. After that every change is
@@ -32,202 +37,31 @@ the cache keeps the last good picture meanwhile; ``status()["error"]`` names the
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
+from retina_core.addr import ip_bytes
 from retina_core.identity import KIND_HOST, KIND_NODE, KIND_POD, KIND_SERVICE, Identity
+from retina_core.kube.objects import (OwnerUnresolved, creation_timestamp, index_service_selector, node_identities,
+                                      node_zone, pod_claims_addresses, pod_identities, pod_labels, pod_node,
+                                      pod_workloads, resource_version, selecting_service, service_identities,
+                                      service_selector, trim_node, trim_pod, trim_service)
+from retina_core.kube.owners import OwnerResolver
+
 from enricher.ipcache import IPCache
-from retina_core.addr import ip_bytes, ip_text
 
 __all__ = ["KubeConfigError", "KubernetesSource"]
 
 log = logging.getLogger(__name__)
 
-ZONE_LABELS = ("topology.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/zone")
-_PARENT_KINDS = {"ReplicaSet": "read_namespaced_replica_set", "Job": "read_namespaced_job"}
 _KINDS = (KIND_POD, KIND_SERVICE, KIND_NODE)
 
 
 class KubeConfigError(ValueError):
     """The Kubernetes client configuration cannot be loaded; ``str()`` is one line."""
-
-
-# -- object trimming (what the informers keep) -------------------------------------------------------------------
-
-
-def _meta(obj: Mapping[str, Any], *extra: str) -> dict[str, Any]:
-    m = obj.get("metadata") or {}
-    keep = ("name", "namespace", "uid", "resourceVersion", "labels", "creationTimestamp") + extra
-    return {k: m[k] for k in keep if k in m}
-
-
-def trim_pod(obj: dict[str, Any]) -> dict[str, Any]:
-    spec, st = obj.get("spec") or {}, obj.get("status") or {}
-    return {"metadata": _meta(obj, "ownerReferences", "deletionTimestamp"),
-            "spec": {k: spec[k] for k in ("nodeName", "hostNetwork") if k in spec},
-            "status": {k: st[k] for k in ("phase", "podIP", "podIPs") if k in st}}
-
-
-def trim_service(obj: dict[str, Any]) -> dict[str, Any]:
-    spec, st = obj.get("spec") or {}, obj.get("status") or {}
-    return {"metadata": _meta(obj),
-            "spec": {k: spec[k] for k in ("type", "clusterIP", "clusterIPs", "externalIPs", "selector") if k in spec},
-            "status": {"loadBalancer": (st.get("loadBalancer") or {})}}
-
-
-def trim_node(obj: dict[str, Any]) -> dict[str, Any]:
-    st = obj.get("status") or {}
-    return {"metadata": _meta(obj), "status": {"addresses": st.get("addresses") or []}}
-
-
-def _texts(values: Any) -> list[str]:
-    """Canonical text of every valid address in ``values`` (strings), in order, without duplicates."""
-    out: list[str] = []
-    for v in values or []:
-        if not isinstance(v, str) or not v or v == "None":
-            continue
-        try:
-            t = ip_text(ip_bytes(v.strip()))
-        except ValueError:
-            continue
-        if t not in out:
-            out.append(t)
-    return out
-
-
-def pod_ips(pod: Mapping[str, Any]) -> list[str]:
-    st = pod.get("status") or {}
-    ips = [p.get("ip") for p in st.get("podIPs") or [] if isinstance(p, Mapping)]
-    return _texts(ips or [st.get("podIP")])
-
-
-def service_ips(svc: Mapping[str, Any]) -> list[str]:
-    spec, st = svc.get("spec") or {}, svc.get("status") or {}
-    ips = list(spec.get("clusterIPs") or [spec.get("clusterIP")])
-    ips += [i.get("ip") for i in (st.get("loadBalancer") or {}).get("ingress") or [] if isinstance(i, Mapping)]
-    ips += list(spec.get("externalIPs") or [])
-    return _texts(ips)
-
-
-def node_ips(node: Mapping[str, Any]) -> list[str]:
-    addrs = (node.get("status") or {}).get("addresses") or []
-    return _texts([a.get("address") for a in addrs if isinstance(a, Mapping) and a.get("type") == "InternalIP"])
-
-
-def node_zone(node: Mapping[str, Any]) -> str:
-    labels = (node.get("metadata") or {}).get("labels") or {}
-    for k in ZONE_LABELS:
-        if labels.get(k):
-            return str(labels[k])
-    return ""
-
-
-def controller_ref(meta: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    refs = [r for r in meta.get("ownerReferences") or [] if isinstance(r, Mapping) and r.get("kind")]
-    for r in refs:
-        if r.get("controller"):
-            return r
-    return refs[0] if refs else None
-
-
-def _rv_int(obj: Mapping[str, Any]) -> int:
-    try:
-        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
-    except ValueError:
-        return 0
-
-
-# -- owner resolution --------------------------------------------------------------------------------------------
-
-
-class _Unresolved(Exception):
-    pass
-
-
-class OwnerResolver:
-    """Top owner of a ReplicaSet or Job, by GET, with an LRU+TTL cache. Thread-safe."""
-
-    def __init__(self, api_client: Any, size: int = 1024, ttl_s: float = 600.0, negative_ttl_s: float = 60.0,
-                 timeout_s: float = 5.0) -> None:
-        self.api_client = api_client
-        self.size = size
-        self.ttl_s = ttl_s
-        self.negative_ttl_s = negative_ttl_s
-        self.timeout_s = timeout_s
-        self._cache: OrderedDict[tuple[str, str, str], tuple[str, tuple[str, str] | None, float]] = OrderedDict()
-        self._lock = threading.Lock()
-        self.lookups = 0
-        self.failures = 0
-        self._apis: dict[str, Any] = {}
-
-    def _read(self, kind: str, ns: str, name: str) -> dict[str, Any] | None:
-        from kubernetes import client
-
-        if kind not in self._apis:
-            self._apis[kind] = (client.AppsV1Api if kind == "ReplicaSet" else client.BatchV1Api)(self.api_client)
-        fn = getattr(self._apis[kind], _PARENT_KINDS[kind])
-        self.lookups += 1
-        try:
-            resp = fn(name, ns, _preload_content=False, _request_timeout=(self.timeout_s, self.timeout_s))
-        except Exception as exc:  # noqa: BLE001
-            if getattr(exc, "status", None) == 404:
-                return None
-            self.failures += 1
-            raise _Unresolved(f"GET {kind} {ns}/{name}: {exc}") from None
-        try:
-            obj = json.loads(resp.data)
-            if not isinstance(obj, dict):
-                raise ValueError("not an object")
-            return obj
-        except ValueError as exc:
-            self.failures += 1
-            raise _Unresolved(f"GET {kind} {ns}/{name}: malformed answer ({exc})") from None
-        finally:
-            resp.release_conn()
-
-    def parent(self, kind: str, ns: str, name: str, uid: str | None) -> tuple[str, str] | None:
-        """The controller owner (kind, name) of the ``kind`` object ``ns/name`` (None: it has none, or it is gone).
-        Raises :class:`_Unresolved` when the API cannot tell right now."""
-        key = (kind, ns, name)
-        now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None and hit[2] > now and (not uid or not hit[0] or hit[0] == uid):
-                self._cache.move_to_end(key)
-                return hit[1]
-        obj = self._read(kind, ns, name)
-        if obj is None:
-            entry: tuple[str, tuple[str, str] | None, float] = (uid or "", None, now + self.negative_ttl_s)
-        else:
-            meta = obj.get("metadata") or {}
-            if uid and meta.get("uid") and meta["uid"] != uid:
-                parent = None  # same name, different object: the pod's owner is gone
-            else:
-                ref = controller_ref(meta)
-                parent = (str(ref["kind"]), str(ref.get("name", ""))) if ref else None
-            entry = (str(meta.get("uid") or uid or ""), parent, now + self.ttl_s)
-        with self._lock:
-            self._cache[key] = entry
-            self._cache.move_to_end(key)
-            while len(self._cache) > self.size:
-                self._cache.popitem(last=False)
-        return entry[1]
-
-    def __len__(self) -> int:
-        return len(self._cache)
-
-
-def guess_parent(kind: str, name: str, labels: Mapping[str, str]) -> tuple[str, str] | None:
-    """The Deployment a ReplicaSet most likely belongs to, from its name and the pod's ``pod-template-hash``."""
-    h = labels.get("pod-template-hash")
-    if kind == "ReplicaSet" and h and name.endswith("-" + h) and len(name) > len(h) + 1:
-        return ("Deployment", name[: -len(h) - 1])
-    return None
 
 
 # -- the source --------------------------------------------------------------------------------------------------
@@ -407,24 +241,19 @@ class KubernetesSource:
                 return
             svc, key = ev.obj, ev.key
             meta = svc["metadata"]
-            ns, name = meta.get("namespace", ""), meta.get("name", "")
-            before = dict(self._selectors.get(ns, {}))
+            ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
             if ev.type == "DELETED":
                 self._services.pop(key, None)
-                self._selectors.get(ns, {}).pop(name, None)
+                changed = index_service_selector(self._selectors, ns, name, None)
                 self._set_claims(KIND_SERVICE, key, {})
             else:
                 self._services[key] = svc
-                sel = (svc.get("spec") or {}).get("selector") or {}
-                if sel and isinstance(sel, Mapping):
-                    self._selectors.setdefault(ns, {})[name] = {str(k): str(v) for k, v in sel.items()}
-                else:
-                    self._selectors.get(ns, {}).pop(name, None)
-                ident = {ip: Identity(KIND_SERVICE, namespace=ns, service=name, ip=ip) for ip in service_ips(svc)}
-                self._set_claims(KIND_SERVICE, key, ident, _rv_int(svc), meta.get("creationTimestamp", ""))
-            if self._selectors.get(ns, {}) != before:
+                changed = index_service_selector(self._selectors, ns, name, service_selector(svc))
+                self._set_claims(KIND_SERVICE, key, service_identities(svc), resource_version(svc),
+                                 creation_timestamp(svc))
+            if changed:
                 for pkey, pod in self._pods.items():
-                    if pod["metadata"].get("namespace") == ns:
+                    if str(pod["metadata"].get("namespace", "")) == ns:
                         self._claim_pod(pkey)
             self._flush()
 
@@ -434,7 +263,7 @@ class KubernetesSource:
                 self._flush()
                 return
             node, key = ev.obj, ev.key
-            name = node["metadata"].get("name", "")
+            name = str(node["metadata"].get("name", ""))
             old_zone = node_zone(self._nodes[name]) if name in self._nodes else None
             if ev.type == "DELETED":
                 self._nodes.pop(name, None)
@@ -444,60 +273,40 @@ class KubernetesSource:
                 self._nodes[name] = node
                 zone = node_zone(node)
                 kind = KIND_HOST if name == self.node_name else KIND_NODE
-                ident = {ip: Identity(kind, node_name=name, zone=zone, ip=ip) for ip in node_ips(node)}
-                self._set_claims(KIND_NODE, key, ident, _rv_int(node), node["metadata"].get("creationTimestamp", ""))
+                self._set_claims(KIND_NODE, key, node_identities(node, kind), resource_version(node),
+                                 creation_timestamp(node))
             if zone != old_zone:
                 for pkey, pod in self._pods.items():
-                    if (pod.get("spec") or {}).get("nodeName") == name:
+                    if pod_node(pod) == name:
                         self._claim_pod(pkey)
             self._flush()
 
     # -- identities and claims (under self._lock) --------------------------------------------------------------
 
+    def _parent_of(self, kind: str, ns: str, name: str, uid: str | None) -> tuple[str, str] | None:
+        try:
+            return self.owners.parent(kind, ns, name, uid)
+        except OwnerUnresolved as exc:
+            log.debug("enrichment kubernetes: %s", exc)
+            raise
+
     def _workloads(self, pod: Mapping[str, Any]) -> tuple[tuple[tuple[str, str], ...], bool]:
         """The pod's workloads and whether they are final (False: a lookup failed, retry later). No lock held."""
-        meta = pod.get("metadata") or {}
-        ref = controller_ref(meta)
-        if ref is None:
-            return (), True
-        direct = (str(ref["kind"]), str(ref.get("name", "")))
-        top: tuple[str, str] | None = None
-        complete = True
-        if direct[0] in _PARENT_KINDS and (str(ref.get("apiVersion", "")).split("/")[0] in ("apps", "batch")):
-            try:
-                top = self.owners.parent(direct[0], meta.get("namespace", ""), direct[1], ref.get("uid"))
-            except _Unresolved as exc:
-                log.debug("enrichment kubernetes: %s", exc)
-                top = guess_parent(direct[0], direct[1], meta.get("labels") or {})
-                complete = False
-        if top is None or top == direct:
-            return (direct,), complete
-        return (top, direct), complete
+        return pod_workloads(pod, self._parent_of)
 
     def _claim_pod(self, key: str) -> None:
         pod = self._pods.get(key)
         if pod is None:
             return
-        meta, spec = pod["metadata"], pod.get("spec") or {}
-        phase = (pod.get("status") or {}).get("phase")
-        if spec.get("hostNetwork") or phase in ("Succeeded", "Failed"):
+        if not pod_claims_addresses(pod):
             self._set_claims(KIND_POD, key, {})
             return
-        ns, name = meta.get("namespace", ""), meta.get("name", "")
-        labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
-        service = ""
-        for sname in sorted(self._selectors.get(ns, {})):
-            sel = self._selectors[ns][sname]
-            if all(labels.get(k) == v for k, v in sel.items()):
-                service = sname
-                break
-        node = spec.get("nodeName", "")
-        zone = node_zone(self._nodes[node]) if node in self._nodes else ""
-        label_list = tuple(f"{k}={v}" for k, v in labels.items())
-        workloads = self._pod_workloads.get(key, ())
-        ident = {ip: Identity(KIND_POD, namespace=ns, pod_name=name, labels=label_list, workloads=workloads,
-                              service=service, node_name=node, zone=zone, ip=ip) for ip in pod_ips(pod)}
-        self._set_claims(KIND_POD, key, ident, _rv_int(pod), meta.get("creationTimestamp", ""))
+        ns = str(pod["metadata"].get("namespace", ""))
+        node = pod_node(pod)
+        ident = pod_identities(pod, zone=node_zone(self._nodes[node]) if node in self._nodes else "",
+                               service=selecting_service(self._selectors.get(ns), pod_labels(pod)),
+                               workloads=self._pod_workloads.get(key, ()))
+        self._set_claims(KIND_POD, key, ident, resource_version(pod), creation_timestamp(pod))
 
     def _set_claims(self, kind: str, key: str, idents: Mapping[str, Identity], rv: int = 0, created: str = "") -> None:
         """Make ``key``'s claims in ``kind`` exactly ``idents`` (text address -> identity)."""

@@ -29,7 +29,7 @@ from typing import Any
 
 from retina_core.identity import KIND_POD, Identity
 from retina_core.addr import ip_bytes
-from enricher.source import PollingSource
+from enricher.base import PollingSource
 
 __all__ = ["NetnsSource", "list_named_netns", "list_process_netns", "own_netns", "read_addresses"]
 

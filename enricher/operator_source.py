@@ -51,24 +51,14 @@ from typing import Any
 from retina_core.identity import KIND_HOST, KIND_NODE, KIND_POD, KIND_SERVICE, Identity
 from enricher.ipcache import IPCache
 from retina_core.addr import ip_bytes, ip_text
-from retina_core.units import ConfigError, parse_duration
+from retina_core.units import ConfigError
+from enricher.config import DEFAULT_OPERATOR_ADDRESS, EnrichmentConfig
 
-__all__ = ["CHANNEL_OPTIONS", "DEFAULT_ADDRESS", "OPTION_KEYS", "OperatorSource", "source_from_options"]
+__all__ = ["CHANNEL_OPTIONS", "DEFAULT_ADDRESS", "OperatorSource", "source_from_config"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ADDRESS = "retina-operator:9090"
-
-#: ``enrichment.<key>`` options of this source (besides ``source: operator``).
-OPTION_KEYS: tuple[str, ...] = (
-    "operatorAddress",
-    "operatorTLS",
-    "operatorCAFile",
-    "operatorCertFile",
-    "operatorKeyFile",
-    "operatorServerName",
-    "operatorStartTimeout",
-)
+DEFAULT_ADDRESS = DEFAULT_OPERATOR_ADDRESS
 
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_time_ms", 20_000),  # ping the operator every 20 s, even on a quiet stream ...
@@ -502,34 +492,10 @@ class OperatorSource:
 # -- construction from the configuration --------------------------------------------------------------------------
 
 
-def source_from_options(options: Mapping[str, Any] | None, node_name: str) -> OperatorSource:
-    """An :class:`OperatorSource` from the ``enrichment`` section (keys :data:`OPTION_KEYS`; others are ignored
-    here, the caller checks for unknown keys). Raises :class:`ConfigError` with a one-line message."""
-    options = dict(options or {})
-
-    def string(key: str, default: str | None) -> str | None:
-        v = options.get(key)
-        if v is None or v == "":
-            return default
-        if not isinstance(v, str):
-            raise ConfigError(f"enrichment.{key}: expected a string, got {type(v).__name__}")
-        return v
-
-    address = string("operatorAddress", DEFAULT_ADDRESS) or DEFAULT_ADDRESS
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"enrichment.operatorAddress: {address!r} is not host:port (e.g. {DEFAULT_ADDRESS})")
-    tls = options.get("operatorTLS", False)
-    if not isinstance(tls, bool):
-        raise ConfigError(f"enrichment.operatorTLS: expected true or false, got {tls!r}")
-    start_timeout_s = 10.0
-    if options.get("operatorStartTimeout") is not None:
-        try:
-            start_timeout_s = parse_duration(options["operatorStartTimeout"]) / 1e9
-        except ConfigError as exc:
-            raise ConfigError(f"enrichment.operatorStartTimeout: {exc}") from None
-        if start_timeout_s < 0:
-            raise ConfigError("enrichment.operatorStartTimeout: must not be negative")
-    return OperatorSource(node_name, address, tls=tls, ca_file=string("operatorCAFile", None),
-                          cert_file=string("operatorCertFile", None), key_file=string("operatorKeyFile", None),
-                          server_name=string("operatorServerName", None), start_timeout_s=start_timeout_s)
+def source_from_config(cfg: EnrichmentConfig, node_name: str) -> OperatorSource:
+    """An :class:`OperatorSource` from the parsed ``enrichment`` section. Raises :class:`ConfigError` with a
+    one-line message (an unreadable TLS file, a certificate without its key)."""
+    return OperatorSource(node_name, cfg.operator_address, tls=cfg.operator_tls, ca_file=cfg.operator_ca_file or None,
+                          cert_file=cfg.operator_cert_file or None, key_file=cfg.operator_key_file or None,
+                          server_name=cfg.operator_server_name or None,
+                          start_timeout_s=cfg.operator_start_timeout_ns / 1e9)

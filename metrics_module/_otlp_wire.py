@@ -29,6 +29,7 @@ import re
 import struct
 from collections.abc import Iterable
 from typing import Any, NamedTuple
+from retina_core.protowire import read_varint, tag, varint
 
 __all__ = [
     "HistogramValue",
@@ -63,29 +64,11 @@ class HistogramValue(NamedTuple):
 # -- primitives ------------------------------------------------------------------------------------------------
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-_SMALL_VARINTS = tuple(_varint(i) for i in range(1 << 14))  # every length below 16 KiB
-
-
-def _vlen(n: int) -> bytes:
-    return _SMALL_VARINTS[n] if n < 16384 else _varint(n)
-
-
-def _tag(field: int, wire_type: int) -> bytes:
-    return _varint((field << 3) | wire_type)
 
 
 def _ld(field: int, payload: bytes) -> bytes:
     """A length-delimited field."""
-    return _tag(field, 2) + _vlen(len(payload)) + payload
+    return tag(field, 2) + varint(len(payload)) + payload
 
 
 def _utf8(text: str) -> bytes:
@@ -97,7 +80,7 @@ def _any_value(value: Any) -> bytes:
     if isinstance(value, bool):
         return b"\x10" + (b"\x01" if value else b"\x00")
     if isinstance(value, int) and -(2**63) <= value < 2**63:
-        return b"\x18" + _varint(value & 0xFFFFFFFFFFFFFFFF)
+        return b"\x18" + varint(value & 0xFFFFFFFFFFFFFFFF)
     if isinstance(value, float):
         return b"\x21" + _pack_f64(value)
     return _ld(1, _utf8(str(value)))
@@ -127,12 +110,12 @@ def _label_attributes(tag: bytes, pairs: Iterable[tuple[str, str]]) -> bytes:
                 keys[k] = kb
         if v.__class__ is str:
             vb = v.encode("utf-8", "replace")
-            av = b"\x0a" + _vlen(len(vb)) + vb
+            av = b"\x0a" + varint(len(vb)) + vb
         else:
             av = _any_value(v)
-        kv = kb + b"\x12" + _vlen(len(av)) + av
+        kv = kb + b"\x12" + varint(len(av)) + av
         out.append(tag)
-        out.append(_vlen(len(kv)))
+        out.append(varint(len(kv)))
         out.append(kv)
     return b"".join(out)
 
@@ -202,13 +185,13 @@ def _fields(buf: bytes):
     """(field number, value) of a protobuf message: varints as int, length-delimited as bytes; fixed skipped."""
     i, n = 0, len(buf)
     while i < n:
-        key, i = _read_varint(buf, i)
+        key, i = read_varint(buf, i)
         field, wire_type = key >> 3, key & 7
         if wire_type == 0:
-            value, i = _read_varint(buf, i)
+            value, i = read_varint(buf, i)
             yield field, value
         elif wire_type == 2:
-            size, i = _read_varint(buf, i)
+            size, i = read_varint(buf, i)
             yield field, bytes(buf[i:i + size])
             i += size
         elif wire_type == 1:
@@ -221,17 +204,6 @@ def _fields(buf: bytes):
         raise ValueError("truncated protobuf message")
 
 
-def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
-    shift = result = 0
-    while True:
-        if i >= len(buf):
-            raise ValueError("truncated varint")
-        b = buf[i]
-        i += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, i
-        shift += 7
 
 
 # -- the encoder -----------------------------------------------------------------------------------------------
@@ -287,10 +259,10 @@ class _Requests:
             self._parts = []
             return
         data_len = self._psize + len(self._trailer)
-        body_len = len(self._head) + len(self._data_tag) + len(_vlen(data_len)) + data_len
-        self._metrics.append([_vlen(body_len), self._head, self._data_tag, _vlen(data_len), self._parts,
+        body_len = len(self._head) + len(self._data_tag) + len(varint(data_len)) + data_len
+        self._metrics.append([varint(body_len), self._head, self._data_tag, varint(data_len), self._parts,
                               self._trailer])
-        self._metrics_size += 1 + len(_vlen(body_len)) + body_len
+        self._metrics_size += 1 + len(varint(body_len)) + body_len
         self._parts = []
         self._psize = 0
 
@@ -298,8 +270,8 @@ class _Requests:
         if not self._metrics:
             return
         scope_len = len(self.scope) + self._metrics_size
-        rm_len = len(self.resource) + 1 + len(_vlen(scope_len)) + scope_len
-        pieces = [b"\x0a", _vlen(rm_len), self.resource, b"\x12", _vlen(scope_len), self.scope]
+        rm_len = len(self.resource) + 1 + len(varint(scope_len)) + scope_len
+        pieces = [b"\x0a", varint(rm_len), self.resource, b"\x12", varint(scope_len), self.scope]
         for body_vlen, head, data_tag, data_vlen, parts, trailer in self._metrics:
             pieces += (b"\x12", body_vlen, head, data_tag, data_vlen)
             pieces += parts
@@ -399,7 +371,7 @@ class OtlpEncoder:
             head = old.get(labels)
             if head is None:
                 body = _label_attributes(b"\x3a", _label_pairs(labels))
-                head = _DP + _vlen(len(body) + _POINT_TAIL) + body
+                head = _DP + varint(len(body) + _POINT_TAIL) + body
             new[labels] = head
             n = len(head) + _POINT_TAIL
             if not out.room(size, n):
@@ -425,7 +397,7 @@ class OtlpEncoder:
             if entry is None or value < entry[1]:  # new series, or a reset
                 start = later_start
                 body = _label_attributes(b"\x3a", _label_pairs(labels))
-                head = _DP + _vlen(len(body) + 9 + _POINT_TAIL) + body + _T_START + _pack_u64(start)
+                head = _DP + varint(len(body) + 9 + _POINT_TAIL) + body + _T_START + _pack_u64(start)
                 entry = [head, value]
             else:
                 entry[1] = value
@@ -465,10 +437,10 @@ class OtlpEncoder:
                 entry[0], time_field,
                 b"\x21", _pack_u64(int(value.count)),  # count, fixed64, field 4
                 b"\x29", _pack_f64(float(value.sum)),  # sum, double, field 5
-                b"\x32", _vlen(len(counts)), counts,  # bucket_counts, packed fixed64, field 6
-                (b"\x3a" + _vlen(len(bounds)) + bounds) if bounds else b"",  # explicit_bounds, field 7
+                b"\x32", varint(len(counts)), counts,  # bucket_counts, packed fixed64, field 6
+                (b"\x3a" + varint(len(bounds)) + bounds) if bounds else b"",  # explicit_bounds, field 7
             ))
-            point = _DP + _vlen(len(body)) + body
+            point = _DP + varint(len(body)) + body
             if not out.room(0, len(point)):
                 out.split()
             out.parts.append(point)

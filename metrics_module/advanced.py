@@ -55,7 +55,6 @@ per metric (updates that would create more are dropped and counted in
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -80,29 +79,23 @@ from retina_core.record import (
     OBS_FROM_ENDPOINT,
     OBS_FROM_NETWORK,
     OBS_TO_ENDPOINT,
+    VERDICT_DNS,
     VERDICT_DROPPED,
     VERDICT_FORWARDED,
+    VERDICT_TCP_RETRANSMISSION,
 )
+from retina_core.telemetry import CONTROL_PLANE_PREFIX, METRIC_PREFIX
 
 __all__ = [
     "AdvancedMetrics",
-    "DNSInfo",
-    "DROP_REASON_NAMES",
     "FLAG_LABELS",
-    "PREFIX",
-    "CONTROL_PLANE_PREFIX",
-    "VERDICT_DNS",
-    "VERDICT_TCP_RETRANSMISSION",
 ]
 
-PREFIX = "networkobservability_"
-CONTROL_PLANE_PREFIX = "controlplane_networkobservability_"
 EXPIRED_METRICS_COUNTER = CONTROL_PLANE_PREFIX + "expired_metrics_counter"
 SERIES_OVERFLOW_COUNTER = CONTROL_PLANE_PREFIX + "metrics_series_overflow_counter"
 
 UNKNOWN = "unknown"
-VERDICT_TCP_RETRANSMISSION = 15  # Retina's custom verdicts (utils.Verdict_RETRANSMISSION / Verdict_DNS)
-VERDICT_DNS = 16
+UNKNOWN_DROP_REASON = "UNKNOWN_DROP"  # a DROPPED record whose reader did not name the reason
 API_SERVER_ENDPOINT = "kubernetes-apiserver"  # Retina's pseudo-pod kubernetes-apiserver/kubernetes-apiserver
 
 #: Maximum cached plans per verdict before the cache is emptied (it refills on the next records).
@@ -113,16 +106,6 @@ SIDE_CACHE_MAX = 65_536
 
 #: adv_tcpflags_count ``flag`` values, in the order series are created for one record.
 FLAG_LABELS = ("FIN", "SYN", "SYNACK", "ACK", "RST", "PSH", "URG", "ECE", "CWR", "NS")
-
-#: Retina's drop reasons (``pkg/metrics/types_linux.go``), by the dropreason plugin's code.
-DROP_REASON_NAMES = {
-    0: "IPTABLE_RULE_DROP",
-    1: "IPTABLE_NAT_DROP",
-    2: "TCP_CONNECT_BASIC",
-    3: "TCP_ACCEPT_BASIC",
-    4: "TCP_CLOSE_BASIC",
-    5: "CONNTRACK_ADD_DROP",
-}
 
 DNS_RCODES = ("NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED")
 
@@ -139,29 +122,6 @@ _HELP = {
     "adv_dns_request_count": "Total number of DNS query packets",
     "adv_dns_response_count": "Total number of DNS response packets",
 }
-
-
-def default_drop_reason_name(code: int) -> str:
-    return DROP_REASON_NAMES.get(code, "UNKNOWN_DROP")
-
-
-class DNSInfo:
-    """What a DNS record carries for adv_dns_* (the dns plugin sets it as the record's ``dns`` attribute).
-
-    ``is_response``: QR bit; ``rcode``: response code number; ``qtypes``: query type names (``"A"``,
-    ``"AAAA"`` …); ``query``: the queried name; ``ips``: answer addresses as text; ``num_answers``: ANCOUNT.
-    """
-
-    __slots__ = ("is_response", "rcode", "qtypes", "query", "ips", "num_answers")
-
-    def __init__(self, is_response: bool, query: str, qtypes: tuple[str, ...] = (), rcode: int = 0,
-                 ips: tuple[str, ...] = (), num_answers: int = 0) -> None:
-        self.is_response = is_response
-        self.query = query
-        self.qtypes = tuple(qtypes)
-        self.rcode = rcode
-        self.ips = tuple(ips)
-        self.num_answers = num_answers
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -256,7 +216,7 @@ class AdvMetric:
                  side_spec: Callable[[str, tuple[str, ...], tuple[str, ...]], SideSpec] = SideSpec) -> None:
         self.option = option
         self.name = name
-        self.full_name = PREFIX + name
+        self.full_name = METRIC_PREFIX + name
         self.help = _HELP[name]
         self.kind = option.kind
         self.mtype = "counter" if self.kind == KIND_DNS else "gauge"  # as Retina
@@ -463,7 +423,7 @@ class _Pipeline:
         plan: list = [rec.source, rec.destination, [], [], [], []]
         emissions = self._emissions(rec)
         if emissions:
-            reason = self.owner.drop_reason_name(rec.drop_reason) if self.use_reason else ""
+            reason = (rec.drop_reason_name or UNKNOWN_DROP_REASON) if self.use_reason else ""
             reply = "true" if rec.is_reply else "false"
             for m in self.metrics:
                 for direction, side in emissions:
@@ -534,13 +494,11 @@ class AdvancedMetrics:
         host_interfaces_observed: bool,
         remote_context: bool = False,
         clock: Callable[[], float] = time.monotonic,
-        drop_reason_name: Callable[[int], str] = default_drop_reason_name,
     ) -> None:
         self.node_name = node_name
         self.host_interfaces_observed = host_interfaces_observed
         self.local = not remote_context
         self.clock = clock
-        self.drop_reason_name = drop_reason_name
         self.lock = threading.Lock()
         self.expired: dict[str, int] = {}
         """Series removed by TTL, by family name without prefix (``adv_forward_count``)."""
@@ -640,7 +598,7 @@ class AdvancedMetrics:
                         p.add(rec, now)
 
     def _add_dns(self, rec: Any, now: float) -> None:
-        info = getattr(rec, "dns", None)
+        info = rec.l7
         if info is None:
             return
         allowed = self.pod_allowed

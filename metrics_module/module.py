@@ -16,7 +16,6 @@ text is rendered once and cached), not to the number of records.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -25,6 +24,7 @@ from metrics_module.advanced import AdvancedMetrics
 from retina_core.metricsconfig import MetricsConfiguration
 from metrics_module.exposition import Family, render as render_text, render_openmetrics
 from metrics_module.registry import FamilyRegistry
+from retina_core.worker import Worker
 from retina_core.ring import LostMarker, Ring
 
 __all__ = ["MetricsModule"]
@@ -35,7 +35,7 @@ LOST_TYPE = "buffered_channel"
 LOST_REASON = "metricModule"
 
 
-class MetricsModule:
+class MetricsModule(Worker):
     """``MetricsModule(ring, telemetry, config, node_name, host_interfaces_observed, remote_context)``.
 
     * ``ring``: the output ring of flow records (read from its oldest record when :meth:`start` is called).
@@ -74,8 +74,7 @@ class MetricsModule:
         )
         self._own_registry = registry is None
         self.registry = registry if registry is not None else FamilyRegistry()
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        super().__init__("metrics-module")
         self._reader = None
         self.records_processed = 0
         self.records_lost = 0
@@ -119,25 +118,14 @@ class MetricsModule:
 
     def start(self) -> None:
         """Start the reader thread (no-op without a ring or when already running)."""
-        if self.ring is None or self._thread is not None:
+        if self.ring is None or self.alive():
             return
-        self._stop.clear()
         self._reader = self.ring.reader("oldest")
-        self._thread = threading.Thread(target=self._run, name="metrics-module", daemon=True)
-        self._thread.start()
+        super().start()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        thread = self._thread
-        if thread is None:
-            return
-        self._stop.set()
-        self.ring.notify_all()
-        thread.join(timeout)
-        self._thread = None
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+    def _wake_thread(self) -> None:
+        if self.ring is not None:
+            self.ring.notify_all()
 
     def _run(self) -> None:
         reader = self._reader

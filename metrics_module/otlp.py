@@ -41,7 +41,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from metrics_module._otlp_transport import (
@@ -56,6 +56,11 @@ from metrics_module._otlp_transport import (
 from metrics_module._otlp_wire import DEFAULT_MAX_REQUEST_BYTES, HistogramValue, OtlpEncoder
 from metrics_module.exposition import Family
 from retina_core.version import __version__
+from retina_core.telemetry import CONTROL_PLANE_PREFIX
+from retina_core.worker import Worker
+
+if TYPE_CHECKING:
+    from metrics_module.otlpconfig import OtlpConfig
 
 __all__ = [
     "COMPRESSIONS",
@@ -73,9 +78,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_PREFIX = "controlplane_networkobservability_"
-EXPORTS_COUNTER = _PREFIX + "otlp_exports_counter"
-FAILURES_COUNTER = _PREFIX + "otlp_export_failures_counter"
+EXPORTS_COUNTER = CONTROL_PLANE_PREFIX + "otlp_exports_counter"
+FAILURES_COUNTER = CONTROL_PLANE_PREFIX + "otlp_export_failures_counter"
 
 #: Endpoint used when none is given, per protocol.
 DEFAULT_ENDPOINTS = {"grpc": "http://localhost:4317", "http/protobuf": "http://localhost:4318/v1/metrics"}
@@ -174,7 +178,7 @@ def check_settings(
     return target.url
 
 
-class OtlpExporter:
+class OtlpExporter(Worker):
     """Pushes ``families_source()`` to an OTLP receiver every ``interval_s`` from its own thread.
 
     Raises ValueError for a bad setting (endpoint, protocol, headers, unreadable TLS files) at construction.
@@ -262,34 +266,34 @@ class OtlpExporter:
         self._warned_types: set[tuple[str, str]] = set()
 
         self._export_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__("otlp-exporter")
+
+    @classmethod
+    def from_config(cls, families_source: Callable[[], Iterable[Family]], config: "OtlpConfig", *,
+                    node_name: str | None = None, **kwargs: Any) -> "OtlpExporter":
+        """An exporter from the parsed ``otlp`` section (:class:`metrics_module.otlpconfig.OtlpConfig`)."""
+        return cls(families_source, endpoint=config.endpoint or None, protocol=config.protocol,
+                   interval_s=config.interval_ns / 1e9, timeout_s=config.timeout_ns / 1e9,
+                   headers=dict(config.headers), insecure=config.insecure, ca_file=config.ca_file or None,
+                   cert_file=config.cert_file or None, key_file=config.key_file or None,
+                   compression=config.compression, node_name=node_name,
+                   resource_attributes=dict(config.resource_attributes), **kwargs)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the exporting thread (first export one interval from now). No-op when running."""
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="otlp-exporter", daemon=True)
-        self._thread.start()
+        if not self.alive():
+            super().start()
 
-    def stop(self, timeout_s: float | None = None) -> None:
+    def stop(self, timeout_s: float | None = None) -> bool:
         """Stop the thread; it makes a last export first when ``flush_on_stop`` and the last attempt did not fail.
         Waits at most ``timeout_s`` (default: twice the export timeout, plus a second)."""
-        thread = self._thread
-        self._stop.set()
-        if thread is not None:
-            thread.join(timeout_s if timeout_s is not None else 2 * self.timeout_s + 1)
-            if thread.is_alive():
-                log.warning("OTLP exporter thread did not stop in time; abandoning its export")
-        self._thread = None
+        ended = super().stop(timeout_s if timeout_s is not None else 2 * self.timeout_s + 1)
+        if not ended:
+            log.warning("OTLP exporter thread did not stop in time; abandoning its export")
         self._transport.close()
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return ended
 
     def _backoff(self, failures: int) -> float:
         delay = min(self.backoff_initial_s * 2 ** min(failures - 1, 30), self.backoff_max_s)
@@ -400,7 +404,7 @@ class OtlpExporter:
             "endpoint": self.target.url,
             "protocol": self.protocol,
             "interval_s": self.interval_s,
-            "running": self.running,
+            "running": self.alive(),
             "exports": self.exports,
             "failures": {r: n for r, n in self.failures.items() if n},
             "consecutive_failures": self.consecutive_failures,

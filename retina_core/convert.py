@@ -7,7 +7,7 @@ This runs at the edges only (gRPC ``GetFlows``, ``/debug/flows``), never per ker
 What is filled, and how it maps to Hubble/Cilium:
 
 * ``time`` from ``time_ns``; ``verdict``; ``Type = L3_L4``; ``node_name``.
-* ``IP``: text addresses (``socket.inet_ntop``) and ``ipVersion`` (IPv4 = 1, IPv6 = 2).
+* ``IP``: text addresses (:func:`retina_core.addr.ip_text_cached`) and ``ipVersion`` (IPv4 = 1, IPv6 = 2).
 * ``l4``: TCP (ports and all nine ``TCPFlags`` including ECE/CWR/NS), UDP (ports), ICMPv4/ICMPv6 (type, code).
 * ``event_type``: ``{type: 4 (trace), sub_type: 5 from-endpoint | 0 to-endpoint | 10 from-network |
   11 to-network}``; for a DROPPED verdict ``{type: 1 (drop), sub_type: drop reason code}``, and
@@ -50,7 +50,6 @@ and ``bytes + previously_observed_bytes`` bytes per flow.
 
 from __future__ import annotations
 
-import socket
 import struct
 from typing import Any
 
@@ -81,7 +80,10 @@ from retina_core.record import (
     VERDICT_DROPPED,
     FlowRecord,
 )
+from retina_core.addr import ip_text_cached
 from retina_core.dns.names import rcode_name
+from retina_core.dropreason import hubble_drop_reason
+from retina_core.protowire import varint
 from retina_core.dns.record import VERDICT_DNS
 from retina_core.proto import flow_pb2
 
@@ -306,27 +308,18 @@ STRUCT_TYPE_URL = "type.googleapis.com/google.protobuf.Struct"
 _pack_double = struct.Struct("<d").pack
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _number_entry_prefix(key: str) -> bytes:
     """Bytes of a Struct field entry ``key: <number>`` up to the 8 double bytes."""
     k = key.encode()
-    entry_len = 1 + len(_varint(len(k))) + len(k) + 2 + 9
-    return b"\x0a" + _varint(entry_len) + b"\x0a" + _varint(len(k)) + k + b"\x12\x09\x11"
+    entry_len = 1 + len(varint(len(k))) + len(k) + 2 + 9
+    return b"\x0a" + varint(entry_len) + b"\x0a" + varint(len(k)) + k + b"\x12\x09\x11"
 
 
 def _entry(key: str, value: bytes) -> bytes:
     """A Struct field entry ``key: <Value bytes>``."""
     k = key.encode()
-    body = b"\x0a" + _varint(len(k)) + k + b"\x12" + _varint(len(value)) + value
-    return b"\x0a" + _varint(len(body)) + body
+    body = b"\x0a" + varint(len(k)) + k + b"\x12" + varint(len(value)) + value
+    return b"\x0a" + varint(len(body)) + body
 
 
 _P_BYTES = _number_entry_prefix(EXT_KEY_BYTES)
@@ -335,7 +328,7 @@ _P_PREV_BYTES = _number_entry_prefix(EXT_KEY_PREV_BYTES)
 _P_FLAGS = tuple(_number_entry_prefix(name) for _i, name, _bit in _SINGLE_FLAG_INDEXES)
 _P_SYNACK = _number_entry_prefix("SYNACK")
 _REPORT_REASON_ENTRIES = tuple(
-    _entry(EXT_KEY_REPORT_REASON, b"\x1a" + _varint(len(r.encode())) + r.encode()) for r in REPORT_REASONS
+    _entry(EXT_KEY_REPORT_REASON, b"\x1a" + varint(len(r.encode())) + r.encode()) for r in REPORT_REASONS
 )
 
 
@@ -370,19 +363,19 @@ def _extensions_bytes(rec: FlowRecord, is_tcp: bool) -> bytes:
                 flag_parts.append(_P_SYNACK + _pack_double(synack))
         if any_set:
             inner = b"".join(flag_parts)
-            parts.append(_entry(EXT_KEY_PREV_TCP_FLAGS, b"\x2a" + _varint(len(inner)) + inner))
+            parts.append(_entry(EXT_KEY_PREV_TCP_FLAGS, b"\x2a" + varint(len(inner)) + inner))
     reason = rec.report_reason
     if 0 <= reason < len(_REPORT_REASON_ENTRIES):
         parts.append(_REPORT_REASON_ENTRIES[reason])
     else:
         r = str(reason).encode()
-        parts.append(_entry(EXT_KEY_REPORT_REASON, b"\x1a" + _varint(len(r)) + r))
+        parts.append(_entry(EXT_KEY_REPORT_REASON, b"\x1a" + varint(len(r)) + r))
     if rec.verdict == VERDICT_DROPPED:
-        parts.append(_drop_extension_bytes(rec.drop_reason))
+        parts.append(_drop_extension_bytes(rec.drop_reason_name))
     return b"".join(parts)
 
 
-_DNS_TYPE_ENTRIES = tuple(_entry(EXT_KEY_DNS_TYPE, b"\x1a" + _varint(len(t)) + t) for t in (b"QUERY", b"RESPONSE"))
+_DNS_TYPE_ENTRIES = tuple(_entry(EXT_KEY_DNS_TYPE, b"\x1a" + varint(len(t)) + t) for t in (b"QUERY", b"RESPONSE"))
 _P_NUM_RESPONSES = _number_entry_prefix(EXT_KEY_NUM_RESPONSES)
 
 
@@ -394,20 +387,10 @@ def _dns_extensions_bytes(dns: Any) -> bytes:
     return out
 
 
-def _hubble_drop_reason(code: int) -> int:
-    try:
-        from retina_exporter.plugins.dropreason.reasons import hubble_drop_reason
-    except ImportError:  # pragma: no cover - the plugin ships with the agent
-        return 0
-    return hubble_drop_reason(code)
-
-
-def _drop_extension_bytes(code: int) -> bytes:
+def _drop_extension_bytes(reason_name: str) -> bytes:
     """Retina's ``drop_reason`` extension key with the kernel's reason name (e.g. ``NETFILTER_DROP``)."""
-    from retina_exporter.plugins.dropreason.reasons import reason_name
-
-    name = reason_name(code).encode()
-    return _entry(EXT_KEY_DROP_REASON, b"\x1a" + _varint(len(name)) + name)
+    name = (reason_name or "UNKNOWN").encode()
+    return _entry(EXT_KEY_DROP_REASON, b"\x1a" + varint(len(name)) + name)
 
 
 def extensions_struct(rec: FlowRecord) -> struct_pb2.Struct:
@@ -467,10 +450,9 @@ def to_proto(rec: FlowRecord) -> Any:
         f.node_name = rec.node_name
 
     v6 = rec.ip_version == 6 or len(rec.src_ip) == 16
-    family = socket.AF_INET6 if v6 else socket.AF_INET
     ip = f.IP
-    ip.source = socket.inet_ntop(family, rec.src_ip)
-    ip.destination = socket.inet_ntop(family, rec.dst_ip)
+    ip.source = ip_text_cached(rec.src_ip)
+    ip.destination = ip_text_cached(rec.dst_ip)
     ip.ipVersion = flow_pb2.IPv6 if v6 else flow_pb2.IPv4
 
     proto = rec.proto
@@ -509,7 +491,7 @@ def to_proto(rec: FlowRecord) -> Any:
     if rec.verdict == VERDICT_DROPPED:
         # drop_reason keeps the kernel's skb_drop_reason code; drop_reason_desc (and the type column's
         # sub_type) get the closest Hubble DropReason; the kernel's name rides in the drop_reason extension.
-        hubble = _hubble_drop_reason(rec.drop_reason)
+        hubble = hubble_drop_reason(rec.drop_reason_name)
         f.event_type.type = MSG_TYPE_DROP
         f.event_type.sub_type = hubble
         f.drop_reason = rec.drop_reason

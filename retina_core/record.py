@@ -15,6 +15,9 @@ Units and encodings:
   the Ethernet frame without FCS, as the interface counters do.
 * ``packet_bytes``: this packet's own ``skb->len``; 0 for a sweep record, which accounts only for packets the
   kernel had not yet reported (``report_reason == "sweep"``/``"expired"``) and has no packet of its own.
+* ``drop_reason``/``drop_reason_name`` (DROPPED records): the kernel's ``enum skb_drop_reason`` code and its name
+  without the ``SKB_DROP_REASON_`` prefix (``"NETFILTER_DROP"``), both set by the reader that knows the running
+  kernel's table, so no consumer needs that table.
 * ``flag_counts``: per-flag packet counts over the same packets (tuple indexed by ``FLAG_NAMES``; the last entry
   counts packets that carried SYN and ACK together), or ``None`` for non-TCP records.
 """
@@ -28,14 +31,19 @@ OBS_FROM_NETWORK = 2  # host interface (uplink), TC ingress
 OBS_TO_NETWORK = 3  # host interface (uplink), TC egress
 OBS_NAMES = ("FROM_ENDPOINT", "TO_ENDPOINT", "FROM_NETWORK", "TO_NETWORK")
 
-# Traffic direction of the connection (from the first packet seen), shared with bpf (DIR_*).
+# Traffic direction of the connection (from the first packet seen), shared with bpf (DIR_*). A record always
+# carries the number; DIRECTION_LABELS gives the lower-case label value metrics use (``direction="ingress"``).
 DIR_UNKNOWN = 0
 DIR_INGRESS = 1
 DIR_EGRESS = 2
+DIRECTION_LABELS = ("unknown", "ingress", "egress")
 
-# Verdicts (Hubble flow.Verdict numbers).
+# Verdicts: Hubble flow.Verdict numbers, plus Retina's custom ones (pkg/utils Verdict_RETRANSMISSION, Verdict_DNS),
+# which the metrics module dispatches on; conversion to protobuf maps the custom ones to FORWARDED.
 VERDICT_FORWARDED = 1
 VERDICT_DROPPED = 2
+VERDICT_TCP_RETRANSMISSION = 15
+VERDICT_DNS = 16
 
 # TCP flag bits in ``tcp_flags`` (shared with bpf TCP_FLAG_*): the TCP header's flag byte, NS as bit 8.
 TCP_FIN = 0x01
@@ -85,6 +93,7 @@ class FlowRecord:
         "report_reason",
         "node_name",
         "drop_reason",
+        "drop_reason_name",
         # Filled by the enricher (issue 3); None until then.
         "source",
         "destination",
@@ -118,6 +127,7 @@ class FlowRecord:
         node_name: str = "",
         verdict: int = VERDICT_FORWARDED,
         drop_reason: int = 0,
+        drop_reason_name: str = "",
     ) -> None:
         self.time_ns = time_ns
         self.verdict = verdict
@@ -142,6 +152,7 @@ class FlowRecord:
         self.report_reason = report_reason
         self.node_name = node_name
         self.drop_reason = drop_reason
+        self.drop_reason_name = drop_reason_name
         self.source = None
         self.destination = None
         self.l7 = None
@@ -150,11 +161,6 @@ class FlowRecord:
     def previously_observed_packets(self) -> int:
         """Packets accounted for by this record besides its own packet (Hubble's extension key)."""
         return self.packets - 1 if self.packets > 0 else 0
-
-    @property
-    def dns(self):
-        """The DNS record in ``l7`` (None for other records): the name metrics_module.advanced reads."""
-        return self.l7
 
     @property
     def previously_observed_bytes(self) -> int:

@@ -6,7 +6,10 @@ from __future__ import annotations
 import threading
 from typing import Callable, Iterator
 
-PREFIX = "controlplane_networkobservability_"
+#: Prefix of every data metric (Retina's names).
+METRIC_PREFIX = "networkobservability_"
+#: Prefix of the agent's and operator's own metrics.
+CONTROL_PLANE_PREFIX = "controlplane_" + METRIC_PREFIX
 
 LOST_KERNEL = "kernel"
 LOST_BUFFERED_CHANNEL = "buffered_channel"
@@ -50,17 +53,17 @@ class ControlPlane:
 
     def families(self) -> Iterator[tuple]:
         yield (
-            PREFIX + "plugin_manager_failed_to_reconcile",
+            CONTROL_PLANE_PREFIX + "plugin_manager_failed_to_reconcile",
             "counter",
             "Number of times a plugin failed to start or reconcile",
             [((("reason", k),), v) for k, v in sorted(self.failed_reconcile.items())],
         )
         keys = sorted(set(self.lost_events) | set(self._lost_sources))
         yield (
-            PREFIX + "lost_events_counter",
+            CONTROL_PLANE_PREFIX + "lost_events_counter",
             "counter",
             "Number of events lost, by where they were lost (type) and who lost them (reason)",
             [((("type", t), ("reason", r)), self.lost_total(t, r)) for t, r in keys],
         )
-        yield (PREFIX + "parsed_packets_counter", "counter", "Number of packetparser events parsed",
+        yield (CONTROL_PLANE_PREFIX + "parsed_packets_counter", "counter", "Number of packetparser events parsed",
                [((), self.parsed_packets)])

@@ -19,7 +19,7 @@ from retina_exporter.plugins.manager import PluginManager
 from retina_core.ring import Ring
 from retina_exporter.server.http import AgentHTTPServer, json_response, parse_last, parse_since
 from retina_exporter.datapath.sysfs import ensure_bpffs, missing_capabilities
-from retina_core.telemetry import PREFIX, ControlPlane
+from retina_core.telemetry import CONTROL_PLANE_PREFIX, ControlPlane
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class Agent:
         self.metrics.register(self._pipeline_families)
 
         # Enrichment.
-        self.enrichment_on = cfg.enable_pod_level or cfg.enrichment_source != "none"
+        self.enrichment_on = cfg.enable_pod_level or cfg.enrichment.source != "none"
         self.cache = None
         self.source = None
         self.enricher = None
@@ -124,28 +124,9 @@ class Agent:
             from enricher.source import make_source
 
             self.cache = IPCache()
-            if cfg.enrichment_source != "none":
-                options = {"source": cfg.enrichment_source}
-                if cfg.enrichment_source == "inventory":
-                    options["inventoryFile"] = cfg.enrichment_inventory_file
-                elif cfg.enrichment_source == "netns":
-                    options["netnsFilter"] = list(cfg.enrichment_netns_filter)
-                elif cfg.enrichment_source == "operator":
-                    options["operatorAddress"] = cfg.enrichment_operator_address
-                    options["operatorTLS"] = cfg.enrichment_operator_tls
-                    for key, value in (("operatorCAFile", cfg.enrichment_operator_ca_file),
-                                       ("operatorCertFile", cfg.enrichment_operator_cert_file),
-                                       ("operatorKeyFile", cfg.enrichment_operator_key_file),
-                                       ("operatorServerName", cfg.enrichment_operator_server_name)):
-                        if value:
-                            options[key] = value
-                elif cfg.enrichment_source == "kubernetes":
-                    if cfg.enrichment_kubeconfig:
-                        options["kubeconfig"] = cfg.enrichment_kubeconfig
-                    if cfg.enrichment_kube_context:
-                        options["kubeContext"] = cfg.enrichment_kube_context
+            if cfg.enrichment.source != "none":
                 try:
-                    self.source = make_source(cfg.enrichment_source, options, cfg.node_name, self.telemetry)
+                    self.source = make_source(cfg.enrichment, cfg.node_name, self.telemetry)
                 except ConfigError as exc:
                     raise StartupError(str(exc)) from exc
             self.input_ring = Ring(cfg.output_ring_capacity)
@@ -155,25 +136,15 @@ class Agent:
         # Advanced (pod-level) metrics.
         self.metrics_module = None
         if cfg.enable_pod_level:
-            from retina_core.metricsconfig import parse_metrics_configuration
             from metrics_module.module import MetricsModule
 
-            mcfg = None
-            if cfg.metrics_configuration is not None:
-                mcfg = parse_metrics_configuration(cfg.metrics_configuration, remote_context=cfg.remote_context)
-                for warning in mcfg.warnings:
-                    log.warning("metricsConfiguration: %s", warning)
+            mcfg = cfg.metrics_configuration
+            for warning in mcfg.warnings if mcfg is not None else ():
+                log.warning("metricsConfiguration: %s", warning)
             self.metrics_module = MetricsModule(
                 self.ring, self.telemetry, mcfg, cfg.node_name, bool(cfg.host_interfaces),
                 remote_context=cfg.remote_context, registry=self.metrics,
             )
-            if "dropreason" in cfg.enabled_plugins:
-                try:  # kernel reason names (NETFILTER_DROP, NO_SOCKET, ...) for adv_drop_* labels
-                    from retina_exporter.plugins.dropreason.reasons import reason_name
-
-                    self.metrics_module.advanced.drop_reason_name = reason_name
-                except ImportError:
-                    pass
         self.config_reloads = 0
         self.config_reload_errors = 0
         self.ctx = PluginContext(config=cfg, flow_sink=SerializedSink(flow_sink), telemetry=self.telemetry,
@@ -187,7 +158,7 @@ class Agent:
         if self.kube_control is not None:
             self.metrics.register(self.kube_control.families)
         self.otlp = None
-        if cfg.otlp_enabled:
+        if cfg.otlp.enabled:
             from metrics_module.otlp import OtlpExporter
 
             if self.metrics_module is not None:
@@ -198,19 +169,12 @@ class Agent:
             else:
                 families = self.metrics.families
             try:
-                self.otlp = OtlpExporter(
-                    families, endpoint=cfg.otlp_endpoint or None, protocol=cfg.otlp_protocol,
-                    interval_s=cfg.otlp_interval_ns / 1e9, timeout_s=cfg.otlp_timeout_ns / 1e9,
-                    headers=dict(cfg.otlp_headers), insecure=cfg.otlp_insecure,
-                    ca_file=cfg.otlp_ca_file or None, cert_file=cfg.otlp_cert_file or None,
-                    key_file=cfg.otlp_key_file or None, compression=cfg.otlp_compression,
-                    service_version=__version__, node_name=cfg.node_name,
-                    resource_attributes=dict(cfg.otlp_resource_attributes),
-                    start_time_unix_nano=int(self.started_at * 1e9))
+                self.otlp = OtlpExporter.from_config(families, cfg.otlp, node_name=cfg.node_name,
+                                                     start_time_unix_nano=int(self.started_at * 1e9))
             except ValueError as exc:
                 raise StartupError(f"otlp: {exc}") from exc
             self.metrics.register(self.otlp.families)
-        self.http = AgentHTTPServer(cfg.api_server_host, cfg.api_server_port)
+        self.http = AgentHTTPServer(cfg.api_server.host, cfg.api_server.port)
         self._stopped = threading.Event()
         self._watch_thread: threading.Thread | None = None
         self._register_routes()
@@ -238,7 +202,7 @@ class Agent:
         reasons = self.manager.not_ready_reasons()
         if self.source is not None and not self.cache.loaded:
             err = self.source.status().get("error")
-            reasons.append(f"enrichment source {self.cfg.enrichment_source} not loaded" + (f": {err}" if err else ""))
+            reasons.append(f"enrichment source {self.cfg.enrichment.source} not loaded" + (f": {err}" if err else ""))
         if self.enricher is not None and not self.enricher.alive():
             reasons.append("enricher not running")
         if self.kube_control is not None:
@@ -280,10 +244,10 @@ class Agent:
         out = []
         if self.source is not None:
             errors = getattr(self.source, "reload_errors", 0)
-            out.append((PREFIX + "enrichment_reload_errors_counter", "counter",
+            out.append((CONTROL_PLANE_PREFIX + "enrichment_reload_errors_counter", "counter",
                         "Enrichment source reloads that failed (the last good cache was kept)",
-                        [((("source", self.cfg.enrichment_source),), errors)]))
-        out.append((PREFIX + "config_reload_errors_counter", "counter",
+                        [((("source", self.cfg.enrichment.source),), errors)]))
+        out.append((CONTROL_PLANE_PREFIX + "config_reload_errors_counter", "counter",
                     "Run-time reloads of metricsConfiguration that were rejected (the old one was kept)",
                     [((), self.config_reload_errors)]))
         return out
@@ -293,18 +257,14 @@ class Agent:
         """Re-read the config file; apply a changed ``metricsConfiguration``. Returns True when applied."""
         if self.config_path is None or self.metrics_module is None:
             return False
-        from retina_core.metricsconfig import parse_metrics_configuration
-
         try:
             new = load_config(self.config_path)
-            mcfg = None
-            if new.metrics_configuration is not None:
-                mcfg = parse_metrics_configuration(new.metrics_configuration, remote_context=self.cfg.remote_context)
         except ConfigError as exc:
             self.config_reload_errors += 1
             log.error("config reload rejected, keeping the running metricsConfiguration: %s", exc)
             return False
-        if new.metrics_configuration == self.cfg.metrics_configuration:
+        mcfg = new.metrics_configuration
+        if mcfg == self.cfg.metrics_configuration:
             return False
         if self.kube_control is not None:
             self.kube_control.set_file_configuration(mcfg)  # applied unless a MetricsConfiguration is in force
@@ -376,7 +336,7 @@ class Agent:
             self._watch_thread = threading.Thread(target=self._watch_config, args=(self._config_signature(),),
                                                   name="config-watch", daemon=True)
             self._watch_thread.start()
-        log.info("retina-exporter %s listening on %s:%d", __version__, self.cfg.api_server_host, self.http.port)
+        log.info("retina-exporter %s listening on %s:%d", __version__, self.cfg.api_server.host, self.http.port)
 
     def _stop_pipeline(self) -> None:
         if self.kube_control is not None:

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import ipaddress
 import logging
 import threading
 import time
@@ -58,6 +57,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from retina_core.units import ConfigError
+from retina_core.worker import Worker
+from retina_core.kube.objects import ANNOTATION, OBSERVE, is_observed, pod_claims_addresses, pod_ips
 
 __all__ = [
     "ANNOTATION",
@@ -77,8 +78,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ANNOTATION = "retina.sh"
-OBSERVE = "observe"
 OWNER_NAMESPACES = "annotations/namespaces"
 OWNER_PODS = "annotations/pods"
 MC_GROUP, MC_VERSION, MC_PLURAL = "retina.sh", "v1alpha1", "metricsconfigurations"
@@ -100,9 +99,6 @@ ANNOTATION_METRICS: tuple[str, ...] = (
 )
 #: Retina's context options under enableAnnotations (source and destination).
 ANNOTATION_LABELS: tuple[str, ...] = ("ip", "namespace", "podname", "workload")
-
-_FINISHED = ("Succeeded", "Failed")
-
 
 class KubeControlConfigError(ValueError):
     """The Kubernetes client configuration cannot be loaded; ``str()`` is one line."""
@@ -131,14 +127,6 @@ def supports_pod_include() -> bool:
     return any(f.name == "pods_include" for f in dataclasses.fields(MetricsConfiguration))
 
 
-def is_observed(obj: Mapping[str, Any] | None) -> bool:
-    """The object carries the annotation ``retina.sh: observe`` (exact value, as Retina)."""
-    if not obj:
-        return False
-    ann = (obj.get("metadata") or {}).get("annotations")
-    return isinstance(ann, Mapping) and ann.get(ANNOTATION) == OBSERVE
-
-
 def _trim_meta(obj: Mapping[str, Any]) -> dict[str, Any]:
     m = obj.get("metadata") or {}
     out = {k: m[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp") if k in m}
@@ -159,20 +147,6 @@ def trim_pod(obj: dict[str, Any]) -> dict[str, Any]:
             "status": {k: st[k] for k in ("phase", "podIP", "podIPs") if k in st}}
 
 
-def _pod_addresses(pod: Mapping[str, Any]) -> tuple[str, ...]:
-    st = pod.get("status") or {}
-    raw = [p.get("ip") for p in st.get("podIPs") or [] if isinstance(p, Mapping)] or [st.get("podIP")]
-    out: set[str] = set()
-    for text in raw:
-        if not isinstance(text, str) or not text.strip():
-            continue
-        try:
-            out.add(str(ipaddress.ip_address(text.strip())))
-        except ValueError:
-            continue
-    return tuple(sorted(out))
-
-
 class _PodView(NamedTuple):
     """What the control loop needs of a pod; equal views mean an update changed nothing that matters."""
 
@@ -184,10 +158,9 @@ class _PodView(NamedTuple):
 
 
 def _pod_view(pod: Mapping[str, Any]) -> _PodView:
-    meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
-    live = not spec.get("hostNetwork") and (pod.get("status") or {}).get("phase") not in _FINISHED
-    return _PodView(str(meta.get("namespace", "")), str(meta.get("name", "")), _pod_addresses(pod),
-                    is_observed(pod), live)
+    meta = pod.get("metadata") or {}
+    return _PodView(str(meta.get("namespace", "")), str(meta.get("name", "")), tuple(sorted(pod_ips(pod))),
+                    is_observed(pod), pod_claims_addresses(pod))
 
 
 def packetparser_filter(manager: Any) -> Any:
@@ -201,7 +174,7 @@ def packetparser_filter(manager: Any) -> Any:
 # -- the control loop --------------------------------------------------------------------------------------------
 
 
-class KubeControl:
+class KubeControl(Worker):
     """See the module docstring.
 
     * ``kube_config``: kubeconfig path, ``kubernetes.client.Configuration`` or ``ApiClient``, or None (in-cluster
@@ -265,8 +238,7 @@ class KubeControl:
         self._ns_observed: set[str] = set()
         self._pods: dict[str, _PodView] = {}
         self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__("kube-control")
 
         # What was done (reconcile thread).
         self.applied_from: str | None = None  # "annotations", "MetricsConfiguration/<name>", "config file"
@@ -316,9 +288,8 @@ class KubeControl:
 
     def start(self) -> None:
         """Reconcile once now (annotation mode: nothing observed yet), then start the informers and the loop."""
-        if self._thread is not None:
+        if self.alive():
             raise RuntimeError("kubernetes control already started")
-        self._stop.clear()
         if self.annotations:
             log.info("kubernetes control: annotation opt-in (retina.sh: observe) from %s; MetricsConfiguration "
                      "resources are ignored while enableAnnotations is on", self.server)
@@ -327,23 +298,17 @@ class KubeControl:
         self.reconcile()
         for inf in self.informers.values():
             inf.start()
-        self._thread = threading.Thread(target=self._run, name="kube-control", daemon=True)
-        self._thread.start()
+        super().start()
 
-    def stop(self, timeout_s: float = 5.0) -> None:
+    def stop(self, timeout_s: float = 5.0) -> bool:
         """Stop the informers and the loop (idempotent). The metrics module and the filter keep their state."""
         self._stop.set()
-        self._wake.set()
         for inf in self.informers.values():
             inf.stop(timeout_s)
-        t = self._thread
-        if t is not None and t is not threading.current_thread():
-            t.join(timeout_s)
-        self._thread = None
+        return super().stop(timeout_s)
 
-    def alive(self) -> bool:
-        t = self._thread
-        return t is not None and t.is_alive()
+    def _wake_thread(self) -> None:
+        self._wake.set()
 
     def kick(self) -> None:
         """Reconcile soon (e.g. after the plugins started, so the filter map gets its claims at once)."""
@@ -425,11 +390,11 @@ class KubeControl:
 
     def families(self) -> list[tuple]:
         """Control-plane families for /metrics (register with the agent's FamilyRegistry)."""
-        from retina_core.telemetry import PREFIX
+        from retina_core.telemetry import CONTROL_PLANE_PREFIX
 
         if self.annotations:
             return []
-        return [(PREFIX + "metricsconfiguration_rejected_counter", "counter",
+        return [(CONTROL_PLANE_PREFIX + "metricsconfiguration_rejected_counter", "counter",
                  "Accepted MetricsConfiguration resources this agent could not apply (the previous configuration "
                  "was kept)", [((), self.rejected)])]
 
@@ -676,7 +641,7 @@ def build_for_agent(agent: Any, kube_config: Any = None, **kwargs: Any) -> KubeC
     from retina_exporter.errors import StartupError
 
     cfg = agent.cfg
-    if cfg.enrichment_source not in ("kubernetes", "operator"):
+    if cfg.enrichment.source not in ("kubernetes", "operator"):
         if cfg.enable_annotations:
             log.warning("enableAnnotations needs the Kubernetes API (enrichment.source: kubernetes or operator); "
                         "without it nothing is observed")
@@ -685,8 +650,8 @@ def build_for_agent(agent: Any, kube_config: Any = None, **kwargs: Any) -> KubeC
     if mm is None and not cfg.enable_annotations:
         return None  # no pod-level metrics (enablePodLevel off): no MetricsConfiguration to apply
     if kube_config is None:
-        kube_config = getattr(cfg, "enrichment_kubeconfig", "") or None
-    context = getattr(cfg, "enrichment_kube_context", "") or None
+        kube_config = cfg.enrichment.kubeconfig or None
+    context = cfg.enrichment.kube_context or None
     try:
         return KubeControl(
             kube_config,

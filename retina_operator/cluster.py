@@ -13,8 +13,10 @@ Informers (:class:`retina_core.kube.watch.Informer`, cluster-wide, objects trimm
 * **Nodes**: every ``InternalIP``; zone from ``topology.kubernetes.io/zone``.
 * **Namespaces**: only their ``retina.sh`` annotation.
 
-Address extraction, trimming, zone and owner helpers are the agent's (:mod:`enricher.kubernetes`), so an address
-gets the same identity from the operator as from the agent's direct ``kubernetes`` source.
+Trimming, address extraction, zones, owner resolution, service selection and the object -> identity derivation
+are :mod:`retina_core.kube.objects`, shared with the agent's direct ``kubernetes`` source, so an address gets the
+same identity from the operator as from that source. The operator only supplies the owner lookup (its ReplicaSet
+and Job stores).
 
 Changes go through :class:`~retina_operator.ipmap.IpMap` (claims, precedence, address reuse) and the resulting
 deltas are appended to the :class:`~retina_operator.broadcast.DeltaLog`, all under :attr:`ClusterState.lock`, so
@@ -31,12 +33,17 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from retina_core.identity import KIND_NODE, KIND_POD, KIND_SERVICE, Identity
-from enricher.kubernetes import (controller_ref, guess_parent, node_ips, node_zone, pod_ips, service_ips, trim_node,
-                                 trim_pod, trim_service)
+from retina_core.identity import KIND_NODE, KIND_POD, KIND_SERVICE
+from retina_core.kube.objects import (ANNOTATION, OBSERVE, OWNER_GROUPS, OwnerUnresolved, controller_key,
+                                      controller_ref, creation_timestamp, index_service_selector, is_observed,
+                                      node_identities, node_zone, owner_parent, pod_claims_addresses,
+                                      pod_identities, pod_labels, pod_node, pod_workloads, resource_version,
+                                      selecting_service, service_identities, service_selector, trim_node, trim_pod,
+                                      trim_service)
+from retina_core.kube.watch import DELETED, SYNCED, Informer, WatchEvent
+
 from retina_operator.broadcast import DeltaLog
 from retina_operator.ipmap import Delta, Entry, IpMap
-from retina_core.kube.watch import DELETED, SYNCED, Informer, WatchEvent
 from retina_operator.wire import framed_delete, framed_upsert
 
 __all__ = ["ANNOTATION", "ClusterState", "INFORMER_NAMES", "OBSERVE", "trim_namespace", "trim_operator_pod",
@@ -44,9 +51,7 @@ __all__ = ["ANNOTATION", "ClusterState", "INFORMER_NAMES", "OBSERVE", "trim_name
 
 log = logging.getLogger(__name__)
 
-ANNOTATION = "retina.sh"
-OBSERVE = "observe"
-_OWNER_KINDS = {"ReplicaSet": "apps", "Job": "batch"}
+_OWNER_STORES = {"ReplicaSet": "replicasets", "Job": "jobs"}
 INFORMER_NAMES = ("pods", "services", "nodes", "namespaces", "replicasets", "jobs")
 
 
@@ -83,19 +88,8 @@ def trim_owner(obj: dict[str, Any]) -> dict[str, Any]:
                          if k in m}}
 
 
-def _rv(obj: Mapping[str, Any]) -> int:
-    try:
-        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
-    except (TypeError, ValueError):
-        return 0
-
-
 def _uid(obj: Mapping[str, Any], fallback: str) -> str:
     return str((obj.get("metadata") or {}).get("uid") or fallback)
-
-
-def _observed(meta: Mapping[str, Any]) -> bool:
-    return ((meta.get("annotations") or {}).get(ANNOTATION) or "").strip().lower() == OBSERVE
 
 
 class ClusterState:
@@ -243,7 +237,7 @@ class ClusterState:
         if node:
             self._pods_by_node.setdefault(node, set()).add(key)
         ref = controller_ref(meta)
-        if ref is not None and ref.get("kind") in _OWNER_KINDS:
+        if ref is not None and ref.get("kind") in OWNER_GROUPS:
             self._pods_by_owner.setdefault((meta.get("namespace", ""), str(ref["kind"]), str(ref.get("name", ""))),
                                            set()).add(key)
 
@@ -256,7 +250,7 @@ class ClusterState:
                 if not s:
                     del index[k]
         ref = controller_ref(meta)
-        if ref is not None and ref.get("kind") in _OWNER_KINDS:
+        if ref is not None and ref.get("kind") in OWNER_GROUPS:
             ok = (meta.get("namespace", ""), str(ref["kind"]), str(ref.get("name", "")))
             s = self._pods_by_owner.get(ok)
             if s is not None:
@@ -264,58 +258,34 @@ class ClusterState:
                 if not s:
                     del self._pods_by_owner[ok]
 
-    def _workloads(self, pod: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-        meta = pod.get("metadata") or {}
-        ref = controller_ref(meta)
-        if ref is None:
-            return ()
-        direct = (str(ref["kind"]), str(ref.get("name", "")))
-        top: tuple[str, str] | None = None
-        group = str(ref.get("apiVersion", "")).split("/")[0]
-        if _OWNER_KINDS.get(direct[0]) == group:
-            store = self.informers["replicasets" if direct[0] == "ReplicaSet" else "jobs"]
-            owner = store.get(f"{meta.get('namespace', '')}/{direct[1]}")
-            if owner is None:
-                top = guess_parent(direct[0], direct[1], meta.get("labels") or {})
-            elif not ref.get("uid") or _uid(owner, "") in ("", ref.get("uid")):
-                pref = controller_ref(owner.get("metadata") or {})
-                top = (str(pref["kind"]), str(pref.get("name", ""))) if pref else None
-        if top is None or top == direct:
-            return (direct,)
-        return (top, direct)
+    def _parent_of(self, kind: str, ns: str, name: str, uid: str | None) -> tuple[str, str] | None:
+        """:data:`retina_core.kube.objects.ParentOf` from the ReplicaSet/Job stores: an owner not (yet) in its
+        store is unresolved (the pod's workloads are guessed, and the pod is reclaimed when the owner shows up)."""
+        owner = self.informers[_OWNER_STORES[kind]].get(f"{ns}/{name}")
+        if owner is None:
+            raise OwnerUnresolved(f"{kind} {ns}/{name} not in the store")
+        return owner_parent(owner, uid)
 
-    def _selecting_service(self, ns: str, labels: Mapping[str, str]) -> str:
-        sels = self._selectors.get(ns)
-        if not sels:
-            return ""
-        for name in sorted(sels):
-            if all(labels.get(k) == v for k, v in sels[name].items()):
-                return name
-        return ""
+    def _workloads(self, pod: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+        return pod_workloads(pod, self._parent_of)[0]
 
     def _claim_pod(self, key: str) -> None:
         pod = self._pods.get(key)
         if pod is None:
             return
-        meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
         owner = (KIND_POD, _uid(pod, key))
-        phase = (pod.get("status") or {}).get("phase")
-        if spec.get("hostNetwork") or phase in ("Succeeded", "Failed"):
+        if not pod_claims_addresses(pod):
             self._set(owner, {}, 0, "")
             return
-        ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
-        labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
-        node = str(spec.get("nodeName") or "")
-        zone = node_zone(self._nodes[node]) if node in self._nodes else ""
-        label_list = tuple(f"{k}={v}" for k, v in labels.items())
-        workloads = self._workloads(pod)
-        service = self._selecting_service(ns, labels)
-        observed = _observed(meta) or ns in self._observed_ns
-        entries = {ip: Entry(KIND_POD, Identity(KIND_POD, namespace=ns, pod_name=name, labels=label_list,
-                                                workloads=workloads, service=service, node_name=node, zone=zone,
-                                                ip=ip), observed)
-                   for ip in pod_ips(pod)}
-        self._set(owner, entries, _rv(pod), str(meta.get("creationTimestamp") or ""),
+        meta = pod.get("metadata") or {}
+        ns = str(meta.get("namespace", ""))
+        node = pod_node(pod)
+        idents = pod_identities(pod, zone=node_zone(self._nodes[node]) if node in self._nodes else "",
+                                service=selecting_service(self._selectors.get(ns), pod_labels(pod)),
+                                workloads=self._workloads(pod))
+        observed = is_observed(pod) or ns in self._observed_ns
+        entries = {ip: Entry(KIND_POD, ident, observed) for ip, ident in idents.items()}
+        self._set(owner, entries, resource_version(pod), creation_timestamp(pod),
                   live=not meta.get("deletionTimestamp"))
 
     def _reclaim(self, keys: set[str] | None) -> None:
@@ -332,24 +302,16 @@ class ClusterState:
             svc, key = ev.obj or {}, ev.key
             meta = svc.get("metadata") or {}
             ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
-            before = dict(self._selectors.get(ns, {}))
             if ev.type == DELETED:
                 self._services.pop(key, None)
-                self._selectors.get(ns, {}).pop(name, None)
+                changed = index_service_selector(self._selectors, ns, name, None)
                 self._set((KIND_SERVICE, _uid(ev.old or svc, key)), {}, 0, "")
             else:
                 self._services[key] = svc
-                sel = (svc.get("spec") or {}).get("selector") or {}
-                if sel and isinstance(sel, Mapping):
-                    self._selectors.setdefault(ns, {})[name] = {str(k): str(v) for k, v in sel.items()}
-                else:
-                    self._selectors.get(ns, {}).pop(name, None)
-                entries = {ip: Entry(KIND_SERVICE, Identity(KIND_SERVICE, namespace=ns, service=name, ip=ip))
-                           for ip in service_ips(svc)}
-                self._set((KIND_SERVICE, _uid(svc, key)), entries, _rv(svc), str(meta.get("creationTimestamp") or ""))
-            if not self._selectors.get(ns):
-                self._selectors.pop(ns, None)
-            if self._selectors.get(ns, {}) != before:
+                changed = index_service_selector(self._selectors, ns, name, service_selector(svc))
+                entries = {ip: Entry(KIND_SERVICE, ident) for ip, ident in service_identities(svc).items()}
+                self._set((KIND_SERVICE, _uid(svc, key)), entries, resource_version(svc), creation_timestamp(svc))
+            if changed:
                 self._reclaim(self._pods_by_ns.get(ns))
 
     # nodes
@@ -369,10 +331,8 @@ class ClusterState:
             else:
                 self._nodes[name] = node
                 zone = node_zone(node)
-                entries = {ip: Entry(KIND_NODE, Identity(KIND_NODE, node_name=name, zone=zone, ip=ip))
-                           for ip in node_ips(node)}
-                self._set((KIND_NODE, _uid(node, key)), entries, _rv(node),
-                          str(node["metadata"].get("creationTimestamp") or ""))
+                entries = {ip: Entry(KIND_NODE, ident) for ip, ident in node_identities(node, KIND_NODE).items()}
+                self._set((KIND_NODE, _uid(node, key)), entries, resource_version(node), creation_timestamp(node))
             if (zone or "") != (old_zone or ""):
                 self._reclaim(self._pods_by_node.get(name))
 
@@ -386,7 +346,7 @@ class ClusterState:
             meta = (ev.obj or {}).get("metadata") or {}
             name = str(meta.get("name", ""))
             was = name in self._observed_ns
-            now = ev.type != DELETED and _observed(meta)
+            now = ev.type != DELETED and is_observed(ev.obj)
             if now:
                 self._observed_ns.add(name)
             else:
@@ -404,12 +364,9 @@ class ClusterState:
             meta = (ev.obj or {}).get("metadata") or {}
             key = (str(meta.get("namespace", "")), kind, str(meta.get("name", "")))
             if ev.type == DELETED:
-                parent = None
                 self._parents.pop(key, None)
             else:
-                ref = controller_ref(meta)
-                parent = (str(ref["kind"]), str(ref.get("name", ""))) if ref else None
-                state = (str(meta.get("uid", "")), parent)
+                state = (str(meta.get("uid", "")), controller_key(meta))
                 if self._parents.get(key) == state:
                     return  # a status update: the pods' workloads did not change
                 self._parents[key] = state

@@ -18,18 +18,17 @@ import threading
 import time
 from typing import Any
 
-from metrics_module.exposition import CONTENT_TYPE, render
+from retina_core.kube.client import describe_target, make_api_client
+
 from retina_operator.cluster import ClusterState
 from retina_operator.http import DebugHTTPServer, Response, json_response, text_response
-from retina_core.kube.client import describe_target, make_api_client
+from retina_operator.metrics import CONTENT_TYPE, OperatorCollector, make_registry, render
 from retina_operator.metricsconfig import MetricsConfigController
 from retina_operator.server import BindError, IpCacheServer, TlsError, TlsFiles
 
 __all__ = ["BindError", "Operator", "TlsError", "TlsFiles"]
 
 log = logging.getLogger(__name__)
-
-PREFIX = "retina_operator_"
 
 
 class Operator:
@@ -81,6 +80,7 @@ class Operator:
         self.shutdown_grace_s = shutdown_grace_s
         self.started_at: float | None = None
         self._stopped = False
+        self.registry = make_registry(OperatorCollector(self.stats, self._extra_informer_health))
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -199,50 +199,11 @@ class Operator:
             "metrics_configurations": self.metrics_config.status() if self.metrics_config is not None else None,
         }
 
-    def families(self) -> list[tuple]:
-        s = self.stats()
-        infs = s["informers"]
-        if self.metrics_config is not None:
-            infs = {**infs, "metricsconfigurations": self.metrics_config.informer.health()}
-
-        def per_informer(key: str) -> list:
-            return [((("informer", n),), int(h[key])) for n, h in sorted(infs.items())]
-
-        fams: list[tuple] = [
-            (PREFIX + "ready", "gauge", "1 once every informer has listed and agents are served",
-             [((), int(s["ready"]))]),
-            (PREFIX + "connected_agents", "gauge", "Agents with an open IpCache stream",
-             [((), s["connected_agents"])]),
-            (PREFIX + "agent_queue_depth_max", "gauge", "Updates waiting for the most lagging agent",
-             [((), max((a["queue_depth"] for a in s["agents"]), default=0))]),
-            (PREFIX + "agent_queue_capacity", "gauge", "Updates an agent may fall behind before it is disconnected",
-             [((), s["log"]["capacity"])]),
-            (PREFIX + "ipcache_entries", "gauge", "Addresses in the map, by owner kind",
-             [((("kind", k),), v) for k, v in sorted(s["entries_by_kind"].items())]),
-            (PREFIX + "ipcache_upserts_total", "counter", "Upserts produced by changes", [((), s["upserts_total"])]),
-            (PREFIX + "ipcache_deletes_total", "counter", "Deletes produced by changes", [((), s["deletes_total"])]),
-            (PREFIX + "ipcache_skipped_upserts_total", "counter",
-             "Changes that resolved to an identical entry (not sent)", [((), s["skipped_identical_upserts_total"])]),
-            (PREFIX + "updates_sent_total", "counter", "IpCacheUpdates sent to agents (snapshots, markers, deltas)",
-             [((), s["updates_sent_total"])]),
-            (PREFIX + "snapshots_sent_total", "counter", "Complete snapshots sent to agents",
-             [((), s["snapshots_sent_total"])]),
-            (PREFIX + "lagging_disconnects_total", "counter", "Agents disconnected for falling too far behind",
-             [((), s["lagging_disconnects_total"])]),
-            (PREFIX + "informer_synced", "gauge", "1 once the informer has listed", per_informer("synced")),
-            (PREFIX + "informer_errors_total", "counter", "Failed list/watch attempts", per_informer("failures")),
-            (PREFIX + "informer_relists_total", "counter", "Relists after 410 Gone (history compacted)",
-             per_informer("relists_gone")),
-            (PREFIX + "informer_resyncs_total", "counter", "Periodic full relists", per_informer("resyncs")),
-            (PREFIX + "informer_events_total", "counter", "Watch events received", per_informer("events")),
-        ]
-        mc = s["metrics_configurations"]
-        if mc is not None:
-            fams.append((PREFIX + "metricsconfiguration_status_writes_total", "counter",
-                         "MetricsConfiguration status updates written", [((), mc["status_writes"])]))
-            fams.append((PREFIX + "metricsconfiguration_status_write_failures_total", "counter",
-                         "MetricsConfiguration status updates that failed", [((), mc["status_write_failures"])]))
-        return fams
+    def _extra_informer_health(self) -> dict[str, dict[str, Any]]:
+        """Informers outside the address map, for ``/metrics``: the MetricsConfiguration one when it runs."""
+        if self.metrics_config is None:
+            return {}
+        return {"metricsconfigurations": self.metrics_config.informer.health()}
 
     def ipcache_json(self, ip: str | None = None) -> dict[str, Any]:
         st = self.state
@@ -284,7 +245,7 @@ class Operator:
             return json_response(self.stats())
 
         def metrics(_q: dict) -> Response:
-            return 200, CONTENT_TYPE, render(self.families()).encode()
+            return 200, CONTENT_TYPE, render(self.registry)
 
         def index(_q: dict) -> Response:
             return text_response("".join(f"{p}\n" for p in sorted(http.routes)))

@@ -32,5 +32,5 @@ def test_agent_config_in_values_is_valid(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(values["agent"]["config"]))
     cfg = load_config(str(path), env={})
-    assert cfg.enable_pod_level and cfg.enrichment_source == "operator"
-    assert cfg.api_server_port == 10093
+    assert cfg.enable_pod_level and cfg.enrichment.source == "operator"
+    assert cfg.api_server.port == 10093

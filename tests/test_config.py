@@ -10,9 +10,13 @@ import socket
 import pytest
 import yaml
 
+from enricher import EnrichmentConfig
+from metrics_module.otlpconfig import OtlpConfig
+from retina_core.metricsconfig import parse_metrics_configuration
 from retina_exporter.config import (
     KNOWN_PLUGINS,
     RETINA_IGNORED_KEYS,
+    ApiServerConfig,
     Config,
     ConfigError,
     env_var_name,
@@ -20,6 +24,8 @@ from retina_exporter.config import (
     load_config,
     parse_duration,
 )
+from retina_exporter.plugins.dropreason.config import DropReasonConfig
+from retina_exporter.plugins.tcpretrans.config import TcpRetransConfig
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "config.md"
 S = 1_000_000_000
@@ -48,8 +54,8 @@ def error_of(tmp_path: pathlib.Path, text: str, env: dict[str, str] | None = Non
 
 def test_defaults_without_file_or_env() -> None:
     cfg = load_config(None, {})
-    assert cfg.api_server_host == "0.0.0.0"
-    assert cfg.api_server_port == 10093
+    assert cfg.api_server.host == "0.0.0.0"
+    assert cfg.api_server.port == 10093
     assert cfg.enabled_plugins == ("dropreason", "packetforward", "linuxutil", "dns")
     assert cfg.enable_pod_level is False
     assert cfg.data_aggregation_level == "low"
@@ -76,7 +82,7 @@ def test_empty_file_and_null_values_mean_defaults(tmp_path: pathlib.Path) -> Non
 def test_config_is_frozen() -> None:
     cfg = Config()
     with pytest.raises(AttributeError):
-        cfg.api_server_port = 1  # type: ignore[misc]
+        cfg.api_server.port = 1  # type: ignore[misc]
 
 
 def test_env_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -84,7 +90,7 @@ def test_env_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RETINA_APISERVER_PORT", "9999")
     cfg = load_config(None)
     assert cfg.enable_pod_level is True
-    assert cfg.api_server_port == 9999
+    assert cfg.api_server.port == 9999
 
 
 # ------------------------------------------------------------------------------------------------ every key set
@@ -122,8 +128,6 @@ metricsConfiguration:
 def test_every_key_from_file(tmp_path: pathlib.Path) -> None:
     cfg = load_text(tmp_path, FULL)
     assert cfg == Config(
-        api_server_host="127.0.0.1",
-        api_server_port=9965,
         enabled_plugins=("dropreason", "packetparser", "dns"),
         enable_pod_level=True,
         data_aggregation_level="high",
@@ -138,10 +142,11 @@ def test_every_key_from_file(tmp_path: pathlib.Path) -> None:
         output_ring_capacity=1023,
         bpf_pin_path="/sys/fs/bpf/test",
         remote_context=True,
-        enrichment_source="inventory",
-        enrichment_inventory_file="/etc/retina/inventory.yaml",
-        metrics_configuration={"contextOptions": [{"metricName": "forward_count", "sourceLabels": ["ip", "podname"]}],
-                               "namespaces": {"include": ["default"]}},
+        metrics_configuration=parse_metrics_configuration(
+            {"contextOptions": [{"metricName": "forward_count", "sourceLabels": ["ip", "podname"]}],
+             "namespaces": {"include": ["default"]}}),
+        api_server=ApiServerConfig(host="127.0.0.1", port=9965),
+        enrichment=EnrichmentConfig(source="inventory", inventory_file="/etc/retina/inventory.yaml"),
     )
 
 
@@ -174,6 +179,16 @@ ENV_ALL = {
     "RETINA_ENRICHMENT_OPERATORCERTFILE": "/etc/c.pem",
     "RETINA_ENRICHMENT_OPERATORKEYFILE": "/etc/k.pem",
     "RETINA_ENRICHMENT_OPERATORSERVERNAME": "op",
+    "RETINA_ENRICHMENT_INVENTORYPOLLINTERVAL": "250ms",
+    "RETINA_ENRICHMENT_NETNSNAMESPACE": "lab",
+    "RETINA_ENRICHMENT_NETNSPROCESSES": "yes",
+    "RETINA_ENRICHMENT_NETNSPOLLINTERVAL": "3s",
+    "RETINA_ENRICHMENT_NETNSRESCANINTERVAL": "1m",
+    "RETINA_ENRICHMENT_NETNSDIR": "/var/run/netns",
+    "RETINA_ENRICHMENT_ZONE": "zone-1",
+    "RETINA_ENRICHMENT_KUBESTARTTIMEOUT": "20s",
+    "RETINA_ENRICHMENT_KUBERESYNCINTERVAL": "10m",
+    "RETINA_ENRICHMENT_OPERATORSTARTTIMEOUT": "0s",
     "RETINA_DROPREASON_SCOPE": "node",
     "RETINA_DROPREASON_IGNOREREASONS": "skb_drop_reason_not_specified,NO_SOCKET",
     "RETINA_TCPRETRANS_SCOPE": "node",
@@ -200,8 +215,6 @@ ENV_ALL = {
 def test_every_key_from_env() -> None:
     cfg = load_config(None, ENV_ALL)
     assert cfg == Config(
-        api_server_host="::1",
-        api_server_port=8080,
         enabled_plugins=("tcpretrans", "linuxutil"),
         enable_pod_level=True,
         data_aggregation_level="high",
@@ -216,34 +229,27 @@ def test_every_key_from_env() -> None:
         output_ring_capacity=1048575,
         bpf_pin_path="/run/bpf",
         remote_context=True,
-        enrichment_source="netns",
-        enrichment_inventory_file="/tmp/inv.yaml",
         metrics_interval_ns=2 * S,
-        enrichment_netns_filter=("pod-*", "web-*"),
-        enrichment_kubeconfig="/etc/kube/config",
-        enrichment_kube_context="prod",
-        enrichment_operator_address="op.kube-system:9090",
-        enrichment_operator_tls=True,
-        enrichment_operator_ca_file="/etc/ca.pem",
-        enrichment_operator_cert_file="/etc/c.pem",
-        enrichment_operator_key_file="/etc/k.pem",
-        enrichment_operator_server_name="op",
-        drop_reason_scope="node",
-        drop_reason_ignore=("NOT_SPECIFIED", "NO_SOCKET"),
-        tcp_retrans_scope="node",
         enable_conntrack_metrics=True,
         enable_annotations=True,
         bypass_lookup_ip_of_interest=True,
         filter_map_max_entries=255,
-        otlp_enabled=True,
-        otlp_endpoint="http://otel:4317",
-        otlp_interval_ns=15 * S,
-        otlp_timeout_ns=5 * S,
-        otlp_headers=(("authorization", "Bearer x"),),
-        otlp_insecure=True,
-        otlp_compression="none",
-        otlp_resource_attributes=(("k8s.cluster.name", "prod"),),
-        metrics_configuration={"contextOptions": [{"metricName": "drop_count", "sourceLabels": ["namespace"]}]},
+        metrics_configuration=parse_metrics_configuration(
+            {"contextOptions": [{"metricName": "drop_count", "sourceLabels": ["namespace"]}]}),
+        api_server=ApiServerConfig(host="::1", port=8080),
+        enrichment=EnrichmentConfig(
+            source="netns", inventory_file="/tmp/inv.yaml", inventory_poll_interval_ns=S // 4, netns_namespace="lab",
+            netns_filter=("pod-*", "web-*"), netns_processes=True, netns_poll_interval_ns=3 * S,
+            netns_rescan_interval_ns=60 * S, netns_dir="/var/run/netns", zone="zone-1", kubeconfig="/etc/kube/config",
+            kube_context="prod", kube_start_timeout_ns=20 * S, kube_resync_interval_ns=600 * S,
+            operator_address="op.kube-system:9090", operator_tls=True, operator_ca_file="/etc/ca.pem",
+            operator_cert_file="/etc/c.pem", operator_key_file="/etc/k.pem", operator_server_name="op",
+            operator_start_timeout_ns=0),
+        drop_reason=DropReasonConfig(scope="node", ignore_reasons=("NOT_SPECIFIED", "NO_SOCKET")),
+        tcp_retrans=TcpRetransConfig(scope="node"),
+        otlp=OtlpConfig(enabled=True, endpoint="http://otel:4317", interval_ns=15 * S, timeout_ns=5 * S,
+                        headers=(("authorization", "Bearer x"),), insecure=True, compression="none",
+                        resource_attributes=(("k8s.cluster.name", "prod"),)),
     )
 
 
@@ -266,7 +272,7 @@ def test_empty_and_unrelated_env_vars_are_ignored(tmp_path: pathlib.Path) -> Non
         "RETINA_SERVICE_HOST": "10.0.0.1",
     }
     cfg = load_text(tmp_path, "apiServer:\n  port: 7000\n", env)
-    assert cfg.api_server_port == 7000
+    assert cfg.api_server.port == 7000
     assert cfg.log_level == "info"
     assert cfg.warnings == ()
 
@@ -363,8 +369,8 @@ def test_bad_bool_in_file(tmp_path: pathlib.Path) -> None:
 
 
 def test_api_server(tmp_path: pathlib.Path) -> None:
-    assert load_text(tmp_path, "apiServer: {port: 1}\n").api_server_port == 1
-    assert load_text(tmp_path, "apiServer: {port: '65535'}\n").api_server_port == 65535
+    assert load_text(tmp_path, "apiServer: {port: 1}\n").api_server.port == 1
+    assert load_text(tmp_path, "apiServer: {port: '65535'}\n").api_server.port == 65535
     path = write(tmp_path, "apiServer:\n  port: 70000\n")
     with pytest.raises(ConfigError) as info:
         load_config(path, {})
@@ -396,7 +402,7 @@ def test_env_error_wins_over_valid_file_and_vice_versa(tmp_path: pathlib.Path) -
     message = error_of(tmp_path, "apiServer: {port: 8080}\n", {"RETINA_APISERVER_PORT": "0"})
     assert "from environment variable RETINA_APISERVER_PORT" in message
     # A bad file value overridden from the environment is not used, so it is not an error.
-    assert load_text(tmp_path, "apiServer: {port: 0}\n", {"RETINA_APISERVER_PORT": "81"}).api_server_port == 81
+    assert load_text(tmp_path, "apiServer: {port: 0}\n", {"RETINA_APISERVER_PORT": "81"}).api_server.port == 81
 
 
 def test_data_aggregation_level(tmp_path: pathlib.Path) -> None:
@@ -619,13 +625,12 @@ def test_unknown_key_suggestions(tmp_path: pathlib.Path, text: str, key: str, su
 def test_unknown_key_without_match_lists_known_keys(tmp_path: pathlib.Path) -> None:
     message = error_of(tmp_path, "zzz: 1\n")
     assert message.endswith(
-        ": unknown key 'zzz'; known keys: apiServer, enabledPlugin, enablePodLevel, dataAggregationLevel, "
+        ": unknown key 'zzz'; known keys: enabledPlugin, enablePodLevel, dataAggregationLevel, "
         "dataSamplingRate, conntrackReportInterval, conntrackMapSize, packetParserRingBufferSize, enableTCX, "
-        "hostInterfaces, nodeName, logLevel, outputRingCapacity, bpfPinPath, remoteContext, enrichment, "
-        "metricsIntervalDuration, dropReason, tcpRetrans, enableConntrackMetrics, enableAnnotations, "
-        "bypassLookupIPOfInterest, "
-        "filterMapMaxEntries, otlp, "
-        "metricsConfiguration, metricsInterval"
+        "hostInterfaces, nodeName, logLevel, outputRingCapacity, bpfPinPath, remoteContext, "
+        "metricsIntervalDuration, enableConntrackMetrics, enableAnnotations, bypassLookupIPOfInterest, "
+        "filterMapMaxEntries, metricsConfiguration, apiServer, enrichment, dropReason, tcpRetrans, otlp, "
+        "metricsInterval"
     )
     assert error_of(tmp_path, "apiServer: {zzz: 1}\n").endswith(
         ": unknown key 'apiServer.zzz'; known keys: apiServer.host, apiServer.port"
@@ -778,10 +783,13 @@ def test_to_dict_defaults() -> None:
         "outputRingCapacity": 4095,
         "bpfPinPath": "/sys/fs/bpf/retina",
         "remoteContext": False,
-        "enrichment": {"source": "none", "inventoryFile": "", "kubeconfig": "", "kubeContext": "",
+        "enrichment": {"source": "none", "inventoryFile": "", "inventoryPollInterval": "1s", "netnsNamespace": "netns",
+                       "netnsFilter": ["*"], "netnsProcesses": False, "netnsPollInterval": "2s",
+                       "netnsRescanInterval": "10s", "netnsDir": "/run/netns", "zone": "", "kubeconfig": "",
+                       "kubeContext": "", "kubeStartTimeout": "10s", "kubeResyncInterval": "5m",
                        "operatorAddress": "retina-operator:9090", "operatorTLS": False, "operatorCAFile": "",
                        "operatorCertFile": "", "operatorKeyFile": "", "operatorServerName": "",
-                       "netnsFilter": ["*"]},
+                       "operatorStartTimeout": "10s"},
         "metricsIntervalDuration": "10s",
         "dropReason": {"scope": "all", "ignoreReasons": ["NOT_DROPPED_YET", "CONSUMED", "NOT_SPECIFIED"]},
         "tcpRetrans": {"scope": "all"},
@@ -834,7 +842,7 @@ def test_docs_list_every_key_env_var_and_ignored_key() -> None:
 
 def test_yaml_merge_key_may_be_overridden(tmp_path: pathlib.Path) -> None:
     cfg = load_text(tmp_path, "apiServer:\n  <<: {host: h1, port: 1}\n  port: 2\n")
-    assert (cfg.api_server_host, cfg.api_server_port) == ("h1", 2)
+    assert (cfg.api_server.host, cfg.api_server.port) == ("h1", 2)
 
 
 def test_inventory_source_needs_a_file() -> None:

@@ -244,8 +244,9 @@ def test_catalog_sources_are_agent_plugins():
 def _records():
     """One record of each verdict the adv metrics count, between two pods (and a DNS query and response)."""
     from retina_core.identity import Identity
-    from metrics_module.advanced import VERDICT_DNS, VERDICT_TCP_RETRANSMISSION, DNSInfo
-    from retina_core.record import DIR_EGRESS, DIR_INGRESS, OBS_FROM_ENDPOINT, FlowRecord
+    from retina_core.dns import DnsRecord
+    from retina_core.record import (DIR_EGRESS, DIR_INGRESS, OBS_FROM_ENDPOINT, VERDICT_DNS,
+                                    VERDICT_TCP_RETRANSMISSION, FlowRecord)
 
     a = Identity("pod", namespace="shop", pod_name="web-1", labels=("app=web",), workloads=(("Deployment", "web"),),
                  service="web", node_name="n", zone="z", ip="10.0.0.5")
@@ -255,9 +256,9 @@ def _records():
     out = []
     for verdict, proto, direction, dns in ((1, 6, DIR_EGRESS, None), (2, 6, DIR_EGRESS, None),
                                            (VERDICT_TCP_RETRANSMISSION, 6, DIR_EGRESS, None),
-                                           (VERDICT_DNS, 17, DIR_EGRESS, DNSInfo(False, "db.", ("A",))),
+                                           (VERDICT_DNS, 17, DIR_EGRESS, DnsRecord(False, "db.", ("A",))),
                                            (VERDICT_DNS, 17, DIR_INGRESS,
-                                            DNSInfo(True, "db.", ("A",), 3, (), 0))):
+                                            DnsRecord(True, "db.", ("A",), rcode=3))):
         r = FlowRecord(0, 4, ip("10.0.0.5"), ip("10.0.0.6"), proto, 40000, 53 if dns else 80,
                        obs_point=OBS_FROM_ENDPOINT, direction=direction, is_reply=False, packets=1, bytes=60,
                        flag_counts=(0, 1, 0, 0, 0, 0, 0, 0, 0, 0) if verdict == 1 else None, verdict=verdict,

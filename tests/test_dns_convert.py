@@ -85,7 +85,7 @@ def test_summary_multiple_qtypes_and_empty_answer():
 
 def test_l3_records_unchanged():
     rec = FlowRecord(T, 4, socket.inet_aton("10.0.0.1"), socket.inet_aton("10.0.0.2"), 17, 1000, 2000)
-    assert rec.l7 is None and rec.dns is None
+    assert rec.l7 is None
     f = to_proto(rec)
     assert f.Type == flow_pb2.L3_L4 and not f.HasField("l7") and f.Summary == "UDP" and f.event_type.type == 4
     assert "dns_type" not in extensions_struct(rec)
@@ -94,4 +94,4 @@ def test_l3_records_unchanged():
 def test_record_alias_for_metrics_module():
     dns = from_wire(Q)
     rec = record(dns)
-    assert rec.dns is dns and dns.is_response is False and dns.qtypes == ("A",)
+    assert rec.l7 is dns and dns.is_response is False and dns.qtypes == ("A",)

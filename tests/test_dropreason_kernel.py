@@ -8,6 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from retina_core import dropreason
+from retina_core.record import DIRECTION_LABELS
+
 from metrics_module.registry import FamilyRegistry
 from retina_exporter.datapath import btf as btfmod
 from retina_exporter.errors import StartupError
@@ -156,17 +159,17 @@ def test_reason_table_of_the_running_kernel(table):
     ("SOCKET_CLOSE", reasons.HINT_RECEIVED, "ingress"),
 ])
 def test_direction_rules(name, hint, expected):
-    assert reasons.direction_of(name, hint) == expected
+    assert DIRECTION_LABELS[reasons.direction_of(name, hint)] == expected
 
 
 def test_hubble_mapping(table):
-    assert table.hubble(table.code("NETFILTER_DROP")) == reasons.HUBBLE_POLICY_DENIED == 133
+    assert table.hubble(table.code("NETFILTER_DROP")) == dropreason.HUBBLE_POLICY_DENIED == 133
     assert table.hubble(table.code("IP_CSUM")) == 134
     assert table.hubble(table.code("IP_OUTNOROUTES")) == 169
     assert table.hubble(table.code("NO_SOCKET")) == 0
     from retina_core.proto import flow_pb2
 
-    for code in set(reasons.HUBBLE_BY_NAME.values()):  # every number we produce is a named Hubble reason
+    for code in set(dropreason.HUBBLE_BY_NAME.values()):  # every number we produce is a named Hubble reason
         assert flow_pb2.DropReason.Name(code)
 
 

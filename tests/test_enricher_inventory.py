@@ -15,7 +15,7 @@ from enricher.inventory import InventoryError, InventorySource, parse_inventory,
 from enricher.ipcache import IPCache
 from retina_core.addr import ip_bytes
 from enricher.netns import NetnsSource
-from enricher.source import PollingSource, Source, make_source
+from enricher import PollingSource, Source, make_source, parse_enrichment
 from retina_core.units import ConfigError
 from retina_core.telemetry import ControlPlane
 
@@ -308,46 +308,55 @@ def test_zone_follows_the_node(started):
 
 def test_make_source_inventory(inv_file):
     tel = ControlPlane()
-    src = make_source("inventory", {"source": "inventory", "inventoryFile": str(inv_file),
-                                    "inventoryPollInterval": "250ms"}, "node-a", tel)
+    src = make_source(parse_enrichment({"source": "inventory", "inventoryFile": str(inv_file),
+                                        "inventoryPollInterval": "250ms"}), "node-a", tel)
     assert isinstance(src, InventorySource)
     assert src.path == str(inv_file) and src.interval_s == 0.25 and src.node_name == "node-a"
     assert src.telemetry is tel and src.name == "inventory"
 
 
 def test_make_source_netns():
-    src = make_source("netns", {"netnsFilter": ["pod-*", "app-?"], "netnsPollInterval": 0.5,
-                                "netnsRescanInterval": "1m", "netnsNamespace": "lab", "zone": "z"}, "n", None)
+    src = make_source(parse_enrichment({"source": "netns", "netnsFilter": ["pod-*", "app-?"], "netnsPollInterval": 0.5,
+                                        "netnsRescanInterval": "1m", "netnsNamespace": "lab", "zone": "z"}), "n", None)
     assert isinstance(src, NetnsSource)
     assert src.patterns == ("pod-*", "app-?") and src.interval_s == 0.5 and src.rescan_interval_s == 60
     assert src.namespace == "lab" and src.zone == "z" and src.node_name == "n" and src.include_processes is False
-    default = make_source("netns", None, "n", None)
+    default = make_source(parse_enrichment({"source": "netns"}), "n", None)
     assert default.patterns == ("*",) and default.interval_s == 2.0 and default.rescan_interval_s == 10.0
     assert default.namespace == "netns" and default.netns_dir == "/run/netns"
 
 
-@pytest.mark.parametrize("kind,options,message", [
-    ("kubernetes", {"kubeconfig": "/nonexistent/kubeconfig"},
+@pytest.mark.parametrize("options,message", [
+    ({"source": "kubernetes", "kubeconfig": "/nonexistent/kubeconfig"},
      "enrichment.kubeconfig: kubernetes source: cannot load the kubeconfig /nonexistent/kubeconfig: "
      "Invalid kube-config file. No configuration found."),
-    ("nosuch", {}, "enrichment.source: 'nosuch' is not a known source; use inventory, netns, kubernetes, operator"),
-    ("crictl", {}, "enrichment.source: 'crictl' is not a known source; use inventory, netns, kubernetes, operator"),
-    ("inventory", {}, "enrichment.inventoryFile: required (a YAML file path) when enrichment.source is "
-                      "'inventory'"),
-    ("inventory", {"inventoryFile": "/x", "inventoryPollInterval": "0s"},
-     "enrichment.inventoryPollInterval: must be longer than 0, not '0s'"),
-    ("netns", {"netnsFilter": []}, "enrichment.netnsFilter: expected a glob or a non-empty list of globs"),
-    ("netns", {"netnsProcesses": "yes"}, "enrichment.netnsProcesses: expected true or false, got 'yes'"),
-    ("netns", {"netnsNamespace": 3}, "enrichment.netnsNamespace: expected a string, got int"),
+    ({"source": "nosuch"}, "enrichment.source: invalid value 'nosuch' in the enrichment options; accepted: none, "
+                           "inventory, netns, kubernetes, operator"),
+    ({"source": "inventory"}, "enrichment.inventoryFile: required when enrichment.source is 'inventory'; "
+                              "accepted: the path of an inventory YAML file"),
+    ({"source": "inventory", "inventoryFile": "/x", "inventoryPollInterval": "0s"},
+     "enrichment.inventoryPollInterval: invalid value '0s' in the enrichment options: below the minimum of 1ns; "
+     "accepted: a duration longer than 0 such as '2s' or '500ms'"),
+    ({"source": "netns", "netnsFilter": []}, "enrichment.netnsFilter: invalid value [] in the enrichment options: "
+     "empty list; accepted: a list (or comma-separated string) of glob patterns of network namespace names"),
+    ({"source": "netns", "netnsProcesses": "maybe"}, "enrichment.netnsProcesses: invalid value 'maybe' in the "
+     "enrichment options; accepted: true, false (also 1/0, yes/no)"),
+    ({"source": "netns", "netnsNamespace": ""}, "enrichment.netnsNamespace: invalid value '' in the enrichment "
+     "options; accepted: a non-empty namespace name"),
 ])
-def test_make_source_errors(kind, options, message):
+def test_make_source_errors(options, message):
     with pytest.raises(ConfigError) as e:
-        make_source(kind, options, "n", None)
+        make_source(parse_enrichment(options), "n", None)
     assert str(e.value) == message
 
 
+def test_make_source_without_a_source():
+    with pytest.raises(ConfigError, match=r"^enrichment\.source: 'none' has no source to build"):
+        make_source(parse_enrichment({}), "n", None)
+
+
 def test_make_source_bad_duration_and_unknown_key():
-    with pytest.raises(ConfigError, match=r"^enrichment\.netnsPollInterval: invalid duration 'soon'"):
-        make_source("netns", {"netnsPollInterval": "soon"}, "n", None)
-    with pytest.raises(ConfigError, match=r"^enrichment\.inventoryfile: unknown key \(known: source, "):
-        make_source("inventory", {"inventoryfile": "/x"}, "n", None)
+    with pytest.raises(ConfigError, match=r"^enrichment\.netnsPollInterval: invalid value 'soon' .*: not a duration"):
+        parse_enrichment({"source": "netns", "netnsPollInterval": "soon"})
+    with pytest.raises(ConfigError, match=r"^enrichment\.inventoryfile: unknown key \(known: "):
+        parse_enrichment({"source": "inventory", "inventoryfile": "/x"})

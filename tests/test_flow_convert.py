@@ -266,7 +266,8 @@ def test_dropped_record_event_type_and_reason():
     from retina_exporter.plugins.dropreason.reasons import kernel_table
 
     code = kernel_table().code("NETFILTER_DROP")
-    rec = tcp_synack_record(verdict=VERDICT_DROPPED, drop_reason=code, tcp_flags=TCP_SYN, is_reply=None)
+    rec = tcp_synack_record(verdict=VERDICT_DROPPED, drop_reason=code, drop_reason_name="NETFILTER_DROP", tcp_flags=TCP_SYN,
+                            is_reply=None)
     f = to_proto(rec)
     assert f.verdict == flow_pb2.DROPPED
     assert (f.event_type.type, f.event_type.sub_type) == (1, flow_pb2.POLICY_DENIED)

@@ -518,6 +518,7 @@ def test_annotation_readiness_and_outage(server, control, flt, pp_program_low):
 
 
 def test_build_for_agent(server):
+    from enricher.config import EnrichmentConfig
     from retina_exporter.config import Config
     from retina_exporter.errors import StartupError
 
@@ -529,12 +530,12 @@ def test_build_for_agent(server):
     assert packetparser_filter(manager) == "the-filter"
     assert packetparser_filter(SimpleNamespace(started=[])) is None
 
-    agent.cfg = Config(node_name=NODE, enrichment_source="kubernetes", enable_annotations=True)
+    agent.cfg = Config(node_name=NODE, enrichment=EnrichmentConfig(source="kubernetes"), enable_annotations=True)
     kc = build_for_agent(agent, kube_config=server.configuration(), **FAST)
     assert kc is not None and kc.mode == "annotations" and kc.filter_enabled
     assert kc.filter_map() == "the-filter" and kc.metrics_module is mm
     assert kc.informers["pods"].field_selector == f"spec.nodeName={NODE}"
-    agent.cfg = Config(node_name=NODE, enrichment_source="operator")
+    agent.cfg = Config(node_name=NODE, enrichment=EnrichmentConfig(source="operator"))
     kc = build_for_agent(agent, kube_config=server.configuration())
     assert kc.mode == "metricsconfiguration" and set(kc.informers) == {"metricsconfigurations"}
     with pytest.raises(StartupError, match="kubernetes control: cannot load the kubeconfig /nonexistent"):

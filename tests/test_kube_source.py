@@ -10,7 +10,8 @@ import yaml
 from retina_core.identity import KIND_HOST, KIND_NODE, KIND_POD, KIND_SERVICE
 from enricher.ipcache import IPCache
 from retina_core.addr import ip_bytes
-from enricher.kubernetes import KubeConfigError, KubernetesSource, _Unresolved
+from enricher.kubernetes import KubeConfigError, KubernetesSource
+from retina_core.kube import OwnerUnresolved as _Unresolved
 from tests.support.kube_fixtures import kube_server, node_body, owner, run_pod, service_body, wait_for  # noqa: F401
 
 NODE = "node-a"

@@ -7,7 +7,8 @@ import socket
 import pytest
 
 from retina_core.identity import WORLD, Identity
-from metrics_module.advanced import AdvancedMetrics, DNSInfo
+from metrics_module.advanced import AdvancedMetrics
+from retina_core.dns import DnsRecord
 from retina_core.metricsconfig import parse_metrics_configuration
 from retina_core.record import (
     DIR_EGRESS,
@@ -45,10 +46,10 @@ def ip_bytes(text: str) -> bytes:
 
 def rec(src="10.0.0.5", dst="10.0.0.6", obs=OBS_FROM_ENDPOINT, *, sident=None, dident=None, proto=6, sport=40000,
         dport=80, direction=DIR_EGRESS, is_reply=False, packets=1, nbytes=100, flags=None, verdict=1,
-        drop_reason=0):
+        drop_reason=0, drop_reason_name=""):
     r = FlowRecord(0, 6 if ":" in src else 4, ip_bytes(src), ip_bytes(dst), proto, sport, dport, obs_point=obs,
                    direction=direction, is_reply=is_reply, packets=packets, bytes=nbytes, flag_counts=flags,
-                   verdict=verdict, drop_reason=drop_reason)
+                   verdict=verdict, drop_reason=drop_reason, drop_reason_name=drop_reason_name)
     r.source = sident if sident is not None else IP.get(src, WORLD)
     r.destination = dident if dident is not None else IP.get(dst, WORLD)
     return r
@@ -307,20 +308,21 @@ def test_other_verdicts_do_not_feed_forward_metrics():
 def test_drop_metrics():
     opt = [{"metricName": "drop_count", "sourceLabels": ["podname"]}, {"metricName": "drop_bytes"}]
     adv = make(opt)
-    adv.process([rec(verdict=VERDICT_DROPPED, drop_reason=0, nbytes=60, obs=OBS_TO_NETWORK),
-                 rec(verdict=VERDICT_DROPPED, drop_reason=99, nbytes=40)])
+    adv.process([rec(verdict=VERDICT_DROPPED, drop_reason=16, drop_reason_name="NETFILTER_DROP", nbytes=60,
+                     obs=OBS_TO_NETWORK),
+                 rec(verdict=VERDICT_DROPPED, drop_reason=99, nbytes=40)])  # a reader that did not name it
     drops = series(adv, "networkobservability_adv_drop_count")
-    assert drops == {S(reason="IPTABLE_RULE_DROP", direction="egress", podname="web-1"): 1,
-                     S(reason="IPTABLE_RULE_DROP", direction="ingress", podname="db-0"): 1,
+    assert drops == {S(reason="NETFILTER_DROP", direction="egress", podname="web-1"): 1,
+                     S(reason="NETFILTER_DROP", direction="ingress", podname="db-0"): 1,
                      S(reason="UNKNOWN_DROP", direction="egress", podname="web-1"): 1,
                      S(reason="UNKNOWN_DROP", direction="ingress", podname="db-0"): 1}
     assert series(adv, "networkobservability_adv_drop_bytes") == {
-        S(reason="IPTABLE_RULE_DROP", direction="egress"): 60, S(reason="IPTABLE_RULE_DROP", direction="ingress"): 60,
+        S(reason="NETFILTER_DROP", direction="egress"): 60, S(reason="NETFILTER_DROP", direction="ingress"): 60,
         S(reason="UNKNOWN_DROP", direction="egress"): 40, S(reason="UNKNOWN_DROP", direction="ingress"): 40}
     remote = make(opt, remote=True)
-    remote.process([rec(verdict=VERDICT_DROPPED, drop_reason=2, obs=OBS_TO_NETWORK)])
+    remote.process([rec(verdict=VERDICT_DROPPED, drop_reason=3, drop_reason_name="NO_SOCKET", obs=OBS_TO_NETWORK)])
     assert series(remote, "networkobservability_adv_drop_count") == {
-        S(reason="TCP_CONNECT_BASIC", direction="EGRESS", source_podname="web-1"): 1}
+        S(reason="NO_SOCKET", direction="EGRESS", source_podname="web-1"): 1}
 
 
 def test_tcpretrans_metric():
@@ -331,13 +333,9 @@ def test_tcpretrans_metric():
         S(direction="EGRESS", source_podname="web-1", destination_ip="10.0.0.6"): 2}
 
 
-class DNSRecord(FlowRecord):
-    __slots__ = ("dns",)
-
-
 def dns_rec(info, src="10.0.0.5", dst="10.0.0.6", direction=DIR_EGRESS):
-    r = DNSRecord(0, 4, ip_bytes(src), ip_bytes(dst), 17, 5353, 53, direction=direction, verdict=16)
-    r.dns = info
+    r = FlowRecord(0, 4, ip_bytes(src), ip_bytes(dst), 17, 5353, 53, direction=direction, verdict=16)
+    r.l7 = info
     r.source, r.destination = IP.get(src, WORLD), IP.get(dst, WORLD)
     return r
 
@@ -347,10 +345,10 @@ def test_dns_metrics():
            {"metricName": "dns_response_count", "sourceLabels": ["podname"]}]
     adv = make(opt)
     adv.process([
-        dns_rec(DNSInfo(False, "example.com.", ("A",))),
-        dns_rec(DNSInfo(True, "example.com.", ("A",), rcode=0, ips=("1.2.3.4", "5.6.7.8"), num_answers=2),
+        dns_rec(DnsRecord(False, "example.com.", ("A",))),
+        dns_rec(DnsRecord(True, "example.com.", ("A",), rcode=0, ips=("1.2.3.4", "5.6.7.8"), num_answers=2),
                 src="10.0.0.6", dst="10.0.0.5", direction=DIR_INGRESS),
-        dns_rec(DNSInfo(True, "nope.", ("AAAA",), rcode=3), src="8.8.8.8", dst="10.0.0.5"),
+        dns_rec(DnsRecord(True, "nope.", ("AAAA",), rcode=3), src="8.8.8.8", dst="10.0.0.5"),
     ])
     assert series(adv, "networkobservability_adv_dns_request_count") == {
         S(query_type="A", query="example.com.", podname="web-1"): 1}

@@ -64,14 +64,14 @@ def test_reader_thread_follows_ring_and_counts_lost():
     ring.write(rec())  # written before start: read from the oldest record
     mod.start()
     try:
-        assert mod.running
+        assert mod.alive()
         ring.write(rec(obs=OBS_TO_ENDPOINT))
         assert wait_for(lambda: mod.records_processed == 2)
         ring.write_batch([rec() for _ in range(20)])  # overtakes the reader: 13 of these are lost to it
         assert wait_for(lambda: mod.records_processed + mod.records_lost == 22)
     finally:
         mod.stop()
-    assert not mod.running
+    assert not mod.alive()
     lost = telemetry.lost_events.get(("buffered_channel", "metricModule"), 0)
     assert lost == mod.records_lost
     values = {(s.name, s.labels.get("direction")): s.value

@@ -8,7 +8,12 @@ import pytest
 from retina_core.identity import KIND_HOST, KIND_NODE, KIND_POD, KIND_SERVICE, Identity
 from enricher.ipcache import IPCache
 from retina_core.addr import ip_bytes
-from enricher.operator_source import DEFAULT_ADDRESS, OperatorSource, source_from_options
+from enricher import OperatorSource, parse_enrichment, source_from_config
+from enricher.operator_source import DEFAULT_ADDRESS
+
+
+def source_from_options(options, node_name):
+    return source_from_config(parse_enrichment(options), node_name)
 from retina_core.units import ConfigError
 from retina_core.proto import ipcache_pb2
 from retina_operator.broadcast import DeltaLog, Lagged
@@ -217,12 +222,13 @@ def test_source_options(tmp_path):
     assert (src.address, src.tls, src.server_name, src.start_timeout_s) == \
         ("[fd00::1]:9090", True, "retina-operator", 2.0)
     assert source_from_options({"operatorTLS": True}, "n").tls
-    for opts, match in (({"operatorAddress": "nohost"}, "operatorAddress: 'nohost' is not host:port"),
+    for opts, match in (({"operatorAddress": "nohost"}, "operatorAddress: invalid value 'nohost' in the "
+                                                         "enrichment options: not host:port"),
                         ({"operatorAddress": "h:99999"}, "operatorAddress"),
-                        ({"operatorAddress": 5}, "operatorAddress: expected a string"),
-                        ({"operatorTLS": "yes"}, "operatorTLS: expected true or false"),
+                        ({"operatorAddress": 5}, "operatorAddress: invalid value 5"),
+                        ({"operatorTLS": "maybe"}, "operatorTLS: invalid value 'maybe'"),
                         ({"operatorCertFile": str(ca)}, "operatorCertFile: the client certificate and key"),
                         ({"operatorCAFile": str(tmp_path / "missing")}, "operatorCAFile: cannot read"),
-                        ({"operatorStartTimeout": "soon"}, "operatorStartTimeout: invalid duration")):
+                        ({"operatorStartTimeout": "soon"}, "operatorStartTimeout: invalid value 'soon'")):
         with pytest.raises(ConfigError, match=match):
             source_from_options(opts, "n")

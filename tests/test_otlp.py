@@ -252,7 +252,7 @@ def test_periodic_thread_exports_current_values(rx, protocol):
         assert {k: float(p.value) for k, p in latest.items()} == expected
     finally:
         ex.stop()
-    assert not ex.running
+    assert not ex.alive()
     assert ex.exports >= 4 and sum(ex.failures.values()) == 0
 
 
@@ -364,7 +364,7 @@ def test_collector_down_is_counted_logged_once_and_exports_resume(rx, protocol, 
             assert list(source())
         assert 'controlplane_networkobservability_otlp_export_failures_counter{reason="unavailable"}' in text
         assert ex.failures["unavailable"] >= 4 and ex.consecutive_failures >= 5, ex.status()
-        assert ex.running
+        assert ex.alive()
         warnings = [r.getMessage() for r in otlp_records(caplog, logging.WARNING)]
         assert len(warnings) == 1, warnings  # once per outage, not per attempt
         assert len([r for r in otlp_records(caplog, logging.DEBUG) if "failed again" in r.getMessage()]) >= 4

@@ -45,7 +45,8 @@ if str(REPO) not in sys.path:  # also when pytest is started without `python -m`
 
 from retina_exporter.datapath import syscall as bpfsys  # noqa: E402
 from retina_exporter.datapath.syscall import BpfError  # noqa: E402
-from retina_exporter.datapath.tc import AttachError, TcAttacher, enter_netns  # noqa: E402
+from retina_core.netns import enter_netns  # noqa: E402
+from retina_exporter.datapath.tc import AttachError, TcAttacher  # noqa: E402
 
 PY = sys.executable
 pytestmark = [

@@ -2,8 +2,8 @@
 
 Field meanings:
 
-* ``qr``: False for a query, True for a response (``is_response`` is the same, under the name
-  ``metrics_module.advanced.DNSInfo`` uses).
+* ``qr``: False for a query, True for a response (``is_response`` is the same, the name the
+  metrics module reads).
 * ``id``: the message id; ``query``: the first question's name with the trailing dot (``"example.com."``),
   ``""`` when the message has no question; ``qtypes``: type names of every question (``("A",)``).
 * ``rcode``: the header's 4-bit response code (0 in queries); ``num_answers``: ANCOUNT from the header.
@@ -19,11 +19,9 @@ from __future__ import annotations
 from retina_core.dns.names import type_name
 from retina_core.dns.parser import Message
 
-__all__ = ["DnsRecord", "VERDICT_DNS"]
+from retina_core.record import VERDICT_DNS
 
-# Retina's custom verdict for DNS flows (pkg/utils Verdict_DNS), which the metrics module dispatches on; converted
-# to Hubble's FORWARDED (with Type L7) by retina_core.convert.
-VERDICT_DNS = 16
+__all__ = ["DnsRecord", "VERDICT_DNS"]
 
 
 class DnsRecord:

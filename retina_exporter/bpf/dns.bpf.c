@@ -18,12 +18,7 @@
  * Compiled at run time by bcc (retina_exporter/plugins/dns/loader.py) with -DRINGBUF_PAGES=<n>
  * -DSEEN_MAP_SIZE=<n>. Only uapi structs (__sk_buff) are used. Kernel >= 5.8 (ring buffer).
  */
-#include <uapi/linux/bpf.h>
-#include <uapi/linux/if_ether.h>
-#include <uapi/linux/ip.h>
-#include <uapi/linux/ipv6.h>
-#include <uapi/linux/in.h>
-#include <uapi/linux/pkt_cls.h>
+#include "common.h"
 #include "dns.h"
 
 #ifndef RINGBUF_PAGES
@@ -35,12 +30,6 @@
 #ifndef DNS_PORT
 #define DNS_PORT 53
 #endif
-
-#define ETH_P_8021Q_BE 0x0081  /* htons(0x8100) */
-#define ETH_P_8021AD_BE 0xA888 /* htons(0x88A8) */
-#define ETH_P_IP_BE 0x0008
-#define ETH_P_IPV6_BE 0xDD86
-#define IP_OFFSET_MASK 0x1FFF
 
 BPF_RINGBUF_OUTPUT(dns_events, RINGBUF_PAGES);
 BPF_HASH(seen_ifindex, __u32, __u8, SEEN_MAP_SIZE);
@@ -55,80 +44,18 @@ static __always_inline void stat_inc(__u32 slot)
 
 static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 {
-	__u32 off = ETH_HLEN;
-	__u32 ip_end;
-	__u16 h_proto;
-	__u8 l4proto;
-	__u8 ipv;
+	struct l3_info l3;
 	__u8 saddr[16] = {};
 	__u8 daddr[16] = {};
 
-	if (bpf_skb_load_bytes(skb, 12, &h_proto, sizeof(h_proto)) < 0)
+	if (parse_l3(skb, saddr, daddr, &l3) < 0)
 		return TC_ACT_UNSPEC;
-#pragma unroll
-	for (int i = 0; i < 2; i++) {
-		if (h_proto == ETH_P_8021Q_BE || h_proto == ETH_P_8021AD_BE) {
-			if (bpf_skb_load_bytes(skb, off + 2, &h_proto, sizeof(h_proto)) < 0)
-				return TC_ACT_UNSPEC;
-			off += 4;
-		}
-	}
-
-	if (h_proto == ETH_P_IP_BE) {
-		struct iphdr ip;
-		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
-			return TC_ACT_UNSPEC;
-		if (ip.version != 4 || ip.ihl < 5)
-			return TC_ACT_UNSPEC;
-		if (bpf_ntohs(ip.frag_off) & IP_OFFSET_MASK)
-			return TC_ACT_UNSPEC; /* a later fragment: no L4 header */
-		__builtin_memcpy(saddr, &ip.saddr, 4);
-		__builtin_memcpy(daddr, &ip.daddr, 4);
-		ipv = 4;
-		l4proto = ip.protocol;
-		ip_end = bpf_ntohs(ip.tot_len) ? off + bpf_ntohs(ip.tot_len) : skb->len; /* 0: GSO "big" packets */
-		off += ip.ihl * 4;
-	} else if (h_proto == ETH_P_IPV6_BE) {
-		struct ipv6hdr ip6;
-		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0)
-			return TC_ACT_UNSPEC;
-		if (ip6.version != 6)
-			return TC_ACT_UNSPEC;
-		__builtin_memcpy(saddr, &ip6.saddr, 16);
-		__builtin_memcpy(daddr, &ip6.daddr, 16);
-		ipv = 6;
-		l4proto = ip6.nexthdr;
-		ip_end = bpf_ntohs(ip6.payload_len) ? off + sizeof(ip6) + bpf_ntohs(ip6.payload_len) : skb->len;
-		off += sizeof(ip6);
-		/* At most 6 extension headers: hop-by-hop, routing, fragment, destination options, AH. */
-#pragma unroll
-		for (int i = 0; i < 6; i++) {
-			__u8 ext[2];
-			if (l4proto != 0 && l4proto != 43 && l4proto != 44 && l4proto != 60 && l4proto != 51)
-				break;
-			if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)) < 0)
-				return TC_ACT_UNSPEC;
-			if (l4proto == 44) {
-				__u16 fo;
-				if (bpf_skb_load_bytes(skb, off + 2, &fo, sizeof(fo)) < 0)
-					return TC_ACT_UNSPEC;
-				if (bpf_ntohs(fo) & 0xFFF8)
-					return TC_ACT_UNSPEC; /* a later fragment */
-				l4proto = ext[0];
-				off += 8;
-			} else if (l4proto == 51) {
-				l4proto = ext[0];
-				off += ((__u32)ext[1] + 2) * 4;
-			} else {
-				l4proto = ext[0];
-				off += ((__u32)ext[1] + 1) * 8;
-			}
-		}
-	} else {
-		return TC_ACT_UNSPEC;
-	}
-	if (ip_end > skb->len)
-		ip_end = skb->len;
+	if (l3.later_fragment)
+		return TC_ACT_UNSPEC; /* a later fragment: no L4 header */
+	__u32 off = l3.l4_off;
+	__u32 ip_end = l3.ip_end;
+	__u8 l4proto = l3.l4proto;
+	__u8 ipv = l3.ip_version;
 
 	__u8 hdr[14]; /* ports (4), UDP length or TCP seq (4), ack (4), data offset (1), flags (1) */
 	__u32 payload_off;
@@ -149,7 +76,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 	if (sport != DNS_PORT && dport != DNS_PORT)
 		return TC_ACT_UNSPEC;
 
-	if (obs == DNS_OBS_TO_ENDPOINT || obs == DNS_OBS_TO_NETWORK) {
+	if (obs == OBS_TO_ENDPOINT || obs == OBS_TO_NETWORK) {
 		__u32 iif = skb->ingress_ifindex;
 		if (iif && seen_ifindex.lookup(&iif)) {
 			stat_inc(DNS_STAT_SEEN_EARLIER);
@@ -168,7 +95,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 		msg_len = ip_end > payload_off ? ip_end - payload_off : 0;
 		/* Segments without payload are not reported, except SYNs: their sequence number tells user space where
 		 * the connection's first message starts. */
-		if (msg_len == 0 && !(tcp_flags & 0x02)) {
+		if (msg_len == 0 && !(tcp_flags & TCP_FLAG_SYN)) {
 			stat_inc(DNS_STAT_NO_PAYLOAD);
 			return TC_ACT_UNSPEC;
 		}
@@ -209,22 +136,5 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 	return TC_ACT_UNSPEC;
 }
 
-int rdns_from_ep(struct __sk_buff *skb)
-{
-	return handle(skb, DNS_OBS_FROM_ENDPOINT);
-}
-
-int rdns_to_ep(struct __sk_buff *skb)
-{
-	return handle(skb, DNS_OBS_TO_ENDPOINT);
-}
-
-int rdns_from_net(struct __sk_buff *skb)
-{
-	return handle(skb, DNS_OBS_FROM_NETWORK);
-}
-
-int rdns_to_net(struct __sk_buff *skb)
-{
-	return handle(skb, DNS_OBS_TO_NETWORK);
-}
+/* rdns_from_ep, rdns_to_ep, rdns_from_net, rdns_to_net */
+TC_OBS_CLASSIFIERS(rdns_, handle)

@@ -1,17 +1,13 @@
 /* dns.h — layouts shared by bpf/dns.bpf.c and retina_exporter/plugins/dns/layout.py (which mirrors them; the lab
  * tests decode real events with it, tests/test_dns_processor.py checks the sizes).
  *
+ * Observation points are common.h's OBS_*.
+ *
  * Byte order: addresses in network order (as on the wire), everything else in host order.
  * Times: CLOCK_BOOTTIME nanoseconds (bpf_ktime_get_boot_ns, kernel >= 5.8).
  */
 #ifndef RETINA_DNS_H
 #define RETINA_DNS_H
-
-/* Observation points: the same values as packetparser.h (and retina_exporter.flow.record OBS_*). */
-#define DNS_OBS_FROM_ENDPOINT 0 /* pod veth (host side), TC ingress: the pod sent it */
-#define DNS_OBS_TO_ENDPOINT 1   /* pod veth (host side), TC egress: the pod receives it */
-#define DNS_OBS_FROM_NETWORK 2  /* host interface, TC ingress */
-#define DNS_OBS_TO_NETWORK 3    /* host interface, TC egress */
 
 #ifndef DNS_CAPTURE
 #define DNS_CAPTURE 512 /* bytes of L4 payload copied per packet (a power of two) */
@@ -39,7 +35,7 @@ struct dns_event {
 	__u16 cap_len;     /* 58: bytes of it in data[] (<= DNS_CAPTURE) */
 	__u8 ip_version;   /* 60: 4 or 6 */
 	__u8 proto;        /* 61: IPPROTO_UDP or IPPROTO_TCP */
-	__u8 obs_point;    /* 62: DNS_OBS_* */
+	__u8 obs_point;    /* 62: OBS_* (common.h) */
 	__u8 tcp_flags;    /* 63: the TCP header's flag byte (0 for UDP) */
 	__u8 data[DNS_CAPTURE]; /* 64: the L4 payload's first cap_len bytes (TCP: starting with the length prefix) */
 };

@@ -13,8 +13,7 @@
  * interleave. User space sums the CPUs. Compiled at run time by bcc (retina_exporter/plugins/packetforward/loader.py);
  * only uapi structs (__sk_buff) are used.
  */
-#include <uapi/linux/bpf.h>
-#include <uapi/linux/pkt_cls.h>
+#include "common.h"
 #include "packetforward.h"
 
 BPF_PERCPU_ARRAY(rpfwd_metrics, struct pf_metric, PF_DIR_COUNT);

@@ -14,14 +14,7 @@
  * Packets whose L3 header cannot be read (not IP, truncated IP header, bad IHL/version) are not flows and are
  * not counted; packets with an unreadable L4 header (truncated, non-first fragment) are counted with ports 0.
  */
-#include <uapi/linux/bpf.h>
-#include <uapi/linux/if_ether.h>
-#include <uapi/linux/ip.h>
-#include <uapi/linux/ipv6.h>
-#include <uapi/linux/in.h>
-#include <uapi/linux/tcp.h>
-#include <uapi/linux/udp.h>
-#include <uapi/linux/pkt_cls.h>
+#include "common.h"
 #include "packetparser.h"
 
 #ifndef CT_MAP_SIZE
@@ -33,13 +26,6 @@
 #ifndef FILTER_MAP_SIZE
 #define FILTER_MAP_SIZE 4096
 #endif
-
-#define ETH_P_8021Q_BE 0x0081  /* htons(0x8100) */
-#define ETH_P_8021AD_BE 0xA888 /* htons(0x88A8) */
-#define ETH_P_IP_BE 0x0008
-#define ETH_P_IPV6_BE 0xDD86
-#define IP_MF_OFFSET_MASK 0x3FFF /* host order: MF flag and fragment offset */
-#define IP_OFFSET_MASK 0x1FFF
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_TABLE("lru_hash", struct ct_key, struct ct_entry, conntrack, CT_MAP_SIZE);
@@ -64,85 +50,19 @@ static __always_inline void count_lost(__u32 slot)
 		*v += 1; /* per-CPU: no atomics needed */
 }
 
-/* Parse Ethernet (up to two VLAN tags) -> IPv4/IPv6 (IPv6 extension headers) -> TCP/UDP/ICMP/ICMPv6.
+/* Parse Ethernet and IP (parse_l3, common.h), then TCP/UDP/ICMP/ICMPv6.
  * Returns 0 when the packet is an IP packet, -1 otherwise. */
 static __always_inline int parse(struct __sk_buff *skb, struct parsed *p)
 {
-	__u32 off = ETH_HLEN;
-	__u16 h_proto;
-	__u8 l4proto;
-	int frag_later = 0;
-
-	if (bpf_skb_load_bytes(skb, 12, &h_proto, sizeof(h_proto)) < 0)
+	struct l3_info l3;
+	if (parse_l3(skb, p->key.src_ip, p->key.dst_ip, &l3) < 0)
 		return -1;
-#pragma unroll
-	for (int i = 0; i < 2; i++) {
-		if (h_proto == ETH_P_8021Q_BE || h_proto == ETH_P_8021AD_BE) {
-			if (bpf_skb_load_bytes(skb, off + 2, &h_proto, sizeof(h_proto)) < 0)
-				return -1;
-			off += 4;
-		}
-	}
-
-	if (h_proto == ETH_P_IP_BE) {
-		struct iphdr ip;
-		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
-			return -1;
-		if (ip.version != 4 || ip.ihl < 5)
-			return -1;
-		__builtin_memcpy(p->key.src_ip, &ip.saddr, 4);
-		__builtin_memcpy(p->key.dst_ip, &ip.daddr, 4);
-		p->key.ip_version = 4;
-		l4proto = ip.protocol;
-		if (bpf_ntohs(ip.frag_off) & IP_OFFSET_MASK)
-			frag_later = 1;
-		off += ip.ihl * 4;
-	} else if (h_proto == ETH_P_IPV6_BE) {
-		struct ipv6hdr ip6;
-		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0)
-			return -1;
-		if (ip6.version != 6)
-			return -1;
-		__builtin_memcpy(p->key.src_ip, &ip6.saddr, 16);
-		__builtin_memcpy(p->key.dst_ip, &ip6.daddr, 16);
-		p->key.ip_version = 6;
-		l4proto = ip6.nexthdr;
-		off += sizeof(ip6);
-		/* Walk at most 6 extension headers: hop-by-hop, routing, fragment, destination options, AH. */
-#pragma unroll
-		for (int i = 0; i < 6; i++) {
-			__u8 ext[2];
-			if (l4proto != 0 && l4proto != 43 && l4proto != 44 && l4proto != 60 && l4proto != 51)
-				break;
-			if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)) < 0) {
-				l4proto = 0xff; /* truncated chain: no L4 */
-				break;
-			}
-			if (l4proto == 44) {
-				__u16 fo;
-				if (bpf_skb_load_bytes(skb, off + 2, &fo, sizeof(fo)) < 0) {
-					l4proto = 0xff;
-					break;
-				}
-				if (bpf_ntohs(fo) & 0xFFF8)
-					frag_later = 1;
-				l4proto = ext[0];
-				off += 8;
-			} else if (l4proto == 51) {
-				l4proto = ext[0];
-				off += ((__u32)ext[1] + 2) * 4;
-			} else {
-				l4proto = ext[0];
-				off += ((__u32)ext[1] + 1) * 8;
-			}
-		}
-	} else {
-		return -1;
-	}
-
+	__u32 off = l3.l4_off;
+	__u8 l4proto = l3.l4proto;
+	p->key.ip_version = l3.ip_version;
 	p->key.proto = l4proto;
 	p->len = skb->len;
-	if (frag_later)
+	if (l3.later_fragment)
 		return 0;
 
 	if (l4proto == IPPROTO_TCP) {
@@ -160,7 +80,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct parsed *p)
 		p->key.src_port = ((__u16)hdr[0] << 8) | hdr[1];
 		p->key.dst_port = ((__u16)hdr[2] << 8) | hdr[3];
 		p->has_l4 = 1;
-	} else if (l4proto == IPPROTO_ICMP || l4proto == 58 /* IPPROTO_ICMPV6 */) {
+	} else if (l4proto == IPPROTO_ICMP || l4proto == IPPROTO_ICMPV6) {
 		__u8 hdr[8]; /* type, code, checksum, identifier, sequence */
 		if (bpf_skb_load_bytes(skb, off, hdr, 2) < 0)
 			return 0;
@@ -525,25 +445,8 @@ static __always_inline int process(struct __sk_buff *skb, __u8 obs_point)
 	return TC_ACT_UNSPEC;
 }
 
-int retina_from_ep(struct __sk_buff *skb)
-{
-	return process(skb, OBS_FROM_ENDPOINT);
-}
-
-int retina_to_ep(struct __sk_buff *skb)
-{
-	return process(skb, OBS_TO_ENDPOINT);
-}
-
-int retina_from_net(struct __sk_buff *skb)
-{
-	return process(skb, OBS_FROM_NETWORK);
-}
-
-int retina_to_net(struct __sk_buff *skb)
-{
-	return process(skb, OBS_TO_NETWORK);
-}
+/* retina_from_ep, retina_to_ep, retina_from_net, retina_to_net */
+TC_OBS_CLASSIFIERS(retina_, process)
 
 /* Harvest one entry's unreported counts for both directions (and delete it if expired and asked to).
  * Input: a 14-byte dummy Ethernet header followed by struct sweep_request. Returns the number of events

@@ -1,6 +1,9 @@
 /* packetparser.h — layouts shared by the kernel side (packetparser.bpf.c) and the user side
  * (retina_exporter/plugins/packetparser/layout.py mirrors every struct here; tests check size and offsets).
  *
+ * The observation points (OBS_*), directions (DIR_*) and TCP flag bits (TCP_FLAG_*) the structs hold are in
+ * common.h, which the program includes first.
+ *
  * Byte order: IP addresses in network order (as on the wire), everything else in host order.
  * Times: CLOCK_BOOTTIME nanoseconds (bpf_ktime_get_boot_ns, kernel >= 5.8).
  * IPv4 addresses occupy the first 4 bytes of a 16-byte field; the rest is zero; ip_version says which.
@@ -8,29 +11,7 @@
 #ifndef RETINA_PACKETPARSER_H
 #define RETINA_PACKETPARSER_H
 
-/* Observation points: where a TC hook sees the packet. */
-#define OBS_FROM_ENDPOINT 0 /* pod veth (host side), TC ingress: the pod sent it */
-#define OBS_TO_ENDPOINT 1   /* pod veth (host side), TC egress: the pod receives it */
-#define OBS_FROM_NETWORK 2  /* host interface, TC ingress */
-#define OBS_TO_NETWORK 3    /* host interface, TC egress */
-
-/* Traffic direction of a connection, from the observation point of its first packet. */
-#define DIR_UNKNOWN 0
-#define DIR_INGRESS 1
-#define DIR_EGRESS 2
-
-/* TCP flag bits: the header's flag byte, NS (the low bit of the data-offset byte) as bit 8. */
-#define TCP_FLAG_FIN 0x01
-#define TCP_FLAG_SYN 0x02
-#define TCP_FLAG_RST 0x04
-#define TCP_FLAG_PSH 0x08
-#define TCP_FLAG_ACK 0x10
-#define TCP_FLAG_URG 0x20
-#define TCP_FLAG_ECE 0x40
-#define TCP_FLAG_CWR 0x80
-#define TCP_FLAG_NS 0x100
-
-/* Index of each count in packet_event.flag_counts. */
+/* Index of each count in packet_event.flag_counts (retina_core.record FLAG_NAMES). */
 #define FLAG_IDX_FIN 0
 #define FLAG_IDX_SYN 1
 #define FLAG_IDX_RST 2
@@ -43,7 +24,7 @@
 #define FLAG_IDX_SYNACK 9 /* packets with SYN and ACK both set */
 #define FLAG_COUNT 10
 
-/* Why an event was emitted. */
+/* Why an event was emitted (index into retina_core.record REPORT_REASONS). */
 #define REPORT_EVERY_PACKET 0 /* dataAggregationLevel=low */
 #define REPORT_NEW 1          /* first packet of a connection (sampled) */
 #define REPORT_FLAGS 2        /* SYN, FIN, RST, URG, ECE, CWR or NS in the packet */

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import ctypes as ct
 import logging
-import threading
 import time
 from typing import Any, Callable
+from retina_core.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 POLL_TIMEOUT_MS = 100
 
 
-class BpfRingReader:
+class BpfRingReader(Worker):
     """Owns the thread that polls one bcc ring buffer and feeds record batches to ``write_batch(list)``.
 
     ``bpf`` is the ``bcc.BPF`` object holding the ring buffer; the subclass (or caller) routes the ring's records
@@ -63,8 +63,7 @@ class BpfRingReader:
         self._decode = decode
         self._event_size = event_size
         self._batch: list = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__(f"{name}-reader")
         self.events_read = 0
         self.decode_errors = 0
         self.last_poll_monotonic = 0.0
@@ -107,26 +106,17 @@ class BpfRingReader:
         self._flush()
 
     # --- control (any thread) ---------------------------------------------------------------------------------
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"{self._name}-reader", daemon=True)
-        self._thread.start()
-
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 5.0) -> bool:
         """Stop the thread (waiting at most ``timeout`` seconds), then drain once: hand on whatever is still in
         the ring. A failing final drain (e.g. the BPF object already cleaned up) is logged, not raised."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        self._stop.clear()
+        ended = super().stop(timeout)
+        self._stop.clear()  # the callback stops bcc's consume loop while the flag is set
         try:
             self.drain()
         except Exception:
             log.debug("%s final ring buffer drain failed", self._name, exc_info=True)
             self._flush()
+        return ended
 
     def drain(self) -> None:
         """Consume what is in the ring now and hand it on (for callers that poll themselves: tests, benchmarks,

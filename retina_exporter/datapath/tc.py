@@ -47,7 +47,6 @@ why we do not use ``IPRoute(netns=...)``: it forks a helper and, by default, *cr
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno as _errno
 import logging
 import os
@@ -56,6 +55,7 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
+from retina_core.netns import THREAD_NETNS, enter_netns, netns_path, open_netns
 from retina_exporter.datapath import syscall as bpfsys
 from retina_exporter.datapath.syscall import BpfError
 
@@ -127,71 +127,27 @@ class AttachmentInfo(NamedTuple):
     prog_id: int
 
 
-# --- network namespace switching (per thread) -------------------------------------------------------------
-_CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-_THREAD_NS = "/proc/thread-self/ns/net"
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns(CLONE_NEWNET) failed: {os.strerror(err)}")
-
-
-def _ns_key(st: os.stat_result) -> tuple[int, int]:
-    return st.st_dev, st.st_ino
+# --- network namespaces: retina_core.netns does the switching; this names the namespace in errors ----------
 
 
 def _open_netns(spec: str | int | None) -> tuple[int, str]:
     """Open a netns; returns (fd, description). None = the calling thread's namespace."""
     if spec is None:
-        path, desc = _THREAD_NS, "the current network namespace"
+        spec, desc = THREAD_NETNS, "the current network namespace"
     elif isinstance(spec, int):
-        return os.dup(spec), f"network namespace fd {spec}"
+        desc = f"network namespace fd {spec}"
     elif "/" in spec:
-        path, desc = spec, f"network namespace {spec}"
+        desc = f"network namespace {spec}"
     else:
-        path, desc = f"/run/netns/{spec}", f"network namespace {spec!r}"
+        desc = f"network namespace {spec!r}"
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_netns(spec)
     except FileNotFoundError:
-        raise AttachError(f"{desc} not found ({path}); list them with `ip netns list`", _errno.ENOENT) from None
-    if spec is None:
+        raise AttachError(f"{desc} not found ({netns_path(str(spec))}); list them with `ip netns list`",
+                          _errno.ENOENT) from None
+    if desc == "the current network namespace":
         desc += f" (net:[{os.fstat(fd).st_ino}])"
     return fd, desc
-
-
-@contextlib.contextmanager
-def _in_netns_fd(fd: int) -> Iterator[None]:
-    target = _ns_key(os.fstat(fd))
-    if _ns_key(os.stat(_THREAD_NS)) == target:
-        yield
-        return
-    saved = os.open(_THREAD_NS, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        _setns(fd)
-        try:
-            yield
-        finally:
-            _setns(saved)
-    finally:
-        os.close(saved)
-
-
-@contextlib.contextmanager
-def enter_netns(spec: str | int) -> Iterator[None]:
-    """Run the block with the *calling thread* in a network namespace (name, path or fd), then switch back.
-
-    Only this thread moves (``setns(2)`` on a network namespace is per thread); sockets created inside the
-    block stay bound to that namespace afterwards.
-    """
-    fd, _ = _open_netns(spec)
-    try:
-        with _in_netns_fd(fd):
-            yield
-    finally:
-        os.close(fd)
 
 
 # --- pyroute2: parse the cls_bpf attributes it does not know (program id and tag) ----------------------------
@@ -299,7 +255,7 @@ class TcAttacher:
     def _ns(self) -> Iterator[None]:
         if self._ns_fd < 0:
             raise AttachError("TcAttacher is closed")
-        with self._lock, _in_netns_fd(self._ns_fd):
+        with self._lock, enter_netns(self._ns_fd):
             yield
 
     @property

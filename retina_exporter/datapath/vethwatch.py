@@ -12,13 +12,14 @@ import threading
 from typing import Callable
 
 from pyroute2 import IPRoute
+from retina_core.worker import Worker
 
 log = logging.getLogger(__name__)
 
 RTMGRP_LINK = 0x1
 
 
-def _attr(msg, name):
+def link_attr(msg, name):
     try:
         return msg.get_attr(name)
     except Exception:
@@ -26,20 +27,20 @@ def _attr(msg, name):
 
 
 def link_kind(msg) -> str | None:
-    info = _attr(msg, "IFLA_LINKINFO")
+    info = link_attr(msg, "IFLA_LINKINFO")
     if info is None:
         return None
     return info.get_attr("IFLA_INFO_KIND")
 
 
 def is_pod_veth(msg, excluded: set[str]) -> bool:
-    name = _attr(msg, "IFLA_IFNAME")
+    name = link_attr(msg, "IFLA_IFNAME")
     if not name or name in excluded:
         return False
-    return link_kind(msg) == "veth" and _attr(msg, "IFLA_LINK_NETNSID") is not None
+    return link_kind(msg) == "veth" and link_attr(msg, "IFLA_LINK_NETNSID") is not None
 
 
-class VethWatcher:
+class VethWatcher(Worker):
     def __init__(
         self,
         on_add: Callable[[int, str], None],
@@ -49,8 +50,7 @@ class VethWatcher:
         self._on_add = on_add
         self._on_remove = on_remove
         self._excluded = excluded or set()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__("veth-watcher")
         self.known: dict[int, str] = {}
         self._lock = threading.RLock()
         self._ipr = None
@@ -63,7 +63,7 @@ class VethWatcher:
     def _handle_locked(self, msg) -> None:
         event = msg.get("event")
         index = msg.get("index")
-        name = _attr(msg, "IFLA_IFNAME") or ""
+        name = link_attr(msg, "IFLA_IFNAME") or ""
         if event == "RTM_NEWLINK":
             if index in self.known:
                 return
@@ -117,20 +117,14 @@ class VethWatcher:
 
     def start(self) -> None:
         self.scan()
-        self._thread = threading.Thread(target=self._run, name="veth-watcher", daemon=True)
-        self._thread.start()
+        super().start()
         self._subscribed.wait(5)
 
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+    def stop(self, timeout_s: float = 5.0) -> bool:
+        ended = super().stop(timeout_s)
         if self._ipr is not None:
             try:
                 self._ipr.close()
             except Exception:
                 pass
+        return ended

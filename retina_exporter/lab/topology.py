@@ -52,13 +52,14 @@ import shutil
 import socket
 import struct
 import subprocess
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
-NETNS_DIR = Path("/run/netns")
+from retina_core.netns import NETNS_RUN_DIR, run_in_netns
+
+NETNS_DIR = Path(NETNS_RUN_DIR)
 NS_PREFIX = "rxlab-"
 
 # Address plan (identical in every lab).
@@ -117,40 +118,9 @@ class Pod:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Helpers that run inside a namespace without a process: a throw-away thread enters the namespace with setns(2)
-# (a network namespace is per thread) and does its work there; the rest of the process is not affected.
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_CLONE_NEWNET = 0x40000000
-
-
-def in_netns(ns: str, fn, *args, **kwargs):
-    """Call ``fn(*args, **kwargs)`` in a thread that has entered network namespace ``ns``; return its result.
-
-    Sockets created by ``fn`` belong to ``ns`` and stay there when used from other threads later.
-    """
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            fd = os.open(NETNS_DIR / ns, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if _libc.setns(fd, _CLONE_NEWNET) != 0:
-                    e = ctypes.get_errno()
-                    raise OSError(e, f"setns({ns}): {os.strerror(e)}")
-            finally:
-                os.close(fd)
-            box["value"] = fn(*args, **kwargs)
-        except BaseException as e:  # re-raised in the caller
-            box["error"] = e
-        # The thread ends here, still in ``ns``: nothing to restore.
-
-    t = threading.Thread(target=target, name=f"netns-{ns}", daemon=True)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
+# Helpers that run inside a namespace without a process: a throw-away thread enters the namespace (see
+# retina_core.netns); the rest of the process is not affected. ``in_netns(ns, fn, *args)`` returns fn's result.
+in_netns = run_in_netns
 
 
 def _write_sysctls(settings: Sequence[tuple[str, str | int]], optional: Iterable[str] = ()) -> list[str]:

@@ -12,19 +12,22 @@ import threading
 
 from retina_exporter.errors import StartupError
 from retina_exporter.plugins.base import Plugin, PluginContext
+from retina_core.worker import Worker
 
 log = logging.getLogger(__name__)
 
 
-class PluginManager:
+class PluginManager(Worker):
+    """Starts the plugins in order (isolating failures), reconciles them every ``reconcile_period_s`` seconds in its
+    thread, stops them in reverse order."""
+
     def __init__(self, plugins: list[Plugin], ctx: PluginContext, reconcile_period_s: float = 10.0) -> None:
         self.plugins = plugins
         self.ctx = ctx
         self.failures: dict[str, str] = {}
         self.started: list[Plugin] = []
         self._period = reconcile_period_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__("plugin-reconcile")
         self._lock = threading.Lock()
 
     def _fail(self, plugin: Plugin, stage: str, exc: BaseException) -> None:
@@ -57,10 +60,9 @@ class PluginManager:
                 continue
             self.started.append(plugin)
             log.info("plugin %s started", plugin.name)
-        self._thread = threading.Thread(target=self._reconcile_loop, name="plugin-reconcile", daemon=True)
-        self._thread.start()
+        super().start()
 
-    def _reconcile_loop(self) -> None:
+    def _run(self) -> None:
         while not self._stop.wait(self._period):
             self.reconcile_once()
 
@@ -73,10 +75,8 @@ class PluginManager:
                 except Exception as exc:
                     self._fail(plugin, "reconcile", exc)
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
+    def stop(self, timeout_s: float = 5.0) -> bool:
+        ended = super().stop(timeout_s)
         with self._lock:
             for plugin in reversed(self.started):
                 try:
@@ -84,6 +84,7 @@ class PluginManager:
                 except Exception:
                     log.exception("plugin %s failed to stop", plugin.name)
             self.started.clear()
+        return ended
 
     def not_ready_reasons(self) -> list[str]:
         reasons = [f"plugin {name} failed: {why}" for name, why in sorted(self.failures.items())]

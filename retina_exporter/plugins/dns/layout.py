@@ -1,4 +1,5 @@
-"""Python mirror of ``bpf/dns.h`` (the lab tests decode real kernel events with it)."""
+"""Python mirror of ``bpf/dns.h`` (the lab tests decode real kernel events with it; tests/test_bpf_layouts.py
+compares it with the compiled C)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,6 @@ import ctypes as ct
 import struct
 
 DNS_CAPTURE = 512
-
-OBS_FROM_ENDPOINT = 0
-OBS_TO_ENDPOINT = 1
-OBS_FROM_NETWORK = 2
-OBS_TO_NETWORK = 3
 
 STAT_EMITTED = 0
 STAT_RINGBUF_FULL = 1
@@ -36,7 +32,7 @@ class DnsEvent(ct.Structure):
         ("cap_len", ct.c_uint16),
         ("ip_version", ct.c_uint8),
         ("proto", ct.c_uint8),
-        ("obs_point", ct.c_uint8),
+        ("obs_point", ct.c_uint8),  # OBS_* of common.h = retina_core.record.OBS_*
         ("tcp_flags", ct.c_uint8),
         ("data", ct.c_uint8 * DNS_CAPTURE),
     ]

@@ -31,7 +31,6 @@ from __future__ import annotations
 import ctypes as ct
 import logging
 import os
-import select
 import socket
 import threading
 import time
@@ -43,8 +42,9 @@ from retina_exporter.plugins.dns import loader
 from retina_exporter.plugins.dns.layout import HEADER_SIZE
 from retina_exporter.plugins.dns.loader import DnsProgram
 from retina_exporter.plugins.dns.processor import DnsProcessor
-from retina_exporter.datapath.vethwatch import RTMGRP_LINK, VethWatcher, _attr
-from retina_exporter.datapath.tc import AttachError, TcAttacher, enter_netns
+from retina_exporter.datapath.vethwatch import VethWatcher, link_attr
+from retina_core.netns import enter_netns
+from retina_exporter.datapath.tc import AttachError, TcAttacher
 from retina_core.telemetry import LOST_KERNEL
 
 log = logging.getLogger(__name__)
@@ -75,16 +75,16 @@ def link_master(index: int) -> int:
             links = ipr.get_links(index)
     except Exception:
         return 0
-    return (_attr(links[0], "IFLA_MASTER") or 0) if links else 0
+    return (link_attr(links[0], "IFLA_MASTER") or 0) if links else 0
 
 
 class _MasterAwareWatcher(VethWatcher):
     """packetparser's veth watcher, also reporting the master (bridge) of known veths when a link message
     carries a change of it (CNIs enslave a veth after creating it).
 
-    It also subscribes to link events from its own thread: pyroute2 0.9's synchronous ``IPRoute`` hands each
-    thread its own netlink socket, so the subscription the base class makes in its constructor (another thread)
-    never delivers an event to the reading thread; its ``scan()`` on reconcile still finds new veths, 10 s late."""
+    Link events come from the base class's reading thread, which subscribes itself (pyroute2 0.9's synchronous
+    ``IPRoute`` hands each thread its own netlink socket) and signals the subscription, so ``start()`` does not
+    wait out its 5 s timeout."""
 
     def __init__(self, on_add, on_remove, on_master, excluded=None) -> None:
         super().__init__(on_add, on_remove, excluded=excluded)
@@ -95,33 +95,13 @@ class _MasterAwareWatcher(VethWatcher):
         with self._known_lock:
             super().scan()
 
-    def _run(self) -> None:
-        from pyroute2 import IPRoute
-
-        ipr = IPRoute()
-        try:
-            ipr.bind(groups=RTMGRP_LINK)
-            fd = ipr.fileno()
-            self.scan()  # links that appeared between start()'s scan and the subscription
-            while not self._stop.is_set():
-                ready, _, _ = select.select([fd], [], [], 0.5)
-                if not ready:
-                    continue
-                try:
-                    for msg in ipr.get():
-                        self._handle(msg)
-                except Exception:
-                    log.exception("netlink read failed")
-        finally:
-            ipr.close()
-
     def _handle(self, msg) -> None:
         with self._known_lock:
             super()._handle(msg)
         index = msg.get("index")
         if msg.get("event") == "RTM_NEWLINK" and index in self.known:
             try:
-                self._on_master(index, _attr(msg, "IFLA_MASTER") or 0)
+                self._on_master(index, link_attr(msg, "IFLA_MASTER") or 0)
             except Exception:
                 log.exception("updating the master of ifindex %s failed", index)
 

@@ -16,21 +16,18 @@ import ctypes as ct
 import logging
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 from retina_exporter.datapath import btf as btfmod
+from retina_exporter.datapath.compiler import BPF_DIR, BccProgram, compile_program, load_functions, ring_pages
+from retina_exporter.datapath.tracepoint import DEFAULT_TRACEFS, TracepointFormat, read_format
 from retina_exporter.errors import StartupError
 from retina_exporter.plugins.dropreason import layout
-from retina_exporter.datapath.tracepoint import DEFAULT_TRACEFS, TracepointFormat, read_format
-from retina_exporter.datapath.compiler import BPF_DIR, check_kernel_headers
-from retina_exporter.datapath.sysfs import missing_capabilities
 
 log = logging.getLogger(__name__)
 
 SOURCE = BPF_DIR / "dropreason.bpf.c"
 PROGRAM = "retina_drop"
 TRACEPOINT = ("skb", "kfree_skb")
-PAGE_SIZE = 4096
 
 # (define, struct, member path, expected size or None)
 KERNEL_OFFSETS = (
@@ -95,14 +92,14 @@ def tracepoint_offsets(fmt: TracepointFormat) -> dict[str, int]:
     return out
 
 
-class DropReasonProgram:
+class DropReasonProgram(BccProgram):
     """The compiled program and its maps: ``counts``, ``config``, ``stats``, ``netns_filter``, ``events``."""
+
+    attached = False
 
     def __init__(self, options: LoadOptions = LoadOptions()) -> None:
         self.options = options
-        rb = options.ring_buffer_bytes
-        if rb < PAGE_SIZE or rb & (rb - 1):
-            raise StartupError(f"dropreason ring buffer size {rb} must be a power of two >= {PAGE_SIZE}")
+        pages = ring_pages(options.ring_buffer_bytes, "dropreason ring buffer size")
         # Fail on a missing tracepoint before anything else: it is the clearest message.
         self.tp_format = read_format(*TRACEPOINT, tracefs=options.tracefs)
         tp_defines = tracepoint_offsets(self.tp_format)
@@ -111,31 +108,15 @@ class DropReasonProgram:
         except btfmod.BtfError as exc:
             raise StartupError(f"dropreason needs kernel BTF for struct offsets: {exc}") from None
         self.defines = {**tp_defines, **kernel_offsets(b)}
-        check_kernel_headers()
-        missing = missing_capabilities()
-        if missing:
-            raise StartupError(f"dropreason needs {', '.join(missing)}: run the agent as root")
-        from bcc import BPF
-
-        cflags = [f"-I{BPF_DIR}", f"-DRINGBUF_PAGES={rb // PAGE_SIZE}",
-                  f"-DCOUNTS_MAP_SIZE={options.counts_map_size}", f"-DNETNS_MAP_SIZE={options.netns_map_size}",
-                  "-Wno-unused-function"]
-        cflags += [f"-D{k}={v}" for k, v in sorted(self.defines.items())]
-        try:
-            self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
-            self.bpf.load_func(PROGRAM.encode(), BPF.TRACEPOINT)
-        except Exception as exc:
-            raise StartupError(
-                f"compiling or loading {SOURCE} failed ({exc}); see the compiler/verifier output above"
-            ) from exc
+        sizes = {"RINGBUF_PAGES": pages, "COUNTS_MAP_SIZE": options.counts_map_size,
+                 "NETNS_MAP_SIZE": options.netns_map_size}
+        self.bpf = compile_program("dropreason", SOURCE, {**sizes, **dict(sorted(self.defines.items()))})
+        load_functions(self.bpf, (PROGRAM,), SOURCE, "TRACEPOINT")
         self.counts = self.bpf[b"counts"]
         self.config_map = self.bpf[b"config"]
         self.stats = self.bpf[b"stats"]
         self.netns_filter = self.bpf[b"netns_filter"]
-        self.attached = False
         self._lock = threading.Lock()
-        self._event_handler = None
-        self._ring_open = False
         self.configure()
 
     # --- configuration -------------------------------------------------------------------------------------
@@ -144,23 +125,13 @@ class DropReasonProgram:
         """Ignore mask, pod-level events on/off, and the namespace filter (``None``: every namespace)."""
         with self._lock:
             if netns is not None:
-                self._set_netns(netns)
+                self.sync_u32_set(self.netns_filter, netns)
             cfg = layout.DrConfig()
             for i, w in enumerate(layout.ignore_mask(ignore_codes)):
                 cfg.ignore_mask[i] = w
             cfg.emit_events = 1 if emit_events else 0
             cfg.filter_netns = 0 if netns is None else 1
             self.config_map[ct.c_int(0)] = cfg
-
-    def _set_netns(self, inodes: set[int]) -> None:
-        current = {k.value for k in self.netns_filter.keys()}
-        for ino in inodes - current:
-            self.netns_filter[ct.c_uint32(ino)] = ct.c_uint8(1)
-        for ino in current - inodes:
-            try:
-                del self.netns_filter[ct.c_uint32(ino)]
-            except KeyError:
-                pass
 
     def netns_in_filter(self) -> set[int]:
         return {k.value for k in self.netns_filter.keys()}
@@ -188,16 +159,7 @@ class DropReasonProgram:
 
     def set_event_handler(self, handler) -> None:
         """Route ring-buffer records to ``handler(ctx, data, size)`` (None: discard). Opens the ring once."""
-        self._event_handler = handler
-        if not self._ring_open:
-            self.bpf[b"events"].open_ring_buffer(self._dispatch)
-            self._ring_open = True
-
-    def _dispatch(self, ctx, data, size) -> int:
-        handler = self._event_handler
-        if handler is None:
-            return 0
-        return handler(ctx, data, size)
+        self.route_ring_buffer("events", handler)
 
     # --- reading -------------------------------------------------------------------------------------------
 
@@ -217,9 +179,3 @@ class DropReasonProgram:
         for slot, name in enumerate(layout.STAT_NAMES):
             out[name] = int(sum(self.stats[ct.c_int(slot)]))
         return out
-
-    def close(self) -> None:
-        self.detach()
-        bpf, self.bpf = getattr(self, "bpf", None), None
-        if bpf is not None:
-            bpf.cleanup()

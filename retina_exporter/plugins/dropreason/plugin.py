@@ -11,7 +11,7 @@ the same wherever in the stack it was dropped); a GSO packet counts as its segme
 
 Pod level (``enablePodLevel``): one DROPPED :class:`FlowRecord` per drop of an IPv4/IPv6 packet, with the
 5-tuple (TCP, UDP, ICMP/ICMPv6 type and code), ``drop_reason`` = the kernel's reason code (name via
-:func:`retina_exporter.plugins.dropreason.reasons.reason_name`), direction, ifindex and length, into
+``drop_reason_name``), direction, ifindex and length, into
 ``ctx.flow_sink``.
 
 Names, ignored reasons (NOT_SPECIFIED ...), direction and the Hubble mapping: see :mod:`.reasons`; which
@@ -27,10 +27,12 @@ import logging
 import threading
 import time
 
+from retina_core.record import DIRECTION_LABELS
+from retina_exporter.plugins.dropreason.config import DropReasonConfig
 from retina_exporter.errors import StartupError
 from retina_exporter.plugins.base import Plugin, PluginContext
 from retina_exporter.plugins.dropreason import reasons as reasons_mod
-from retina_exporter.plugins.dropreason import scope as scope_mod
+from retina_exporter.datapath import scope as scope_mod
 from retina_exporter.plugins.dropreason.loader import DropReasonProgram, LoadOptions
 from retina_exporter.plugins.dropreason.reader import DropDecoder, DropEventReader
 from retina_exporter.datapath.tracepoint import DEFAULT_TRACEFS
@@ -86,14 +88,15 @@ class DropReasonPlugin(Plugin):
     def init(self, ctx: PluginContext) -> None:
         self.ctx = ctx
         cfg = ctx.config
-        self.scope = self._scope_opt or getattr(cfg, "drop_reason_scope", scope_mod.SCOPE_ALL)
+        section = getattr(cfg, "drop_reason", None) or DropReasonConfig()
+        self.scope = self._scope_opt or section.scope
         if self.scope not in scope_mod.SCOPES:
             raise StartupError(f"dropreason scope {self.scope!r} is not one of {', '.join(scope_mod.SCOPES)}")
         self.pod_level = bool(getattr(cfg, "enable_pod_level", False))
         self.excluded_ifaces = tuple(getattr(cfg, "host_interfaces", ()) or ())
         ignore = self._ignore_opt
         if ignore is None:
-            ignore = tuple(getattr(cfg, "drop_reason_ignore", None) or reasons_mod.DEFAULT_IGNORED)
+            ignore = section.ignore_reasons
         if self.tracefs == DEFAULT_TRACEFS:
             ensure_tracefs()
         if self._program is not None:
@@ -102,7 +105,6 @@ class DropReasonPlugin(Plugin):
             ring = self._ring_opt or getattr(cfg, "drop_reason_ring_buffer_size", None) or LoadOptions.ring_buffer_bytes
             self.program = DropReasonProgram(LoadOptions(ring_buffer_bytes=ring, tracefs=self.tracefs))
         self.reasons = reasons_mod.ReasonTable.from_kernel(self.tracefs)
-        reasons_mod.adopt_table(self.reasons)
         self._ignore_codes = self.reasons.ignore_codes(ignore)
         self.netns = self._discover_scope()
         self.program.configure(self._ignore_codes, emit_events=self.pod_level, netns=self.netns)
@@ -171,7 +173,7 @@ class DropReasonPlugin(Plugin):
         assert self.program is not None and self.reasons is not None
         out: dict[tuple[str, str], list[int]] = {}
         for (code, hint), (packets, nbytes) in self.program.read_counts().items():
-            key = (self.reasons.name(code), self.reasons.direction(code, hint))
+            key = (self.reasons.name(code), DIRECTION_LABELS[self.reasons.direction(code, hint)])
             acc = out.setdefault(key, [0, 0])
             acc[0] += packets
             acc[1] += nbytes

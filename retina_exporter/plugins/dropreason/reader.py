@@ -6,17 +6,14 @@ import os
 import socket
 
 from retina_exporter.datapath.ringreader import BpfRingReader
-from retina_core.record import DIR_EGRESS, DIR_INGRESS, DIR_UNKNOWN, VERDICT_DROPPED, FlowRecord
+from retina_core.record import VERDICT_DROPPED, FlowRecord
 from retina_exporter.plugins.dropreason.layout import EVENT_SIZE, EVENT_STRUCT
-from retina_exporter.plugins.dropreason.reasons import DIR_EGRESS as S_EGRESS
-from retina_exporter.plugins.dropreason.reasons import DIR_INGRESS as S_INGRESS
 from retina_exporter.plugins.dropreason.reasons import ReasonTable
 from retina_exporter.plugins.packetparser.reader import boot_to_wall_offset_ns
 
 #: ``obs_point`` of a drop record: none of the packetparser's four points (the proto field stays unset).
 OBS_DROP = 255
 
-_DIRECTION = {S_INGRESS: DIR_INGRESS, S_EGRESS: DIR_EGRESS}
 
 
 class DropDecoder:
@@ -55,11 +52,11 @@ class DropDecoder:
         locs.append((reason, location))
         if len(locs) > 32:
             del locs[:16]
-        direction = _DIRECTION.get(self.reasons.direction(reason, hint), DIR_UNKNOWN)
+        reasons = self.reasons
         return FlowRecord(
             ts + self.offset_ns, ipv, src, dst, proto, sport, dport, tcp_flags, icmp_type, icmp_code, OBS_DROP,
-            direction, None, ifindex, self.ifname(netns, ifindex), packets, nbytes, nbytes, None, 0,
-            self.node_name, VERDICT_DROPPED, reason,
+            reasons.direction(reason, hint), None, ifindex, self.ifname(netns, ifindex), packets, nbytes, nbytes, None, 0,
+            self.node_name, VERDICT_DROPPED, reason, reasons.name(reason),
         )
 
 

@@ -24,30 +24,25 @@ path override that: ``QDISC_*``, ``FQ_*``, ``NEIGH_*``, ``TC_EGRESS``, ``BPF_CGR
 netfilter DROP in INPUT or FORWARD is ``ingress``, in OUTPUT ``egress``; a packet forwarded by the node and
 dropped by its egress qdisc is ``egress``; ``unknown`` is left for skbs whose headers could not be read.
 
-**Hubble.** Cilium's ``DropReason`` enum describes its own datapath, not the kernel's. :func:`hubble_drop_reason`
-maps the kernel reasons with a clear counterpart (``NETFILTER_DROP`` -> ``POLICY_DENIED``: on a Kubernetes
-node, netfilter DROP rules are how network policies deny; checksum and header errors -> ``INVALID_PACKET_DROPPED``;
-route failures -> ``FIB_LOOKUP_FAILED`` ...), everything else to ``DROP_REASON_UNKNOWN`` (0). The kernel name
-always travels too, in the flow extension ``drop_reason`` (Retina's extension key for its reason name).
+**Records.** The reader puts the code and the name on each DROPPED record (``drop_reason``, ``drop_reason_name``);
+the Hubble mapping of names is the ground layer's (:mod:`retina_core.dropreason`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import threading
 
+from retina_core.dropreason import hubble_drop_reason
+from retina_exporter.plugins.dropreason.config import DEFAULT_IGNORED
+from retina_core.record import DIR_EGRESS, DIR_INGRESS, DIR_UNKNOWN
 from retina_exporter.datapath.tracepoint import DEFAULT_TRACEFS, read_format
 
 log = logging.getLogger(__name__)
 
 PREFIX = "SKB_DROP_REASON_"
 
-# Names of the reasons that are not drops (see the module docstring).
-DEFAULT_IGNORED = ("NOT_DROPPED_YET", "CONSUMED", "NOT_SPECIFIED")
 
-DIR_UNKNOWN = "unknown"
-DIR_INGRESS = "ingress"
-DIR_EGRESS = "egress"
 
 # Kernel-side hints (DR_HINT_* in bpf/dropreason.h).
 HINT_UNKNOWN = 0
@@ -68,54 +63,8 @@ INGRESS_REASONS = frozenset({
     "TAP_FILTER", "ARP_PVLAN_DISABLE",
 })
 
-# Hubble flow.DropReason numbers (proto/flow/flow.proto).
-HUBBLE_UNKNOWN = 0
-HUBBLE_INVALID_SOURCE_IP = 132
-HUBBLE_POLICY_DENIED = 133
-HUBBLE_INVALID_PACKET_DROPPED = 134
-HUBBLE_UNSUPPORTED_L3_PROTOCOL = 139
-HUBBLE_UNKNOWN_L4_PROTOCOL = 142
-HUBBLE_UNKNOWN_L3_TARGET_ADDRESS = 150
-HUBBLE_STALE_OR_UNROUTABLE_IP = 151
-HUBBLE_FIB_LOOKUP_FAILED = 169
-
-HUBBLE_BY_NAME = {
-    "NETFILTER_DROP": HUBBLE_POLICY_DENIED,
-    "BPF_CGROUP_EGRESS": HUBBLE_POLICY_DENIED,
-    "SECURITY_HOOK": HUBBLE_POLICY_DENIED,
-    "XFRM_POLICY": HUBBLE_POLICY_DENIED,
-    "IP_CSUM": HUBBLE_INVALID_PACKET_DROPPED,
-    "TCP_CSUM": HUBBLE_INVALID_PACKET_DROPPED,
-    "UDP_CSUM": HUBBLE_INVALID_PACKET_DROPPED,
-    "ICMP_CSUM": HUBBLE_INVALID_PACKET_DROPPED,
-    "SKB_CSUM": HUBBLE_INVALID_PACKET_DROPPED,
-    "IP_INHDR": HUBBLE_INVALID_PACKET_DROPPED,
-    "PKT_TOO_SMALL": HUBBLE_INVALID_PACKET_DROPPED,
-    "HDR_TRUNC": HUBBLE_INVALID_PACKET_DROPPED,
-    "INVALID_PROTO": HUBBLE_INVALID_PACKET_DROPPED,
-    "IPV6_BAD_EXTHDR": HUBBLE_INVALID_PACKET_DROPPED,
-    "DEV_HDR": HUBBLE_INVALID_PACKET_DROPPED,
-    "IP_INVALID_SOURCE": HUBBLE_INVALID_SOURCE_IP,
-    "IP_LOCAL_SOURCE": HUBBLE_INVALID_SOURCE_IP,
-    "IP_RPFILTER": HUBBLE_INVALID_SOURCE_IP,
-    "MAC_INVALID_SOURCE": HUBBLE_INVALID_SOURCE_IP,
-    "IP_NOPROTO": HUBBLE_UNKNOWN_L4_PROTOCOL,
-    "UNHANDLED_PROTO": HUBBLE_UNSUPPORTED_L3_PROTOCOL,
-    "IPV6DISABLED": HUBBLE_UNSUPPORTED_L3_PROTOCOL,
-    "OTHERHOST": HUBBLE_UNKNOWN_L3_TARGET_ADDRESS,
-    "IP_INVALID_DEST": HUBBLE_UNKNOWN_L3_TARGET_ADDRESS,
-    "IP_INADDRERRORS": HUBBLE_UNKNOWN_L3_TARGET_ADDRESS,
-    "IP_LOCALNET": HUBBLE_UNKNOWN_L3_TARGET_ADDRESS,
-    "IP_OUTNOROUTES": HUBBLE_FIB_LOOKUP_FAILED,
-    "IP_INNOROUTES": HUBBLE_FIB_LOOKUP_FAILED,
-    "NEIGH_FAILED": HUBBLE_STALE_OR_UNROUTABLE_IP,
-    "NEIGH_DEAD": HUBBLE_STALE_OR_UNROUTABLE_IP,
-    "NEIGH_CREATEFAIL": HUBBLE_STALE_OR_UNROUTABLE_IP,
-}
-
-
-def direction_of(name: str, hint: int) -> str:
-    """``ingress``/``egress``/``unknown`` for a reason name and the kernel's hint (see the module docstring)."""
+def direction_of(name: str, hint: int) -> int:
+    """``DIR_INGRESS``/``DIR_EGRESS``/``DIR_UNKNOWN`` (:mod:`retina_core.record`) for a reason name and the kernel's hint (see the module docstring)."""
     if name in EGRESS_REASONS or name.startswith(EGRESS_PREFIXES):
         return DIR_EGRESS
     if name in INGRESS_REASONS or name.startswith(INGRESS_PREFIXES):
@@ -135,7 +84,7 @@ class ReasonTable:
         self.codes = {v: k for k, v in self.names.items()}
         self.subsystems = dict(subsystems or {})
         self.source = source
-        self._direction_cache: dict[tuple[int, int], str] = {}
+        self._direction_cache: dict[tuple[int, int], int] = {}
 
     @classmethod
     def from_kernel(cls, tracefs: str = DEFAULT_TRACEFS, btf_path: str | None = None) -> "ReasonTable":
@@ -189,7 +138,7 @@ class ReasonTable:
         except KeyError:
             raise KeyError(f"this kernel has no drop reason {name!r}") from None
 
-    def direction(self, code: int, hint: int) -> str:
+    def direction(self, code: int, hint: int) -> int:
         key = (code, hint)
         d = self._direction_cache.get(key)
         if d is None:
@@ -197,7 +146,7 @@ class ReasonTable:
         return d
 
     def hubble(self, code: int) -> int:
-        return HUBBLE_BY_NAME.get(self.name(code), HUBBLE_UNKNOWN)
+        return hubble_drop_reason(self.name(code))
 
     def ignore_codes(self, names=DEFAULT_IGNORED) -> list[int]:
         """Codes for the reason names in ``names`` that this kernel has (unknown names are skipped)."""
@@ -210,32 +159,7 @@ class ReasonTable:
         return out
 
 
-_table_lock = threading.Lock()
-_table: ReasonTable | None = None
-
-
+@functools.cache
 def kernel_table() -> ReasonTable:
-    """The running kernel's table, built once per process."""
-    global _table
-    with _table_lock:
-        if _table is None:
-            _table = ReasonTable.from_kernel()
-        return _table
-
-
-def adopt_table(table: ReasonTable) -> None:
-    """Make ``table`` the process-wide one unless there is one already (the plugin's, built at start-up)."""
-    global _table
-    with _table_lock:
-        if _table is None:
-            _table = table
-
-
-def reason_name(code: int) -> str:
-    """Kernel reason name for a FlowRecord's ``drop_reason`` code (for metrics' ``reason`` label)."""
-    return kernel_table().name(code)
-
-
-def hubble_drop_reason(code: int) -> int:
-    """Hubble ``flow.DropReason`` number for ``drop_reason_desc`` (0 = DROP_REASON_UNKNOWN when none fits)."""
-    return kernel_table().hubble(code)
+    """The running kernel's table, built once per process (tools and tests; the plugin builds its own)."""
+    return ReasonTable.from_kernel()

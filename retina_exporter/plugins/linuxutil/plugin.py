@@ -33,19 +33,19 @@ import os
 import threading
 from dataclasses import dataclass, field
 
+from retina_core.telemetry import METRIC_PREFIX
 from retina_exporter.plugins.base import Plugin, PluginContext
 from retina_exporter.plugins.linuxutil import readers
 from retina_exporter.plugins.linuxutil.poller import Poller, metrics_interval_s
 
 log = logging.getLogger(__name__)
 
-PREFIX = "networkobservability_"
-TCP_STATE = PREFIX + "tcp_state"
-TCP_CONNECTION_REMOTE = PREFIX + "tcp_connection_remote"
-TCP_CONNECTION_STATS = PREFIX + "tcp_connection_stats"
-IP_CONNECTION_STATS = PREFIX + "ip_connection_stats"
-UDP_CONNECTION_STATS = PREFIX + "udp_connection_stats"
-INTERFACE_STATS = PREFIX + "interface_stats"
+TCP_STATE = METRIC_PREFIX + "tcp_state"
+TCP_CONNECTION_REMOTE = METRIC_PREFIX + "tcp_connection_remote"
+TCP_CONNECTION_STATS = METRIC_PREFIX + "tcp_connection_stats"
+IP_CONNECTION_STATS = METRIC_PREFIX + "ip_connection_stats"
+UDP_CONNECTION_STATS = METRIC_PREFIX + "udp_connection_stats"
+INTERFACE_STATS = METRIC_PREFIX + "interface_stats"
 REMOTE_ADDRESS_ALL = "AllIPs"
 UDP_ACTIVE = "ACTIVE"
 

@@ -6,9 +6,9 @@ Shared by linuxutil and packetforward (it has no dependency on either).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Callable
+from retina_core.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ def metrics_interval_s(cfg) -> float:
     return max(int(ns), 1) / 1e9
 
 
-class Poller:
+class Poller(Worker):
     """Calls ``read()`` once synchronously in :meth:`start` (so the first values exist as soon as the plugin has
     started), then every ``interval_s`` seconds in a daemon thread until :meth:`stop`.
 
@@ -35,8 +35,7 @@ class Poller:
         self.name = name
         self._read = read
         self.interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__(f"{name}-poller")
         self.reads = 0  # successful reads
         self.failures = 0
         self.last_error: str | None = None
@@ -61,22 +60,11 @@ class Poller:
         return True
 
     def start(self) -> None:
-        if self._thread is not None:
+        if self.alive():
             return
-        self._stop.clear()
         self.read_now()
-        self._thread = threading.Thread(target=self._loop, name=f"{self.name}-poller", daemon=True)
-        self._thread.start()
+        super().start()
 
-    def _loop(self) -> None:
+    def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             self.read_now()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        t, self._thread = self._thread, None
-        if t is not None and t is not threading.current_thread():
-            t.join(timeout)
-
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()

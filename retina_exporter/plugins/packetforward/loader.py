@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import ctypes as ct
 import os
-from pathlib import Path
 
-from retina_exporter.datapath.compiler import BPF_DIR, check_kernel_headers
-from retina_exporter.datapath.sysfs import missing_capabilities
+from retina_exporter.datapath.compiler import BPF_DIR, BccProgram, compile_program, load_functions
+from retina_exporter.plugins.packetforward import layout
 
 SOURCE = BPF_DIR / "packetforward.bpf.c"
 
@@ -24,14 +23,9 @@ EGRESS_PROG = "rpfwd_egress"
 MAP_NAME = "rpfwd_metrics"
 
 INGRESS, EGRESS = "ingress", "egress"
-SLOTS = {INGRESS: 0, EGRESS: 1}  # PF_DIR_INGRESS, PF_DIR_EGRESS in bpf/packetforward.h
+SLOTS = {INGRESS: layout.PF_DIR_INGRESS, EGRESS: layout.PF_DIR_EGRESS}
 PROGRAMS = {INGRESS: INGRESS_PROG, EGRESS: EGRESS_PROG}
-
-
-class PfMetric(ct.Structure):
-    """``struct pf_metric`` of bpf/packetforward.h: packets and bytes on one hook, one CPU."""
-
-    _fields_ = [("count", ct.c_uint64), ("bytes", ct.c_uint64)]
+PfMetric = layout.PfMetric  # the mirror of struct pf_metric lives in layout.py; kept here for callers of loader
 
 
 class PacketForwardError(RuntimeError):
@@ -39,37 +33,15 @@ class PacketForwardError(RuntimeError):
     StartupError: the plugin manager isolates it and the other plugins keep running."""
 
 
-class PacketForwardProgram:
+class PacketForwardProgram(BccProgram):
     """The loaded BPF object: the two classifiers' fds and the per-CPU counter array.
 
     ``source`` is for tests (e.g. a program the verifier rejects)."""
 
     def __init__(self, source: str | os.PathLike = SOURCE) -> None:
-        self.bpf = None
-        check_kernel_headers(PacketForwardError)
-        missing = missing_capabilities()
-        if missing:
-            raise PacketForwardError(
-                f"packetforward needs {', '.join(missing)}: run the agent as root or grant the capabilities"
-            )
-        from bcc import BPF
-
+        self.bpf = compile_program("packetforward", source, error=PacketForwardError)
         try:
-            self.bpf = BPF(src_file=str(source).encode(), cflags=[f"-I{BPF_DIR}", "-Wno-unused-function"])
-        except Exception as exc:  # bcc raises bare Exception; the compiler output went to stderr
-            raise PacketForwardError(
-                f"compiling {source} failed ({exc}); check the kernel headers ('make setup') and the compiler "
-                "output above"
-            ) from exc
-        self.functions = {}
-        try:
-            for name in PROGRAMS.values():
-                try:
-                    self.functions[name] = self.bpf.load_func(name.encode(), BPF.SCHED_CLS)
-                except Exception as exc:
-                    raise PacketForwardError(
-                        f"the kernel rejected BPF program {name} from {source}: {exc} (verifier log above)"
-                    ) from exc
+            self.functions = load_functions(self.bpf, PROGRAMS.values(), source, error=PacketForwardError)
             self.metrics = self.bpf[MAP_NAME.encode()]
         except BaseException:
             self.close()
@@ -91,9 +63,3 @@ class PacketForwardProgram:
         """Zero every counter (tests)."""
         for slot in SLOTS.values():
             self.metrics[ct.c_int(slot)] = self.metrics.Leaf()  # bcc: Leaf is the per-CPU array of struct values
-
-    def close(self) -> None:
-        """Release maps and programs (the kernel frees them once nothing else holds them)."""
-        bpf, self.bpf = self.bpf, None
-        if bpf is not None:
-            bpf.cleanup()

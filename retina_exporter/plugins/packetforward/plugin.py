@@ -32,6 +32,7 @@ import os
 import socket
 import threading
 
+from retina_core.telemetry import METRIC_PREFIX
 from retina_exporter.plugins.base import Plugin, PluginContext
 from retina_exporter.plugins.linuxutil.poller import Poller, metrics_interval_s
 from retina_exporter.plugins.packetforward import loader
@@ -40,9 +41,8 @@ from retina_exporter.datapath.tc import AttachError, TcAttacher
 
 log = logging.getLogger(__name__)
 
-PREFIX = "networkobservability_"
-FORWARD_COUNT = PREFIX + "forward_count"
-FORWARD_BYTES = PREFIX + "forward_bytes"
+FORWARD_COUNT = METRIC_PREFIX + "forward_count"
+FORWARD_BYTES = METRIC_PREFIX + "forward_bytes"
 DIRECTIONS = (loader.INGRESS, loader.EGRESS)
 
 # clsact/cls_bpf identity of our filters: packetparser uses priority 1 / handle 1 on the same hooks.

@@ -9,17 +9,20 @@ from __future__ import annotations
 import ctypes as ct
 import struct
 
-FLAG_COUNT = 10
+from retina_core.record import FLAG_NAMES, REPORT_REASONS
 
-# Report reasons (REPORT_* in packetparser.h), index = value.
-REPORT_EVERY_PACKET = 0
-REPORT_NEW = 1
-REPORT_FLAGS = 2
-REPORT_FLAG_CHANGE = 3
-REPORT_INTERVAL = 4
-REPORT_CLOSE = 5
-REPORT_SWEEP = 6
-REPORT_EXPIRED = 7
+# packet_event.flag_counts: one count per retina_core.record FLAG_NAMES entry (FLAG_IDX_* in packetparser.h).
+FLAG_COUNT = len(FLAG_NAMES)
+
+# Report reasons (REPORT_* in packetparser.h): the index of the reason's name in retina_core.record REPORT_REASONS.
+REPORT_EVERY_PACKET = REPORT_REASONS.index("every_packet")
+REPORT_NEW = REPORT_REASONS.index("new_connection")
+REPORT_FLAGS = REPORT_REASONS.index("flags")
+REPORT_FLAG_CHANGE = REPORT_REASONS.index("flag_change")
+REPORT_INTERVAL = REPORT_REASONS.index("interval")
+REPORT_CLOSE = REPORT_REASONS.index("close")
+REPORT_SWEEP = REPORT_REASONS.index("sweep")
+REPORT_EXPIRED = REPORT_REASONS.index("expired")
 
 CT_STATE_OPEN = 0
 CT_STATE_CLOSING = 1
@@ -140,7 +143,7 @@ class SweepRequest(ct.Structure):
 
 
 # Hot-path decoder of PacketEvent: native byte order and no padding surprises (checked against ctypes in tests).
-EVENT_STRUCT = struct.Struct("=QQ16s16sIIIHHHBBBBBBBBH10II")
+EVENT_STRUCT = struct.Struct(f"=QQ16s16sIIIHHHBBBBBBBBH{FLAG_COUNT}II")
 EVENT_SIZE = EVENT_STRUCT.size
 
 CT_KEY_STRUCT = struct.Struct("=16s16sHHIBB2x")

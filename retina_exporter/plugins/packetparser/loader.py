@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import ctypes as ct
 import logging
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
-from retina_exporter.errors import StartupError
+from retina_exporter.datapath.compiler import BPF_DIR, BccProgram, compile_program, load_functions, ring_pages
 from retina_exporter.plugins.packetparser import layout
-from retina_exporter.datapath.compiler import BPF_DIR, check_kernel_headers
-from retina_exporter.datapath.sysfs import missing_capabilities
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +26,6 @@ FROM_NETWORK = "retina_from_net"  # host interface, TC ingress
 TO_NETWORK = "retina_to_net"  # host interface, TC egress
 CLASSIFIERS = (FROM_ENDPOINT, TO_ENDPOINT, FROM_NETWORK, TO_NETWORK)
 SWEEP_PROGRAM = "retina_ct_sweep"
-PAGE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -52,44 +47,16 @@ class LoadOptions:
     filter_map_size: int = 4096
 
 
-class PacketParserProgram:
+class PacketParserProgram(BccProgram):
     """The loaded BPF object: program fds by name, and the maps ``events``, ``conntrack``, ``config``, ``lost``."""
 
     def __init__(self, options: LoadOptions) -> None:
         self.options = options
-        if options.ring_buffer_bytes < PAGE_SIZE or options.ring_buffer_bytes & (options.ring_buffer_bytes - 1):
-            raise StartupError(
-                f"packetParserRingBufferSize={options.ring_buffer_bytes} must be a power of two >= {PAGE_SIZE}"
-            )
-        check_kernel_headers()
-        missing = missing_capabilities()
-        if missing:
-            raise StartupError(
-                f"packetparser needs {', '.join(missing)}: run the agent as root or grant the capabilities "
-                "(securityContext.capabilities.add in the DaemonSet)"
-            )
-        from bcc import BPF  # imported late: the module needs root-only kernel access on import in some builds
-
-        self._bpf_cls = BPF
-        cflags = [
-            f"-I{BPF_DIR}",
-            f"-DCT_MAP_SIZE={options.ct_map_size}",
-            f"-DRINGBUF_PAGES={options.ring_buffer_bytes // PAGE_SIZE}",
-            f"-DFILTER_MAP_SIZE={options.filter_map_size}",
-            "-Wno-unused-function",
-        ]
-        try:
-            self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
-        except Exception as exc:  # bcc raises bare Exception with the compiler output on stderr
-            raise StartupError(
-                f"compiling {SOURCE} failed ({exc}); check kernel headers ('make setup') and the compiler output above"
-            ) from exc
-        self.functions = {}
-        for name in CLASSIFIERS + (SWEEP_PROGRAM,):
-            try:
-                self.functions[name] = self.bpf.load_func(name.encode(), BPF.SCHED_CLS)
-            except Exception as exc:
-                raise StartupError(f"loading BPF program {name} failed: {exc} (verifier log above)") from exc
+        pages = ring_pages(options.ring_buffer_bytes, "packetParserRingBufferSize")
+        defines = {"CT_MAP_SIZE": options.ct_map_size, "RINGBUF_PAGES": pages,
+                   "FILTER_MAP_SIZE": options.filter_map_size}
+        self.bpf = compile_program("packetparser", SOURCE, defines)
+        self.functions = load_functions(self.bpf, CLASSIFIERS + (SWEEP_PROGRAM,), SOURCE)
         self.events = self.bpf[b"events"]
         self.conntrack = self.bpf[b"conntrack"]
         self.config_map = self.bpf[b"config"]
@@ -123,9 +90,3 @@ class PacketParserProgram:
             values = self.lost[ct.c_int(slot)]
             out[label] = int(sum(values))
         return out
-
-    def close(self) -> None:
-        """Release maps and programs (the kernel frees them once nothing else holds them)."""
-        bpf, self.bpf = getattr(self, "bpf", None), None
-        if bpf is not None:
-            bpf.cleanup()

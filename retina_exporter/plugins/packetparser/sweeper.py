@@ -13,12 +13,12 @@ through the same ring buffer as packet events. After traffic stops, every packet
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass
 
 from retina_exporter.datapath.syscall import prog_test_run
 from retina_exporter.plugins.packetparser import layout
+from retina_core.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,11 @@ class SweepStats:
     bytes_rx: int = 0
 
 
-class ConntrackSweeper:
+class ConntrackSweeper(Worker):
     def __init__(self, program, interval_ns: int) -> None:
         self._program = program
         self._interval_ns = interval_ns
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__("conntrack-sweeper")
         self.last = SweepStats()
         self.sweeps = 0
 
@@ -96,15 +95,3 @@ class ConntrackSweeper:
             except Exception:
                 log.exception("conntrack sweep failed")
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="conntrack-sweeper", daemon=True)
-        self._thread.start()
-
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None

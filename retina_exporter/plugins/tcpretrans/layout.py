@@ -1,4 +1,4 @@
-"""Python mirror of ``bpf/tcpretrans.h`` (the lab tests decode real kernel events with it)."""
+"""Python mirror of ``bpf/tcpretrans.h``: decoding retransmission events (tests/test_bpf_layouts.py pins it)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ STAT_NOT_SENT = 2
 STAT_OUT_OF_SCOPE = 3
 STAT_RINGBUF_FULL = 4
 STAT_SYNACK = 5
+STAT_SLOTS = 6
 STAT_NAMES = ("events", "segments", "not_sent", "out_of_scope", "ringbuf_full", "synack")
 
 

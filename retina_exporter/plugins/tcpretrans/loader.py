@@ -17,16 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retina_exporter.datapath import btf as btfmod
-from retina_exporter.errors import StartupError
+from retina_exporter.datapath.compiler import BPF_DIR, BccProgram, compile_program, load_functions, ring_pages
 from retina_exporter.datapath.tracepoint import (
     DEFAULT_TRACEFS,
     TracepointFormat,
     TracepointMissing,
     parse_format,
 )
+from retina_exporter.errors import StartupError
 from retina_exporter.plugins.tcpretrans import layout
-from retina_exporter.datapath.compiler import BPF_DIR, check_kernel_headers
-from retina_exporter.datapath.sysfs import missing_capabilities
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +34,6 @@ PROG_SKB = "rtcp_retrans"
 PROG_SYNACK = "rtcp_synack"
 TP_SKB = ("tcp", "tcp_retransmit_skb")
 TP_SYNACK = ("tcp", "tcp_retransmit_synack")
-PAGE_SIZE = 4096
 
 # (define suffix, field, expected size)
 SKB_FIELDS = (
@@ -114,14 +112,14 @@ def kernel_offsets(path: str) -> dict[str, int] | None:
         return None
 
 
-class TcpRetransProgram:
+class TcpRetransProgram(BccProgram):
     """The compiled program and its maps: ``rt_events``, ``rt_config``, ``netns_filter``, ``rt_stats``."""
+
+    attached: list[bytes] | tuple = ()  # until __init__ has run: close() after a failed __init__ detaches nothing
 
     def __init__(self, options: LoadOptions = LoadOptions()) -> None:
         self.options = options
-        rb = options.ring_buffer_bytes
-        if rb < PAGE_SIZE or rb & (rb - 1):
-            raise StartupError(f"tcpretrans ring buffer size {rb} must be a power of two >= {PAGE_SIZE}")
+        pages = ring_pages(options.ring_buffer_bytes, "tcpretrans ring buffer size")
         skb_fmt = read_tp_format(*TP_SKB, tracefs=options.tracefs)
         defines = field_defines(skb_fmt, "TP_SKB_OFF_", SKB_FIELDS)
         err = skb_fmt.fields.get("err")
@@ -142,43 +140,21 @@ class TcpRetransProgram:
             defines.update(koff)
             defines["HAVE_KERNEL_OFFSETS"] = 1
         self.defines = defines
-        check_kernel_headers()
-        missing = missing_capabilities()
-        if missing:
-            raise StartupError(f"tcpretrans needs {', '.join(missing)}: run the agent as root")
-        from bcc import BPF
-
-        cflags = [f"-I{BPF_DIR}", f"-DRINGBUF_PAGES={rb // PAGE_SIZE}", f"-DNETNS_MAP_SIZE={options.netns_map_size}",
-                  "-Wno-unused-function"]
-        cflags += [f"-D{k}={v}" for k, v in sorted(defines.items())]
-        try:
-            self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
-            self.bpf.load_func(PROG_SKB.encode(), BPF.TRACEPOINT)
-            if self.has_synack:
-                self.bpf.load_func(PROG_SYNACK.encode(), BPF.TRACEPOINT)
-        except Exception as exc:
-            raise StartupError(f"compiling or loading {SOURCE} failed ({exc}); see the compiler/verifier output") from exc
+        sizes = {"RINGBUF_PAGES": pages, "NETNS_MAP_SIZE": options.netns_map_size}
+        self.bpf = compile_program("tcpretrans", SOURCE, {**sizes, **dict(sorted(defines.items()))})
+        load_functions(self.bpf, (PROG_SKB, PROG_SYNACK) if self.has_synack else (PROG_SKB,), SOURCE, "TRACEPOINT")
         self.config_map = self.bpf[b"rt_config"]
         self.stats_map = self.bpf[b"rt_stats"]
         self.netns_filter = self.bpf[b"netns_filter"]
-        self.attached: list[bytes] = []
+        self.attached = []
         self._lock = threading.Lock()
-        self._handler = None
-        self._ring_open = False
         self.configure()
 
     def configure(self, emit_events: bool = False, netns: set[int] | None = None) -> None:
         """Events on/off and the namespace filter (``None``: every namespace)."""
         with self._lock:
             if netns is not None:
-                current = {k.value for k in self.netns_filter.keys()}
-                for ino in netns - current:
-                    self.netns_filter[ct.c_uint32(ino)] = ct.c_uint8(1)
-                for ino in current - netns:
-                    try:
-                        del self.netns_filter[ct.c_uint32(ino)]
-                    except KeyError:
-                        pass
+                self.sync_u32_set(self.netns_filter, netns)
             cfg = layout.RtConfig()
             cfg.filter_netns = 0 if netns is None else 1
             cfg.emit_events = 1 if emit_events else 0
@@ -208,20 +184,7 @@ class TcpRetransProgram:
 
     def set_event_handler(self, handler) -> None:
         """Route ring-buffer records to ``handler(ctx, data, size)`` (None: discard). Opens the ring once."""
-        self._handler = handler
-        if not self._ring_open:
-            self.bpf[b"rt_events"].open_ring_buffer(self._dispatch)
-            self._ring_open = True
-
-    def _dispatch(self, ctx, data, size) -> int:
-        handler = self._handler
-        return 0 if handler is None else handler(ctx, data, size)
+        self.route_ring_buffer("rt_events", handler)
 
     def stats(self) -> dict[str, int]:
         return {name: int(sum(self.stats_map[ct.c_int(i)])) for i, name in enumerate(layout.STAT_NAMES)}
-
-    def close(self) -> None:
-        self.detach()
-        bpf, self.bpf = getattr(self, "bpf", None), None
-        if bpf is not None:
-            bpf.cleanup()

@@ -18,7 +18,7 @@ reported as IPv4.
 Scope: the tracepoints fire for every network namespace on the host. ``scope="all"`` (default) counts them all
 (on a Kubernetes node every namespace is the node's or one of its pods'); ``scope="node"`` (constructor, or
 config attribute ``tcp_retrans_scope``) counts only the node's namespace and its pod veths' peer namespaces,
-as dropreason's scope does (:mod:`retina_exporter.plugins.dropreason.scope`), re-checked on every reconcile.
+as dropreason's scope does (:mod:`retina_exporter.datapath.scope`), re-checked on every reconcile.
 It needs kernel BTF (the socket's namespace is read through ``sock.__sk_common.skc_net``); without BTF the
 plugin fails to start in scope ``node``.
 """
@@ -30,9 +30,11 @@ import time
 
 from retina_exporter.datapath.ringreader import BpfRingReader
 from retina_exporter.errors import StartupError
-from retina_core.record import DIR_EGRESS, IPPROTO_TCP, OBS_FROM_ENDPOINT, OBS_TO_NETWORK, FlowRecord
+from retina_core.record import (DIR_EGRESS, IPPROTO_TCP, OBS_FROM_ENDPOINT, OBS_TO_NETWORK, VERDICT_TCP_RETRANSMISSION,
+                                FlowRecord)
 from retina_exporter.plugins.base import Plugin, PluginContext
-from retina_exporter.plugins.dropreason import scope as scope_mod
+from retina_exporter.datapath import scope as scope_mod
+from retina_exporter.plugins.tcpretrans.config import TcpRetransConfig
 from retina_exporter.plugins.tcpretrans.layout import EVENT_SIZE, EVENT_STRUCT
 from retina_exporter.plugins.tcpretrans.loader import LoadOptions, TcpRetransProgram
 from retina_exporter.datapath.sysfs import ensure_tracefs
@@ -41,7 +43,6 @@ from retina_core.telemetry import LOST_KERNEL
 log = logging.getLogger(__name__)
 
 RETRANS_METRIC = "networkobservability_tcp_retransmission_count"
-VERDICT_TCP_RETRANSMISSION = 15  # Retina's utils.Verdict_RETRANSMISSION
 _V4MAPPED = b"\x00" * 10 + b"\xff\xff"
 
 
@@ -104,7 +105,7 @@ class TcpRetransPlugin(Plugin):
     def init(self, ctx: PluginContext) -> None:
         self.ctx = ctx
         cfg = ctx.config
-        self.scope = self._scope_opt or getattr(cfg, "tcp_retrans_scope", scope_mod.SCOPE_ALL)
+        self.scope = self._scope_opt or (getattr(cfg, "tcp_retrans", None) or TcpRetransConfig()).scope
         if self.scope not in scope_mod.SCOPES:
             raise StartupError(f"tcpretrans scope {self.scope!r} is not one of {', '.join(scope_mod.SCOPES)}")
         self.pod_level = bool(getattr(cfg, "enable_pod_level", False))

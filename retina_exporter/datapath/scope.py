@@ -19,30 +19,27 @@ asked for the id the agent's namespace gave it (``RTM_GETNSID`` with ``NETNSA_FD
 
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
 import struct
-import threading
 from typing import Iterable
 
 from pyroute2 import IPRoute
 
+from retina_core.netns import NETNS_RUN_DIR, run_in_netns
 from retina_exporter.datapath.vethwatch import is_pod_veth
 
 SCOPE_ALL = "all"
 SCOPE_NODE = "node"
 SCOPES = (SCOPE_ALL, SCOPE_NODE)
 
-NETNS_DIR = "/run/netns"
+NETNS_DIR = NETNS_RUN_DIR
 RTM_NEWNSID = 88
 RTM_GETNSID = 90
 NLMSG_ERROR = 2
 NLM_F_REQUEST = 1
 NETNSA_NSID = 1
 NETNSA_FD = 3
-_CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def netns_inode(path: str = "/proc/self/ns/net") -> int:
@@ -140,24 +137,4 @@ def node_namespaces(node_netns: str | None = None, excluded: Iterable[str] = ())
     excluded = set(excluded)
     if node_netns is None:
         return _discover_here(excluded)
-    box: dict = {}
-
-    def target():
-        try:
-            fd = os.open(node_netns, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if _libc.setns(fd, _CLONE_NEWNET) != 0:
-                    e = ctypes.get_errno()
-                    raise OSError(e, f"setns({node_netns}): {os.strerror(e)}")
-            finally:
-                os.close(fd)
-            box["value"] = _discover_here(excluded)
-        except BaseException as exc:
-            box["error"] = exc
-
-    t = threading.Thread(target=target, name="dropreason-scope", daemon=True)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    return run_in_netns(node_netns, _discover_here, excluded, thread_name="dropreason-scope")
