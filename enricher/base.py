@@ -5,11 +5,11 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any, Protocol, runtime_checkable
 
 from enricher.ipcache import IPCache
+from retina_core.worker import Worker
 
 __all__ = ["PollingSource", "Source"]
 
@@ -36,7 +36,7 @@ class Source(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
-class PollingSource:
+class PollingSource(Worker):
     """Base for sources that re-check something every ``interval_s`` seconds from a daemon thread.
 
     Subclasses implement :meth:`poll` (called once synchronously by :meth:`start`, then on every tick) and use
@@ -55,32 +55,17 @@ class PollingSource:
         self.entries = 0
         self.updated_at: float | None = None
         self.telemetry: Any = None  # a ControlPlane, set by make_source; unused by the sources so far
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        Worker.__init__(self, f"enricher-{self.name}")
 
-    def start(self, cache: IPCache) -> None:
-        """Register with ``cache``, poll once now, then every ``interval_s`` seconds in a daemon thread."""
-        if self._thread is not None:
+    def start(self, cache: IPCache) -> None:  # type: ignore[override]
+        """Register with ``cache``, poll once now, then every ``interval_s`` seconds in a daemon thread (the cache
+        keeps the last snapshot after :meth:`stop`)."""
+        if self.alive():
             raise RuntimeError(f"source {self.name!r} already started")
         self.cache = cache
         cache.register(self)
-        self._stop.clear()
         self._safe_poll()
-        self._thread = threading.Thread(target=self._run, name=f"enricher-{self.name}", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop the thread and wait up to ``timeout_s`` seconds for it. The cache keeps the last snapshot."""
-        self._stop.set()
-        t = self._thread
-        if t is not None and t is not threading.current_thread():
-            t.join(timeout_s)
-        self._thread = None
-
-    def alive(self) -> bool:
-        """True while the polling thread runs."""
-        t = self._thread
-        return t is not None and t.is_alive()
+        Worker.start(self)
 
     def status(self) -> dict[str, Any]:
         """See :class:`Source`."""

@@ -17,7 +17,6 @@ when the address map changed (and once at start).
 
 from __future__ import annotations
 
-import ctypes
 import fnmatch
 import logging
 import os
@@ -29,20 +28,18 @@ from typing import Any
 
 from retina_core.identity import KIND_POD, Identity
 from retina_core.addr import ip_bytes
+from retina_core.netns import enter_netns
 from enricher.base import PollingSource
 
 __all__ = ["NetnsSource", "list_named_netns", "list_process_netns", "own_netns", "read_addresses"]
 
 log = logging.getLogger(__name__)
 
-CLONE_NEWNET = 0x40000000
 _RT_SCOPE_LINK = 253
 _RT_SCOPE_HOST = 254
 _IFA_F_DADFAILED = 0x08
 WORKLOAD_KIND = "NetworkNamespace"
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 NsKey = tuple[int, int]  # (st_dev, st_ino) of an nsfs file: identifies a namespace
@@ -128,14 +125,8 @@ def read_addresses(paths: Mapping[str, str], timeout_s: float = 10.0) -> dict[st
     def run() -> None:
         for name, path in items:
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    if _libc.setns(fd, CLONE_NEWNET) != 0:
-                        err = ctypes.get_errno()
-                        raise OSError(err, f"setns: {os.strerror(err)}")
-                finally:
-                    os.close(fd)
-                results[name] = _addresses_here()
+                with enter_netns(path):
+                    results[name] = _addresses_here()
             except Exception as exc:
                 results[name] = exc
 

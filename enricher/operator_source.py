@@ -53,6 +53,7 @@ from enricher.ipcache import IPCache
 from retina_core.addr import ip_bytes, ip_text
 from retina_core.units import ConfigError
 from enricher.config import DEFAULT_OPERATOR_ADDRESS, EnrichmentConfig
+from retina_core.worker import Worker
 
 __all__ = ["CHANNEL_OPTIONS", "DEFAULT_ADDRESS", "OperatorSource", "source_from_config"]
 
@@ -87,7 +88,7 @@ class _Stop(Exception):
     pass
 
 
-class OperatorSource:
+class OperatorSource(Worker):
     """Feeds the cache from retina-operator (see the module docstring).
 
     ``node_name``: this agent's node (sent to the operator; its node addresses get kind ``host``). ``address``:
@@ -166,8 +167,7 @@ class OperatorSource:
         self._live: dict[bytes, str] = {}
         self._observed: set[bytes] = set()
         self._loaded_event = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        Worker.__init__(self, "enricher-operator")
         self._call: Any = None
         self._call_lock = threading.Lock()
         self._attempt = 0
@@ -183,25 +183,17 @@ class OperatorSource:
             raise RuntimeError("operator source already started")
         self.cache = cache
         cache.register(self)
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="enricher-operator", daemon=True)
-        self._thread.start()
+        Worker.start(self)
         if self.start_timeout_s > 0 and not self._loaded_event.wait(self.start_timeout_s):
             log.warning("enrichment operator: no snapshot from %s within %gs (%s); continuing in the background",
                         self.address, self.start_timeout_s, self.error or "no answer yet")
 
-    def stop(self, timeout_s: float = 5.0) -> None:
+    def stop(self, timeout_s: float = 5.0) -> bool:
         """Close the stream and stop the thread; the cache keeps the last picture. Idempotent."""
-        self._stop.set()
-        self._cancel()
-        t = self._thread
-        if t is not None and t is not threading.current_thread():
-            t.join(timeout_s)
-        self._thread = None
+        return Worker.stop(self, timeout_s)
 
-    def alive(self) -> bool:
-        t = self._thread
-        return t is not None and t.is_alive()
+    def _wake_thread(self) -> None:
+        self._cancel()
 
     def wait_loaded(self, timeout_s: float | None = None) -> bool:
         return self._loaded_event.wait(timeout_s)

@@ -1,1 +1,35 @@
-"""Prometheus (and later OTLP) export of the agent's metrics."""
+"""The metrics module: reads enriched flow records from the output ring and serves Retina's metrics.
+
+* :mod:`metrics_module.advanced`: the ``adv_*`` (pod-level) series built from records under a
+  MetricsConfiguration (the contract is :mod:`retina_core.metricsconfig`).
+* :mod:`metrics_module.module`: :class:`MetricsModule`, the thread that follows the output ring.
+* :mod:`metrics_module.registry`: :class:`FamilyRegistry`, node-level families published by plugins and the agent.
+* :mod:`metrics_module.exposition`: Prometheus text and OpenMetrics rendering with Retina's counter names.
+* :mod:`metrics_module.otlp` / :mod:`metrics_module.otlpconfig`: the OTLP push and its ``otlp`` config section.
+
+The names below are the package's public surface; import them from ``metrics_module``. The OTLP exporter is
+imported on first use (it pulls in gRPC).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from metrics_module.exposition import CONTENT_TYPE, Family, negotiate, render, render_openmetrics
+from metrics_module.module import MetricsModule
+from metrics_module.otlpconfig import OTLP_SECTION, OtlpConfig
+from metrics_module.registry import FamilyRegistry
+
+if TYPE_CHECKING:
+    from metrics_module.otlp import OtlpExporter
+
+__all__ = ["CONTENT_TYPE", "OTLP_SECTION", "Family", "FamilyRegistry", "MetricsModule", "OtlpConfig", "OtlpExporter",
+           "negotiate", "render", "render_openmetrics"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "OtlpExporter":
+        from metrics_module.otlp import OtlpExporter
+
+        return OtlpExporter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

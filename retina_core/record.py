@@ -24,14 +24,17 @@ Units and encodings:
 
 from __future__ import annotations
 
-# Observation points: values shared with bpf/packetparser.h (OBS_*).
+# The values below are shared with the kernel programs: retina_exporter/bpf/common.h defines OBS_*, DIR_* and
+# TCP_FLAG_* once for C; tests/test_bpf_layouts.py pins the two definitions to each other.
+
+# Observation points (OBS_*).
 OBS_FROM_ENDPOINT = 0  # host side of a pod veth, TC ingress: the pod sent it
 OBS_TO_ENDPOINT = 1  # host side of a pod veth, TC egress: the pod receives it
 OBS_FROM_NETWORK = 2  # host interface (uplink), TC ingress
 OBS_TO_NETWORK = 3  # host interface (uplink), TC egress
 OBS_NAMES = ("FROM_ENDPOINT", "TO_ENDPOINT", "FROM_NETWORK", "TO_NETWORK")
 
-# Traffic direction of the connection (from the first packet seen), shared with bpf (DIR_*). A record always
+# Traffic direction of the connection (from the first packet seen) (DIR_*). A record always
 # carries the number; DIRECTION_LABELS gives the lower-case label value metrics use (``direction="ingress"``).
 DIR_UNKNOWN = 0
 DIR_INGRESS = 1
@@ -45,7 +48,7 @@ VERDICT_DROPPED = 2
 VERDICT_TCP_RETRANSMISSION = 15
 VERDICT_DNS = 16
 
-# TCP flag bits in ``tcp_flags`` (shared with bpf TCP_FLAG_*): the TCP header's flag byte, NS as bit 8.
+# TCP flag bits in ``tcp_flags`` (TCP_FLAG_*): the TCP header's flag byte, NS as bit 8.
 TCP_FIN = 0x01
 TCP_SYN = 0x02
 TCP_RST = 0x04

@@ -1,13 +1,16 @@
-"""The output ring of flow records: one writer, any number of independent readers (Hubble's ring semantics).
+"""The output ring of flow records: one writer at a time, any number of independent readers (Hubble's ring
+semantics).
 
 Layout and rules (as in Hubble's ``pkg/hubble/container/ring.go``, see hubble-api.md §5):
 
 * The array has ``2**n`` slots; record number ``s`` (0, 1, 2, … counted over all writes) lives in slot
   ``s & mask``. One slot is always reserved for the write in progress and never readable, so the ring holds
   ``capacity = 2**n - 1`` readable records (4095 by default).
-* **One writer** (:meth:`Ring.write`, :meth:`Ring.write_batch`). It never waits for a reader and takes no lock
-  per record: it announces how far it is about to write (``_claim``), stores the records (slice assignment),
-  then publishes the new write counter (``_write``). Waiting readers are woken once per call, and only if a
+* **One writer at a time**, enforced by the ring: :meth:`Ring.write` and :meth:`Ring.write_batch` hold the
+  ring's writer lock for the call (one uncontended acquisition per batch, not per record), so several producer
+  threads (the plugins' readers) may share a ring and each batch stays contiguous and in order. The writer never
+  waits for a reader: it announces how far it is about to write (``_claim``), stores the records (slice
+  assignment), then publishes the new write counter (``_write``). Waiting readers are woken once per call, and only if a
   reader is actually waiting (the :class:`threading.Condition` is not touched otherwise).
 * **Readers** (:meth:`Ring.reader`) each have their own cursor and read without any lock, seqlock style: a
   reader reads the slots for records ``[pos, end)`` with ``end <= _write``, *then* re-reads ``_claim``; a
@@ -76,7 +79,7 @@ class Ring:
     ``capacity`` must be ``2**n - 1`` with ``1 <= n <= 20`` (default 4095).
     """
 
-    __slots__ = ("_size", "_mask", "_cap", "_slots", "_write", "_claim", "_cond", "_waiters", "_epoch")
+    __slots__ = ("_size", "_mask", "_cap", "_slots", "_write", "_claim", "_cond", "_waiters", "_epoch", "_wlock")
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         order = validate_capacity(capacity)
@@ -91,41 +94,44 @@ class Ring:
         self._cond = threading.Condition(threading.Lock())
         self._waiters = 0
         self._epoch = 0  # bumped by notify_all(): waiting readers return even without new records
+        self._wlock = threading.Lock()  # the single-writer rule: one write call at a time
 
     # -- writer ------------------------------------------------------------------------------------------------
 
     def write(self, item: Any) -> None:
-        """Append one record (the single writer only). Never blocks on readers."""
-        w = self._write
-        self._claim = w + 1
-        self._slots[w & self._mask] = item
-        self._write = w + 1
+        """Append one record. Never blocks on readers (only on another writer's call in progress)."""
+        with self._wlock:
+            w = self._write
+            self._claim = w + 1
+            self._slots[w & self._mask] = item
+            self._write = w + 1
         if self._waiters:
             self._wake()
 
     def write_batch(self, items: Sequence[Any] | Iterable[Any]) -> None:
-        """Append records in order (the single writer only); readers are woken once for the whole batch."""
+        """Append records in order, contiguously; readers are woken once for the whole batch."""
         if not isinstance(items, list):
             items = list(items)
         k = len(items)
         if k == 0:
             return
         size = self._size
-        w = self._write
-        end = w + k
-        self._claim = end
-        if k > size:  # only the last `size` records can land in the array; the rest are overwritten at once
-            items = items[k - size :]
-            k = size
-        i0 = (end - k) & self._mask
-        first = size - i0
-        slots = self._slots
-        if k <= first:
-            slots[i0 : i0 + k] = items
-        else:
-            slots[i0:size] = items[:first]
-            slots[0 : k - first] = items[first:]
-        self._write = end
+        with self._wlock:
+            w = self._write
+            end = w + k
+            self._claim = end
+            if k > size:  # only the last `size` records can land in the array; the rest are overwritten at once
+                items = items[k - size :]
+                k = size
+            i0 = (end - k) & self._mask
+            first = size - i0
+            slots = self._slots
+            if k <= first:
+                slots[i0 : i0 + k] = items
+            else:
+                slots[i0:size] = items[:first]
+                slots[0 : k - first] = items[first:]
+            self._write = end
         if self._waiters:
             self._wake()
 

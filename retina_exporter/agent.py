@@ -9,8 +9,7 @@ import signal
 import threading
 import time
 
-from metrics_module.exposition import negotiate
-from metrics_module.registry import FamilyRegistry
+from metrics_module import FamilyRegistry, negotiate
 from retina_core.version import __version__
 from retina_exporter.config import Config, ConfigError, load_config
 from retina_exporter.errors import StartupError
@@ -76,24 +75,6 @@ def build_plugins(cfg: Config) -> list[Plugin]:
     return plugins
 
 
-class SerializedSink:
-    """The flow sink plugins write to. Every plugin's reader thread (packetparser, dropreason, dns, tcpretrans)
-    hands batches here, while a ring has a single writer: batches are serialized with a lock (one acquisition per
-    batch of up to 256 records, not per record)."""
-
-    def __init__(self, ring: Ring) -> None:
-        self._ring = ring
-        self._lock = threading.Lock()
-
-    def write_batch(self, items) -> None:
-        with self._lock:
-            self._ring.write_batch(items)
-
-    def write(self, item) -> None:
-        with self._lock:
-            self._ring.write(item)
-
-
 class Agent:
     """The assembled agent.
 
@@ -119,9 +100,7 @@ class Agent:
         self.enricher = None
         flow_sink = self.ring
         if self.enrichment_on:
-            from enricher.enricher import Enricher
-            from enricher.ipcache import IPCache
-            from enricher.source import make_source
+            from enricher import Enricher, IPCache, make_source
 
             self.cache = IPCache()
             if cfg.enrichment.source != "none":
@@ -136,7 +115,7 @@ class Agent:
         # Advanced (pod-level) metrics.
         self.metrics_module = None
         if cfg.enable_pod_level:
-            from metrics_module.module import MetricsModule
+            from metrics_module import MetricsModule
 
             mcfg = cfg.metrics_configuration
             for warning in mcfg.warnings if mcfg is not None else ():
@@ -147,7 +126,7 @@ class Agent:
             )
         self.config_reloads = 0
         self.config_reload_errors = 0
-        self.ctx = PluginContext(config=cfg, flow_sink=SerializedSink(flow_sink), telemetry=self.telemetry,
+        self.ctx = PluginContext(config=cfg, flow_sink=flow_sink, telemetry=self.telemetry,
                                  metrics=self.metrics)
         self.manager = PluginManager(self.plugins, self.ctx)
         # Kubernetes control loop (MetricsConfiguration resources, or annotation opt-in): needs API access, i.e.
@@ -159,7 +138,7 @@ class Agent:
             self.metrics.register(self.kube_control.families)
         self.otlp = None
         if cfg.otlp.enabled:
-            from metrics_module.otlp import OtlpExporter
+            from metrics_module import OtlpExporter
 
             if self.metrics_module is not None:
                 module = self.metrics_module

@@ -28,8 +28,8 @@ from typing import Any
 
 import yaml
 
-from enricher.config import ENRICHMENT_SECTION, EnrichmentConfig
-from metrics_module.otlpconfig import OTLP_SECTION, OtlpConfig
+from enricher import ENRICHMENT_SECTION, EnrichmentConfig
+from metrics_module import OTLP_SECTION, OtlpConfig
 from retina_core.metricsconfig import MetricsConfiguration, parse_metrics_configuration
 from retina_core.settings import (BOOL_ACCEPTED, Invalid, Key, Section, abs_path, boolean, choice,
                                   duration_at_least, env_var_name, int_range, str_list, text)

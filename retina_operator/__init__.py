@@ -9,7 +9,7 @@ the standard library).
 * :mod:`retina_operator.metricsconfig`: MetricsConfiguration validation and status.
 * :mod:`retina_operator.metrics`: the operator's own ``/metrics`` (a prometheus-client collector).
 * :mod:`retina_operator.operator`: :class:`~retina_operator.operator.Operator`, gluing it all together with the
-  debug HTTP server (:mod:`retina_operator.http`); :mod:`retina_operator.cli`: the ``retina-operator`` command.
+  debug HTTP server (:class:`retina_core.httpserver.RouteServer`); :mod:`retina_operator.cli`: the ``retina-operator`` command.
 
 Kubernetes client construction and the informer are :mod:`retina_core.kube`. docs/operator.md describes the
 protocol and its guarantees.

@@ -33,6 +33,7 @@ from typing import Any
 from retina_core.metricsconfig import parse_metrics_configuration
 from retina_core.units import ConfigError
 from retina_core.kube.watch import Informer, WatchEvent, describe_error
+from retina_core.worker import Worker
 
 __all__ = ["ACCEPTED", "ERRORED", "GROUP", "MetricsConfigController", "PLURAL", "VERSION", "desired_statuses"]
 
@@ -87,7 +88,7 @@ def _same(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
-class MetricsConfigController:
+class MetricsConfigController(Worker):
     """Watches MetricsConfigurations and keeps their status (see the module docstring).
 
     ``informer_options`` go to the :class:`Informer`. ``retry_initial_s``/``retry_max_s``: backoff for failed
@@ -111,23 +112,19 @@ class MetricsConfigController:
         self.reconciles = 0
         self.error: str | None = None
         self._dirty = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        Worker.__init__(self, "operator-metricsconfig")
 
     def start(self) -> None:
-        self._stop.clear()
         self.informer.start()
-        self._thread = threading.Thread(target=self._run, name="operator-metricsconfig", daemon=True)
-        self._thread.start()
+        Worker.start(self)
 
-    def stop(self, timeout_s: float = 5.0) -> None:
+    def stop(self, timeout_s: float = 5.0) -> bool:
         self._stop.set()
-        self._dirty.set()
         self.informer.stop(timeout_s)
-        t = self._thread
-        if t is not None and t is not threading.current_thread():
-            t.join(timeout_s)
-        self._thread = None
+        return Worker.stop(self, timeout_s)
+
+    def _wake_thread(self) -> None:
+        self._dirty.set()
 
     def status(self) -> dict[str, Any]:
         return {"synced": self.informer.synced, "in_force": self.in_force, "configurations": dict(self.states),

@@ -21,7 +21,7 @@ from typing import Any
 from retina_core.kube.client import describe_target, make_api_client
 
 from retina_operator.cluster import ClusterState
-from retina_operator.http import DebugHTTPServer, Response, json_response, text_response
+from retina_core.httpserver import Response, RouteServer, json_response, text_response
 from retina_operator.metrics import CONTENT_TYPE, OperatorCollector, make_registry, render
 from retina_operator.metricsconfig import MetricsConfigController
 from retina_operator.server import BindError, IpCacheServer, TlsError, TlsFiles
@@ -76,7 +76,7 @@ class Operator:
         self.server = IpCacheServer(self.state, grpc_host, grpc_port, tls=tls)
         self.http_host = http_host
         self.http_port_requested = http_port
-        self.http: DebugHTTPServer | None = None
+        self.http: RouteServer | None = None
         self.shutdown_grace_s = shutdown_grace_s
         self.started_at: float | None = None
         self._stopped = False
@@ -96,7 +96,7 @@ class Operator:
         """Bind the HTTP and gRPC ports and start everything. Raises :class:`BindError` (one line naming the port)
         or :class:`TlsError` (a TLS file cannot be loaded); nothing is left running then."""
         try:
-            self.http = DebugHTTPServer(self.http_host, self.http_port_requested)
+            self.http = RouteServer(self.http_host, self.http_port_requested, thread_name="operator-http")
         except OSError as exc:
             raise BindError(f"cannot listen on {self.http_host}:{self.http_port_requested} for HTTP: "
                             f"{exc.strerror or exc}", exc.errno) from None
@@ -222,8 +222,8 @@ class Operator:
 
     # -- HTTP --------------------------------------------------------------------------------------------------
 
-    def _routes(self, http: DebugHTTPServer) -> None:
-        def healthz(_q: dict) -> Response:
+    def _routes(self, http: RouteServer) -> None:
+        def healthz(_q: dict, _h: Any) -> Response:
             problems = []
             if self.server._stopped.is_set():
                 problems.append("gRPC server stopped")
@@ -231,23 +231,23 @@ class Operator:
                          if self.started_at and not inf.alive() and not self._stopped]
             return text_response("ok\n") if not problems else text_response("\n".join(problems) + "\n", 503)
 
-        def readyz(_q: dict) -> Response:
+        def readyz(_q: dict, _h: Any) -> Response:
             ok, reasons = self.readiness()
             if ok:
                 return text_response("ready\n")
             return text_response("not ready:\n" + "".join(f"  {r}\n" for r in reasons), 503)
 
-        def ipcache(q: dict) -> Response:
+        def ipcache(q: dict, _h: Any) -> Response:
             ip = (q.get("ip") or [None])[0]
-            return json_response(self.ipcache_json(ip))
+            return json_response(self.ipcache_json(ip), sort_keys=True)
 
-        def stats(_q: dict) -> Response:
-            return json_response(self.stats())
+        def stats(_q: dict, _h: Any) -> Response:
+            return json_response(self.stats(), sort_keys=True)
 
-        def metrics(_q: dict) -> Response:
+        def metrics(_q: dict, _h: Any) -> Response:
             return 200, CONTENT_TYPE, render(self.registry)
 
-        def index(_q: dict) -> Response:
+        def index(_q: dict, _h: Any) -> Response:
             return text_response("".join(f"{p}\n" for p in sorted(http.routes)))
 
         for path, fn in (("/healthz", healthz), ("/readyz", readyz), ("/debug/ipcache", ipcache),

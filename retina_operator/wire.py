@@ -15,6 +15,7 @@ from retina_core.identity import KIND_NODE, KIND_POD, KIND_SERVICE
 from retina_core.proto import ipcache_pb2
 
 from retina_operator.ipmap import Entry
+from retina_core.protowire import length_delimited
 
 __all__ = ["KIND_TO_PROTO", "MAX_BATCH_BYTES", "SHUTDOWN_BATCH", "SYNC_COMPLETE_BATCH", "batches", "frame",
            "framed_delete", "framed_upsert", "update_message"]
@@ -26,21 +27,9 @@ KIND_TO_PROTO = {KIND_POD: ipcache_pb2.KIND_POD, KIND_SERVICE: ipcache_pb2.KIND_
                  KIND_NODE: ipcache_pb2.KIND_NODE}
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
 def frame(update: bytes) -> bytes:
     """``update`` (an encoded IpCacheUpdate) as one element of ``IpCacheBatch.updates``."""
-    return b"\x0a" + _varint(len(update)) + update
+    return length_delimited(1, update)
 
 
 def update_message(ip: str, entry: Entry) -> object:

@@ -32,6 +32,12 @@ def status(server, name: str) -> dict:
     return (server.get("metricsconfigurations", name) or {}).get("status") or {}
 
 
+def status_patches(server) -> int:
+    """Status PATCHes of MetricsConfigurations the test API server has answered."""
+    return sum(1 for method, path in list(server.requests)
+               if method == "PATCH" and "/metricsconfigurations/" in path and path.split("?")[0].endswith("/status"))
+
+
 def wait_state(server, name: str, state: str, reason: str | None = None) -> dict:
     def ok():
         st = status(server, name)
@@ -79,13 +85,16 @@ def test_accepted_errored_and_one_in_force(kube_server, operators):
                                                  "metadata": {"name": "nospec"}})
     assert wait_state(kube_server, "nospec", "Errored")["reason"].startswith("spec: must be a mapping")
 
-    # Settled: nothing is rewritten when nothing changes (the controller's own writes do not loop).
+    # Settled: nothing is rewritten when nothing changes (the controller's own writes do not loop). The controller
+    # counts a write after the PATCH returns, so wait until its count matches the status PATCHes the server answered.
+    wait_for(lambda: op.metrics_config.status_writes == status_patches(kube_server), what="status writes counted")
     writes = op.metrics_config.status_writes
     rvs = {n: kube_server.get("metricsconfigurations", n)["metadata"]["resourceVersion"]
            for n in ("broken", "second", "junk", "nospec")}
     kube_server.create("metricsconfigurations", mc("late", OTHER))
     wait_state(kube_server, "late", "Errored", "another MetricsConfiguration is in force: second")
-    assert op.metrics_config.status_writes == writes + 1
+    wait_for(lambda: status_patches(kube_server) == writes + 1, what="the status PATCH of 'late'")
+    wait_for(lambda: op.metrics_config.status_writes == writes + 1, what="the status write counted")
     assert {n: kube_server.get("metricsconfigurations", n)["metadata"]["resourceVersion"] for n in rvs} == rvs
     text = http_get(op, "/metrics")[1]
     assert metric(text, "retina_operator_metricsconfiguration_status_writes_total") == writes + 1

@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+from retina_core.worker import Worker
 
 __all__ = ["ADDED", "MODIFIED", "DELETED", "SYNCED", "Informer", "WatchEvent", "default_key", "describe_error"]
 
@@ -139,7 +140,7 @@ def _short(exc: BaseException) -> str:
     return text[:200]
 
 
-class Informer:
+class Informer(Worker):
     """List+watch one resource; see the module docstring.
 
     ``name``: for logs and thread names. ``namespace``, ``label_selector``, ``field_selector``: narrow the
@@ -189,10 +190,9 @@ class Informer:
         self._handlers: list[Callable[[WatchEvent], None]] = []
         self._store: dict[str, dict[str, Any]] = {}
         self._store_lock = threading.Lock()
-        self._stop = threading.Event()
+        Worker.__init__(self, f"informer-{name}")
         self._synced = threading.Event()
         self._resync_now = threading.Event()
-        self._thread: threading.Thread | None = None
         self._resp: Any = None
         self._resp_lock = threading.Lock()
         self.resource_version: str | None = None
@@ -219,25 +219,8 @@ class Informer:
         """Call ``handler(event)`` for every event, from the informer's thread, in order. Add before start()."""
         self._handlers.append(handler)
 
-    def start(self) -> None:
-        if self._thread is not None:
-            raise RuntimeError(f"informer {self.name} already started")
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"informer-{self.name}", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop the thread (cutting an open watch) and wait up to ``timeout_s`` for it. Idempotent."""
-        self._stop.set()
-        self._cut_stream()
-        t = self._thread
-        if t is not None and t is not threading.current_thread():
-            t.join(timeout_s)
-        self._thread = None
-
-    def alive(self) -> bool:
-        t = self._thread
-        return t is not None and t.is_alive()
+    def _wake_thread(self) -> None:
+        self._cut_stream()  # stop() cuts an open watch
 
     @property
     def synced(self) -> bool:

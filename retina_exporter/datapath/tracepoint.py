@@ -91,25 +91,28 @@ class TracepointMissing(RuntimeError):
     agent keeps its other plugins, and /readyz names this one's failure."""
 
 
-def read_format(system: str, event: str, tracefs: str = DEFAULT_TRACEFS) -> TracepointFormat:
-    """Parse ``<tracefs>/events/<system>/<event>/format``.
+def read_format(system: str, event: str, tracefs: str = DEFAULT_TRACEFS, *, plugin: str = "dropreason",
+                missing_hint: str = "dropreason needs CONFIG_TRACEPOINTS and Linux >= 5.17 for drop reasons",
+                ) -> TracepointFormat:
+    """Parse ``<tracefs>/events/<system>/<event>/format`` for ``plugin`` (named in the messages).
 
     Raises :class:`StartupError` when tracefs is not mounted at ``tracefs`` (the operator must mount it) and
-    :class:`TracepointMissing` when it is but the kernel lacks the tracepoint."""
+    :class:`TracepointMissing` (ending with ``missing_hint`` when given) when it is but the kernel lacks the
+    tracepoint."""
     path = Path(tracefs) / "events" / system / event / "format"
     try:
         text = path.read_text()
     except FileNotFoundError:
         if not (Path(tracefs) / "events").is_dir():
             raise StartupError(
-                f"dropreason cannot attach to {system}:{event}: tracefs is not mounted at {tracefs} (no events/ "
+                f"{plugin} cannot attach to {system}:{event}: tracefs is not mounted at {tracefs} (no events/ "
                 f"directory); mount it ('mount -t tracefs tracefs {tracefs}') or give the agent the host's "
                 "/sys/kernel/tracing"
             ) from None
+        hint = f"; {missing_hint}" if missing_hint else ""
         raise TracepointMissing(
-            f"dropreason cannot attach: this kernel has no tracepoint {system}:{event} ({path} is missing); "
-            "dropreason needs CONFIG_TRACEPOINTS and Linux >= 5.17 for drop reasons"
+            f"{plugin} cannot attach: this kernel has no tracepoint {system}:{event} ({path} is missing){hint}"
         ) from None
     except PermissionError as exc:
-        raise StartupError(f"dropreason cannot read {path}: {exc.strerror}; run the agent as root") from None
+        raise StartupError(f"{plugin} cannot read {path}: {exc.strerror}; run the agent as root") from None
     return parse_format(text, system, event, str(path))

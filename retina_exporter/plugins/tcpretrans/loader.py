@@ -14,7 +14,6 @@ import ctypes as ct
 import logging
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 from retina_exporter.datapath import btf as btfmod
 from retina_exporter.datapath.compiler import BPF_DIR, BccProgram, compile_program, load_functions, ring_pages
@@ -22,7 +21,7 @@ from retina_exporter.datapath.tracepoint import (
     DEFAULT_TRACEFS,
     TracepointFormat,
     TracepointMissing,
-    parse_format,
+    read_format,
 )
 from retina_exporter.errors import StartupError
 from retina_exporter.plugins.tcpretrans import layout
@@ -68,22 +67,6 @@ class LoadOptions:
     use_btf: bool = True
 
 
-def read_tp_format(system: str, event: str, tracefs: str) -> TracepointFormat:
-    path = Path(tracefs) / "events" / system / event / "format"
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        if not (Path(tracefs) / "events").is_dir():
-            raise StartupError(
-                f"tcpretrans cannot attach to {system}:{event}: tracefs is not mounted at {tracefs}; mount it "
-                f"('mount -t tracefs tracefs {tracefs}') or give the agent the host's /sys/kernel/tracing"
-            ) from None
-        raise TracepointMissing(f"this kernel has no tracepoint {system}:{event} ({path} is missing)") from None
-    except PermissionError as exc:
-        raise StartupError(f"tcpretrans cannot read {path}: {exc.strerror}; run the agent as root") from None
-    return parse_format(text, system, event, str(path))
-
-
 def field_defines(fmt: TracepointFormat, prefix: str, fields) -> dict[str, int]:
     out = {}
     for suffix, name, size in fields:
@@ -120,14 +103,14 @@ class TcpRetransProgram(BccProgram):
     def __init__(self, options: LoadOptions = LoadOptions()) -> None:
         self.options = options
         pages = ring_pages(options.ring_buffer_bytes, "tcpretrans ring buffer size")
-        skb_fmt = read_tp_format(*TP_SKB, tracefs=options.tracefs)
+        skb_fmt = read_format(*TP_SKB, tracefs=options.tracefs, plugin="tcpretrans", missing_hint="")
         defines = field_defines(skb_fmt, "TP_SKB_OFF_", SKB_FIELDS)
         err = skb_fmt.fields.get("err")
         if err is not None and err.size == 4:
             defines["TP_SKB_OFF_ERR"] = err.offset
             defines["TP_SKB_HAS_ERR"] = 1
         try:
-            sa_fmt = read_tp_format(*TP_SYNACK, tracefs=options.tracefs)
+            sa_fmt = read_format(*TP_SYNACK, tracefs=options.tracefs, plugin="tcpretrans", missing_hint="")
             defines.update(field_defines(sa_fmt, "TP_SA_OFF_", SYNACK_FIELDS))
             defines["HAVE_SYNACK"] = 1
         except TracepointMissing:
