@@ -31,21 +31,18 @@ from __future__ import annotations
 import ctypes as ct
 import logging
 import os
-import socket
 import threading
 import time
 
 from retina_exporter.datapath.ringreader import BpfRingReader
-from retina_exporter.errors import StartupError
-from retina_exporter.plugins.base import Plugin, PluginContext
+from retina_exporter.plugins.base import PluginContext
 from retina_exporter.plugins.dns import loader
 from retina_exporter.plugins.dns.layout import HEADER_SIZE
 from retina_exporter.plugins.dns.loader import DnsProgram
 from retina_exporter.plugins.dns.processor import DnsProcessor
 from retina_exporter.datapath.vethwatch import VethWatcher, link_attr
 from retina_core.netns import enter_netns
-from retina_exporter.datapath.tc import AttachError, TcAttacher
-from retina_core.telemetry import LOST_KERNEL
+from retina_exporter.plugins.tcattach import TcRingBufferPlugin
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +51,6 @@ RESPONSE_METRIC = "networkobservability_dns_response_count"
 PARSE_ERRORS_METRIC = "controlplane_networkobservability_dns_parse_errors_counter"
 TC_PRIORITY = 3  # packetparser uses 1, packetforward 2
 TC_HANDLE = 3
-
-
-def interface_index(name: str) -> int:
-    try:
-        return socket.if_nametoindex(name)
-    except OSError:
-        raise StartupError(
-            f"hostInterfaces: interface {name!r} does not exist in this network namespace (pid {os.getpid()}); "
-            "fix the hostInterfaces config key or create the interface"
-        ) from None
 
 
 def link_master(index: int) -> int:
@@ -138,91 +125,66 @@ class _Reader(BpfRingReader):
         self._program.set_event_handler(None)
 
 
-class DnsPlugin(Plugin):
+class DnsPlugin(TcRingBufferPlugin):
     name = "dns"
+    program_prefix = loader.PROGRAM_PREFIX
+    host_programs = (loader.FROM_NETWORK, loader.TO_NETWORK)
+    endpoint_programs = (loader.FROM_ENDPOINT, loader.TO_ENDPOINT)
+    tc_priority = TC_PRIORITY
+    tc_handle = TC_HANDLE
+    program: DnsProgram | None
+    reader: _Reader | None
+    watcher: _MasterAwareWatcher | None
 
     def __init__(self, program: DnsProgram | None = None) -> None:
-        self._program = program  # tests may hand in a program compiled once per module
-        self._owns_program = program is None
-        self.program: DnsProgram | None = None
-        self.attacher: TcAttacher | None = None
+        super().__init__(program)  # tests may hand in a program compiled once per module
         self.processor: DnsProcessor | None = None
-        self.reader: _Reader | None = None
-        self.watcher: _MasterAwareWatcher | None = None
-        self.ifnames: dict[int, str] = {}
-        self.attached: dict[int, list] = {}
         self.masters: dict[int, int] = {}  # attached ifindex -> its master's ifindex (0: none)
-        self.host_interfaces: tuple[str, ...] = ()
         self._lock = threading.RLock()
-        self._registered = False
         self._netns_fd = -1  # the namespace init() ran in: link look-ups happen there, whatever thread asks
 
-    # --- lifecycle ----------------------------------------------------------------------------------------
-    def init(self, ctx: PluginContext) -> None:
-        self.ctx = ctx
-        cfg = ctx.config
+    # --- RingBufferPlugin hooks -----------------------------------------------------------------------------
+    def read_config(self, ctx: PluginContext) -> None:
         if self._netns_fd < 0:
             self._netns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        self.host_interfaces = tuple(getattr(cfg, "host_interfaces", ()))
-        for name in self.host_interfaces:
-            interface_index(name)
-        if self._program is not None:
-            self.program = self._program
-            self.program.set_seen(set())
-        else:
-            self.program = DnsProgram(int(getattr(cfg, "dns_ring_buffer_size", loader.DEFAULT_RING_BYTES)))
-        self.attacher = TcAttacher(prefix=loader.PROGRAM_PREFIX, enable_tcx=getattr(cfg, "enable_tcx", "auto"),
-                                   priority=TC_PRIORITY, handle=TC_HANDLE)
+        super().read_config(ctx)
+
+    def load_program(self, ctx: PluginContext) -> DnsProgram:
+        return DnsProgram(int(getattr(ctx.config, "dns_ring_buffer_size", loader.DEFAULT_RING_BYTES)))
+
+    def adopt_program(self, program: DnsProgram, ctx: PluginContext) -> None:
+        program.set_seen(set())
+
+    def make_reader(self, ctx: PluginContext) -> _Reader:
+        cfg = ctx.config
         pod_level = bool(getattr(cfg, "enable_pod_level", False))
         self.processor = DnsProcessor(getattr(cfg, "node_name", ""), self.ifnames, pod_level=pod_level)
         sink = ctx.flow_sink
-        self.reader = _Reader(self.program, self.processor, sink.write_batch if sink is not None else (lambda b: None))
-        self.processor.emit = self.reader.emit
+        reader = _Reader(self.program, self.processor, sink.write_batch if sink is not None else (lambda b: None))
+        self.processor.emit = reader.emit
         self._emitted_base = self.program.stats()["emitted"]  # a shared program (tests) has counted before
-        program = self.program
-        if ctx.telemetry is not None:
-            ctx.telemetry.lost_source(LOST_KERNEL, self.name, lambda: program.stats()["ringbuf_full"])
-        if ctx.metrics is not None:
-            ctx.metrics.register(self.families)
-            self._registered = True
+        return reader
 
-    def start(self) -> None:
-        assert self.reader is not None
-        for name in self.host_interfaces:
-            index = interface_index(name)
-            try:
-                self._attach_pair(index, name, loader.FROM_NETWORK, loader.TO_NETWORK)
-            except AttachError as exc:
-                raise StartupError(str(exc)) from exc
-        self.reader.start()
-        self.watcher = _MasterAwareWatcher(self._on_veth_add, self._on_veth_remove, self._on_master,
-                                           excluded=set(self.host_interfaces))
-        self.watcher.start()
+    def lost_events(self, program: DnsProgram) -> int:
+        return program.stats()["ringbuf_full"]
 
-    def stop(self) -> None:
-        if self.watcher is not None:
-            self.watcher.stop()
-            self.watcher = None
-        if self.attacher is not None:
-            self.attacher.detach_all()
-            self.attached.clear()
-            self.masters.clear()
-        if self.reader is not None:
-            self.reader.stop()
-        if self._registered and self.ctx.metrics is not None:
-            self.ctx.metrics.unregister(self.families)
-            self._registered = False
-        if self.program is not None:
-            if self._owns_program:
-                self.program.close()
-            else:
-                self.program.set_seen(set())
-        self.program = None
+    def make_watcher(self) -> _MasterAwareWatcher:
+        return _MasterAwareWatcher(self.on_veth_add, self.on_veth_remove, self._on_master,
+                                   excluded=set(self.host_interfaces))
+
+    def detach(self) -> None:
+        super().detach()
+        self.masters.clear()
+
+    def release_shared_program(self, program: DnsProgram) -> None:
+        program.set_seen(set())
+
+    def release(self) -> None:
         if self._netns_fd >= 0:
             os.close(self._netns_fd)
             self._netns_fd = -1
 
-    def reconcile(self) -> None:
+    def rescan(self) -> None:
         if self.watcher is not None:
             with enter_netns(self._netns_fd):
                 self.watcher.scan()
@@ -230,55 +192,26 @@ class DnsPlugin(Plugin):
                 for index in list(self.attached):
                     self.masters[index] = self._master(index)
                 self._sync_seen()
-        if self.reader is not None and not self.reader.alive():
-            raise RuntimeError("dns ring-buffer reader thread died")
 
-    def readers_alive(self) -> bool:
-        return self.reader is not None and self.reader.alive()
-
-    def health(self) -> list[str]:
-        if self.reader is not None and not self.reader.alive():
-            return ["dns ring-buffer reader not running"]
-        return []
-
-    # --- attachments ----------------------------------------------------------------------------------------
-    def _attach_pair(self, ifindex: int, ifname: str, ingress_prog: str, egress_prog: str) -> None:
-        assert self.attacher is not None and self.program is not None
-        atts = []
-        try:
-            atts.append(self.attacher.attach(ifindex, "ingress", self.program.prog_fd(ingress_prog), ingress_prog))
-            atts.append(self.attacher.attach(ifindex, "egress", self.program.prog_fd(egress_prog), egress_prog))
-        except Exception:
-            for att in atts:
-                self.attacher.detach(att)
-            raise
+    # --- attachments and the seen_ifindex map ---------------------------------------------------------------
+    def record_attached(self, ifindex: int, ifname: str, atts: list) -> None:
         with self._lock:
-            self.ifnames[ifindex] = ifname
-            self.attached[ifindex] = atts
+            super().record_attached(ifindex, ifname, atts)
             self.masters[ifindex] = self._master(ifindex)
             self._sync_seen()
-        log.info("dns attached to %s (ifindex %d) via %s", ifname, ifindex, atts[0].mode)
+
+    def forget_attached(self, ifindex: int) -> list:
+        with self._lock:
+            atts = super().forget_attached(ifindex)
+            self.masters.pop(ifindex, None)
+            self._sync_seen()
+        return atts
 
     def _master(self, ifindex: int) -> int:
         if self._netns_fd < 0:
             return link_master(ifindex)
         with enter_netns(self._netns_fd):
             return link_master(ifindex)
-
-    def _on_veth_add(self, ifindex: int, ifname: str) -> None:
-        self._attach_pair(ifindex, ifname, loader.FROM_ENDPOINT, loader.TO_ENDPOINT)
-
-    def _on_veth_remove(self, ifindex: int, ifname: str) -> None:
-        with self._lock:
-            atts = self.attached.pop(ifindex, [])
-            self.masters.pop(ifindex, None)
-            self._sync_seen()
-        for att in atts:
-            try:
-                self.attacher.detach(att)
-            except Exception:
-                pass
-        log.info("dns forgot %s (ifindex %d)", ifname, ifindex)
 
     def _on_master(self, ifindex: int, master: int) -> None:
         with self._lock:
@@ -314,7 +247,7 @@ class DnsPlugin(Plugin):
 
     def debug(self) -> dict:
         out = {
-            "attached": {self.ifnames.get(i, str(i)): [a.mode for a in atts] for i, atts in self.attached.items()},
+            **super().debug(),
             "seen_ifindex": sorted(self.program.seen_set()) if self.program else [],
             "kernel": self.program.stats() if self.program else {},
         }

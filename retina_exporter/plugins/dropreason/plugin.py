@@ -29,15 +29,14 @@ import time
 
 from retina_core.record import DIRECTION_LABELS
 from retina_exporter.plugins.dropreason.config import DropReasonConfig
-from retina_exporter.errors import StartupError
-from retina_exporter.plugins.base import Plugin, PluginContext
+from retina_exporter.plugins.base import PluginContext
 from retina_exporter.plugins.dropreason import reasons as reasons_mod
 from retina_exporter.datapath import scope as scope_mod
 from retina_exporter.plugins.dropreason.loader import DropReasonProgram, LoadOptions
 from retina_exporter.plugins.dropreason.reader import DropDecoder, DropEventReader
 from retina_exporter.datapath.tracepoint import DEFAULT_TRACEFS
 from retina_exporter.datapath.sysfs import ensure_tracefs
-from retina_core.telemetry import LOST_KERNEL
+from retina_exporter.plugins.ringbuf import TracepointPlugin
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +49,10 @@ DROP_BYTES_HELP = "Total dropped bytes"
 READ_CACHE_S = 0.25
 
 
-class DropReasonPlugin(Plugin):
+class DropReasonPlugin(TracepointPlugin):
     name = "dropreason"
+    program: DropReasonProgram | None
+    reader: DropEventReader | None
 
     def __init__(
         self,
@@ -63,108 +64,66 @@ class DropReasonPlugin(Plugin):
         node_netns: str | None = None,
         ring_buffer_bytes: int | None = None,
     ) -> None:
-        self._program = program  # tests hand in a program compiled once per module
-        self._owns_program = program is None
+        # tests hand in a program compiled once per module; node_netns: the node's namespace for scope "node"
+        super().__init__(program, scope=scope, node_netns=node_netns)
         self.tracefs = tracefs
-        self._scope_opt = scope
         self._ignore_opt = ignore
         self._ring_opt = ring_buffer_bytes
-        self.node_netns = node_netns  # the node's namespace for scope "node" (default: the agent's own)
-        self.program: DropReasonProgram | None = None
         self.reasons: reasons_mod.ReasonTable | None = None
-        self.reader: DropEventReader | None = None
         self.decoder: DropDecoder | None = None
-        self.scope = scope_mod.SCOPE_ALL
-        self.pod_level = False
-        self.excluded_ifaces: tuple[str, ...] = ()
-        self.netns: set[int] | None = None
+        self._ignore: tuple[str, ...] = ()
         self._ignore_codes: list[int] = []
         self._cache_lock = threading.Lock()
         self._cache: tuple[float, list, list] | None = None
-        self.ctx: PluginContext | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
-    def init(self, ctx: PluginContext) -> None:
-        self.ctx = ctx
-        cfg = ctx.config
-        section = getattr(cfg, "drop_reason", None) or DropReasonConfig()
-        self.scope = self._scope_opt or section.scope
-        if self.scope not in scope_mod.SCOPES:
-            raise StartupError(f"dropreason scope {self.scope!r} is not one of {', '.join(scope_mod.SCOPES)}")
-        self.pod_level = bool(getattr(cfg, "enable_pod_level", False))
-        self.excluded_ifaces = tuple(getattr(cfg, "host_interfaces", ()) or ())
-        ignore = self._ignore_opt
-        if ignore is None:
-            ignore = section.ignore_reasons
+    def configured_scope(self, cfg) -> str:
+        return (getattr(cfg, "drop_reason", None) or DropReasonConfig()).scope
+
+    def read_config(self, ctx: PluginContext) -> None:
+        super().read_config(ctx)
+        section = getattr(ctx.config, "drop_reason", None) or DropReasonConfig()
+        self._ignore = self._ignore_opt if self._ignore_opt is not None else section.ignore_reasons
         if self.tracefs == DEFAULT_TRACEFS:
             ensure_tracefs()
-        if self._program is not None:
-            self.program = self._program
-        else:
-            ring = self._ring_opt or getattr(cfg, "drop_reason_ring_buffer_size", None) or LoadOptions.ring_buffer_bytes
-            self.program = DropReasonProgram(LoadOptions(ring_buffer_bytes=ring, tracefs=self.tracefs))
+
+    def load_program(self, ctx: PluginContext) -> DropReasonProgram:
+        ring = self._ring_opt or getattr(ctx.config, "drop_reason_ring_buffer_size", None) or LoadOptions.ring_buffer_bytes
+        return DropReasonProgram(LoadOptions(ring_buffer_bytes=ring, tracefs=self.tracefs))
+
+    def prepare(self, ctx: PluginContext) -> None:
         self.reasons = reasons_mod.ReasonTable.from_kernel(self.tracefs)
-        self._ignore_codes = self.reasons.ignore_codes(ignore)
-        self.netns = self._discover_scope()
-        self.program.configure(self._ignore_codes, emit_events=self.pod_level, netns=self.netns)
-        if self.pod_level:
-            own = scope_mod.netns_inode(self.node_netns) if self.node_netns else None
-            self.decoder = DropDecoder(getattr(cfg, "node_name", ""), self.reasons, own)
-            self.reader = DropEventReader(self.program, self.decoder, ctx.flow_sink)
-        program = self.program
-        ctx.telemetry.lost_source(LOST_KERNEL, self.name, lambda: program.read_stats()["ringbuf_full"])
+        self._ignore_codes = self.reasons.ignore_codes(self._ignore)
+        self.netns = self.discover_scope()
+        self.apply_scope(self.netns)
+
+    def make_reader(self, ctx: PluginContext) -> DropEventReader | None:
+        if not self.pod_level:
+            return None
+        own = scope_mod.netns_inode(self.node_netns) if self.node_netns else None
+        self.decoder = DropDecoder(getattr(ctx.config, "node_name", ""), self.reasons, own)
+        return DropEventReader(self.program, self.decoder, ctx.flow_sink)
+
+    def lost_events(self, program: DropReasonProgram) -> int:
+        return program.read_stats()["ringbuf_full"]
+
+    def init(self, ctx: PluginContext) -> None:
+        super().init(ctx)
         log.info("dropreason: %d kernel reasons (%s), ignoring %s, scope %s%s", len(self.reasons.names),
                  self.reasons.source, ",".join(self.reasons.name(c) for c in self._ignore_codes), self.scope,
                  ", pod level" if self.pod_level else "")
 
-    def _discover_scope(self) -> set[int] | None:
-        if self.scope == scope_mod.SCOPE_ALL:
-            return None
-        return scope_mod.node_namespaces(self.node_netns, self.excluded_ifaces)
+    def apply_scope(self, netns: set[int] | None) -> None:
+        self.program.configure(self._ignore_codes, emit_events=self.pod_level, netns=netns)
 
-    def start(self) -> None:
-        assert self.program is not None and self.ctx is not None
-        self.program.attach()
-        if self.reader is not None:
-            self.reader.start()
-        if self.ctx.metrics is not None:
-            self.ctx.metrics.register(self.families)
-
-    def stop(self) -> None:
-        if self.ctx is not None and self.ctx.metrics is not None:
-            self.ctx.metrics.unregister(self.families)
-        if self.program is not None:
-            self.program.detach()
-            if not self._owns_program:  # a shared program must not keep emitting into our sink
-                try:
-                    self.program.configure(self._ignore_codes, emit_events=False, netns=self.netns)
-                except Exception:
-                    pass
-        if self.reader is not None:
-            self.reader.stop()
-            self.reader = None
-        if self.program is not None and self._owns_program:
-            self.program.close()
-        self.program = None
-
-    def reconcile(self) -> None:
-        if self.scope == scope_mod.SCOPE_NODE and self.program is not None:
-            netns = self._discover_scope()
-            if netns != self.netns:
-                log.info("dropreason: namespaces in scope %d -> %d", len(self.netns or ()), len(netns or ()))
-                self.netns = netns
-                self.program.configure(self._ignore_codes, emit_events=self.pod_level, netns=netns)
-        if self.reader is not None and not self.reader.alive():
-            raise RuntimeError("dropreason ring-buffer reader thread died")
-
-    def readers_alive(self) -> bool:
-        return self.reader is None or self.reader.alive()
-
-    def health(self) -> list[str]:
-        if self.reader is not None and not self.reader.alive():
-            return ["dropreason ring-buffer reader not running"]
-        return []
+    def detach(self) -> None:
+        super().detach()
+        if self.program is not None and not self._owns_program:  # a shared program must not keep emitting
+            try:
+                self.program.configure(self._ignore_codes, emit_events=False, netns=self.netns)
+            except Exception:
+                pass
 
     # --- metrics -------------------------------------------------------------------------------------------
 

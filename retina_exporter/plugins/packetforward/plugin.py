@@ -38,6 +38,7 @@ from retina_exporter.plugins.linuxutil.poller import Poller, metrics_interval_s
 from retina_exporter.plugins.packetforward import loader
 from retina_exporter.plugins.packetforward.loader import PacketForwardError, PacketForwardProgram
 from retina_exporter.datapath.tc import AttachError, TcAttacher
+from retina_exporter.plugins.tcattach import attach_programs, interface_index
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +101,7 @@ def default_route_interface(proc_root: str = PROC_ROOT) -> str:
 
 
 def _ifindex(name: str) -> int:
-    try:
-        return socket.if_nametoindex(name)
-    except OSError:
-        raise PacketForwardError(
-            f"packetforward: host interface {name!r} does not exist in this network namespace (pid {os.getpid()}); "
-            "fix the hostInterfaces config key or create the interface"
-        ) from None
+    return interface_index(name, error=PacketForwardError, what="packetforward: host interface")
 
 
 class PacketForwardPlugin(Plugin):
@@ -151,17 +146,10 @@ class PacketForwardPlugin(Plugin):
     def _attach(self, name: str) -> None:
         assert self.attacher is not None and self.program is not None
         index = _ifindex(name)
-        atts = []
         try:
-            for direction in DIRECTIONS:
-                atts.append(self.attacher.attach(index, direction, self.program.prog_fd(direction),
-                                                 loader.PROGRAMS[direction]))
+            atts = attach_programs(self.attacher, index, [(d, self.program.prog_fd(d), loader.PROGRAMS[d])
+                                                          for d in DIRECTIONS])
         except AttachError as exc:
-            for att in atts:
-                try:
-                    self.attacher.detach(att)
-                except Exception:
-                    log.exception("packetforward: undoing a partial attach on %s failed", name)
             raise PacketForwardError(f"packetforward: {exc}") from exc
         self.attached[name] = (index, atts)
         log.info("packetforward attached to %s (ifindex %d) via %s", name, index, atts[0].mode)

@@ -32,13 +32,13 @@ from retina_exporter.datapath.ringreader import BpfRingReader
 from retina_exporter.errors import StartupError
 from retina_core.record import (DIR_EGRESS, IPPROTO_TCP, OBS_FROM_ENDPOINT, OBS_TO_NETWORK, VERDICT_TCP_RETRANSMISSION,
                                 FlowRecord)
-from retina_exporter.plugins.base import Plugin, PluginContext
+from retina_exporter.plugins.base import PluginContext
 from retina_exporter.datapath import scope as scope_mod
 from retina_exporter.plugins.tcpretrans.config import TcpRetransConfig
 from retina_exporter.plugins.tcpretrans.layout import EVENT_SIZE, EVENT_STRUCT
 from retina_exporter.plugins.tcpretrans.loader import LoadOptions, TcpRetransProgram
 from retina_exporter.datapath.sysfs import ensure_tracefs
-from retina_core.telemetry import LOST_KERNEL
+from retina_exporter.plugins.ringbuf import TracepointPlugin
 
 log = logging.getLogger(__name__)
 
@@ -85,98 +85,48 @@ class _Reader(BpfRingReader):
         program.set_event_handler(self._callback)
 
 
-class TcpRetransPlugin(Plugin):
+class TcpRetransPlugin(TracepointPlugin):
     name = "tcpretrans"
+    program: TcpRetransProgram | None
+    reader: _Reader | None
 
     def __init__(self, program: TcpRetransProgram | None = None, *, scope: str | None = None,
                  node_netns: str | None = None) -> None:
-        self._program = program  # tests hand in a program compiled once per module
-        self._owns_program = program is None
-        self._scope_opt = scope
-        self.node_netns = node_netns  # scope "node": the node's namespace (default: the agent's own)
-        self.program: TcpRetransProgram | None = None
-        self.reader: _Reader | None = None
-        self.scope = scope_mod.SCOPE_ALL
-        self.netns: set[int] | None = None
-        self.pod_level = False
-        self._registered = False
+        # tests hand in a program compiled once per module; node_netns: the node's namespace for scope "node"
+        super().__init__(program, scope=scope, node_netns=node_netns)
         self._events_base = 0
 
-    def init(self, ctx: PluginContext) -> None:
-        self.ctx = ctx
-        cfg = ctx.config
-        self.scope = self._scope_opt or (getattr(cfg, "tcp_retrans", None) or TcpRetransConfig()).scope
-        if self.scope not in scope_mod.SCOPES:
-            raise StartupError(f"tcpretrans scope {self.scope!r} is not one of {', '.join(scope_mod.SCOPES)}")
-        self.pod_level = bool(getattr(cfg, "enable_pod_level", False))
-        if self._program is None:
-            ensure_tracefs()
-            self.program = TcpRetransProgram(LoadOptions())
-        else:
-            self.program = self._program
+    def configured_scope(self, cfg) -> str:
+        return (getattr(cfg, "tcp_retrans", None) or TcpRetransConfig()).scope
+
+    def load_program(self, ctx: PluginContext) -> TcpRetransProgram:
+        ensure_tracefs()
+        return TcpRetransProgram(LoadOptions())
+
+    def prepare(self, ctx: PluginContext) -> None:
         if self.scope == scope_mod.SCOPE_NODE and not self.program.has_kernel_offsets:
             raise StartupError("tcpretrans scope 'node' needs kernel BTF (/sys/kernel/btf/vmlinux) to read a "
                                "socket's network namespace; use scope 'all' on this kernel")
-        self.excluded = set(getattr(cfg, "host_interfaces", ()))
-        self.netns = self._discover_scope()
-        self.program.configure(emit_events=self.pod_level, netns=self.netns)
+        self.netns = self.discover_scope()
+        self.apply_scope(self.netns)
         stats = self.program.stats()
         self._events_base = stats["events"] - stats["ringbuf_full"]  # a shared program (tests) has counted before
-        own = scope_mod.netns_inode(self.node_netns) if self.node_netns else scope_mod.netns_inode()
-        if self.pod_level:
-            self.reader = _Reader(self.program, RetransDecoder(getattr(cfg, "node_name", ""), own), ctx.flow_sink)
-        program = self.program
-        if ctx.telemetry is not None:
-            ctx.telemetry.lost_source(LOST_KERNEL, self.name, lambda: program.stats()["ringbuf_full"])
-        if ctx.metrics is not None:
-            ctx.metrics.register(self.families)
-            self._registered = True
 
-    def _discover_scope(self) -> set[int] | None:
-        if self.scope == scope_mod.SCOPE_ALL:
+    def make_reader(self, ctx: PluginContext) -> _Reader | None:
+        if not self.pod_level:
             return None
-        return scope_mod.node_namespaces(self.node_netns, self.excluded)
+        own = scope_mod.netns_inode(self.node_netns) if self.node_netns else scope_mod.netns_inode()
+        return _Reader(self.program, RetransDecoder(getattr(ctx.config, "node_name", ""), own), ctx.flow_sink)
 
-    def start(self) -> None:
-        assert self.program is not None
-        self.program.attach()
-        if self.reader is not None:
-            self.reader.start()
+    def lost_events(self, program: TcpRetransProgram) -> int:
+        return program.stats()["ringbuf_full"]
 
-    def stop(self) -> None:
-        if self.program is not None:
-            self.program.detach()
-        if self.reader is not None:
-            self.reader.stop()
-            self.reader = None
-        if self._registered and self.ctx.metrics is not None:
-            self.ctx.metrics.unregister(self.families)
-            self._registered = False
-        if self.program is not None:
-            if self._owns_program:
-                self.program.close()
-            else:
-                self.program.set_event_handler(None)
-                self.program.configure(emit_events=False, netns=None)
-        self.program = None
+    def apply_scope(self, netns: set[int] | None) -> None:
+        self.program.configure(emit_events=self.pod_level, netns=netns)
 
-    def reconcile(self) -> None:
-        if self.scope == scope_mod.SCOPE_NODE and self.program is not None:
-            netns = self._discover_scope()
-            if netns != self.netns:
-                log.info("tcpretrans: namespaces in scope %d -> %d", len(self.netns or ()), len(netns or ()))
-                self.netns = netns
-                self.program.configure(emit_events=self.pod_level, netns=netns)
-        if self.reader is not None and not self.reader.alive():
-            raise RuntimeError("tcpretrans ring-buffer reader thread died")
-
-    def readers_alive(self) -> bool:
-        return self.reader is None or self.reader.alive()
-
-    def health(self) -> list[str]:
-        if self.reader is not None and not self.reader.alive():
-            return ["tcpretrans ring-buffer reader not running"]
-        return []
+    def release_shared_program(self, program: TcpRetransProgram) -> None:
+        program.set_event_handler(None)
+        program.configure(emit_events=False, netns=None)
 
     def families(self):
         program = self.program
