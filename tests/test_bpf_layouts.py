@@ -23,12 +23,12 @@ from retina_exporter.datapath import compiler
 from retina_exporter.datapath.compiler import BPF_DIR, compile_program, load_functions, ring_pages
 from retina_exporter.datapath.syscall import prog_test_run
 from retina_exporter.errors import StartupError
-from retina_exporter.plugins.dns import layout as dns
-from retina_exporter.plugins.dropreason import layout as dr
-from retina_exporter.plugins.packetforward import layout as pf
+from retina_exporter.bpf import dns as dns
+from retina_exporter.bpf import dropreason as dr
+from retina_exporter.bpf import packetforward as pf
 from retina_exporter.plugins.packetforward.loader import PacketForwardError
-from retina_exporter.plugins.packetparser import layout as pp
-from retina_exporter.plugins.tcpretrans import layout as rt
+from retina_exporter.bpf import packetparser as pp
+from retina_exporter.bpf import tcpretrans as rt
 
 HEADERS = ("common.h", "packetparser.h", "dns.h", "dropreason.h", "tcpretrans.h", "packetforward.h")
 DEFINE = re.compile(r"^#define\s+([A-Z][A-Z0-9_]*)\s+(0x[0-9A-Fa-f]+|\d+)\b", re.M)

@@ -8,7 +8,7 @@ import socket
 from retina_core.dns.encoder import RR, build_query, build_response, with_tcp_prefix
 from retina_core.dns.record import VERDICT_DNS
 from retina_core.record import DIR_EGRESS, DIR_INGRESS, OBS_FROM_ENDPOINT, OBS_TO_ENDPOINT
-from retina_exporter.plugins.dns.layout import DNS_CAPTURE, EVENT_HEADER, EVENT_SIZE
+from retina_exporter.bpf.dns import DNS_CAPTURE, EVENT_HEADER, EVENT_SIZE
 from retina_exporter.plugins.dns.processor import DnsProcessor
 
 A = socket.inet_aton("10.244.0.10") + bytes(12)
@@ -109,6 +109,6 @@ def test_tcp_bad_length_prefix():
 
 
 def test_layout_sizes():
-    from retina_exporter.plugins.dns.layout import HEADER_SIZE, DnsEvent
+    from retina_exporter.bpf.dns import HEADER_SIZE, DnsEvent
 
     assert HEADER_SIZE == 64 and EVENT_SIZE == 64 + DNS_CAPTURE == DnsEvent.data.offset + DNS_CAPTURE

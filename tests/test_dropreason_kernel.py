@@ -15,7 +15,8 @@ from metrics_module.registry import FamilyRegistry
 from retina_exporter.datapath import btf as btfmod
 from retina_exporter.errors import StartupError
 from retina_exporter.plugins.base import PluginContext
-from retina_exporter.plugins.dropreason import layout, reasons
+from retina_exporter.bpf import dropreason as layout
+from retina_exporter.plugins.dropreason import reasons
 from retina_exporter.plugins.dropreason.loader import DropReasonProgram, LoadOptions
 from retina_exporter.plugins.dropreason.plugin import DropReasonPlugin
 from retina_exporter.datapath.tracepoint import (

@@ -23,7 +23,7 @@ from scapy.packet import Raw
 
 from retina_exporter.datapath.syscall import prog_test_run
 from retina_core import record as R
-from retina_exporter.plugins.packetparser import layout
+from retina_exporter.bpf import packetparser as layout
 from retina_exporter.plugins.packetparser.loader import LoadOptions
 from retina_exporter.plugins.packetparser.reader import EventDecoder, RingBufferReader
 from retina_exporter.plugins.packetparser.sweeper import ConntrackSweeper

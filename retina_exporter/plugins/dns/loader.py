@@ -7,7 +7,7 @@ import ctypes as ct
 import logging
 
 from retina_exporter.datapath.compiler import BPF_DIR, BccProgram, compile_program, load_functions, ring_pages
-from retina_exporter.plugins.dns import layout
+from retina_exporter.bpf import dns as layout
 
 log = logging.getLogger(__name__)
 

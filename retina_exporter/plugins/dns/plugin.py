@@ -37,7 +37,7 @@ import time
 from retina_exporter.datapath.ringreader import BpfRingReader
 from retina_exporter.plugins.base import PluginContext
 from retina_exporter.plugins.dns import loader
-from retina_exporter.plugins.dns.layout import HEADER_SIZE
+from retina_exporter.bpf.dns import HEADER_SIZE
 from retina_exporter.plugins.dns.loader import DnsProgram
 from retina_exporter.plugins.dns.processor import DnsProcessor
 from retina_exporter.datapath.vethwatch import VethWatcher, link_attr

@@ -34,7 +34,7 @@ from typing import Callable
 from retina_core.dns.parser import ParseError, parse, split_tcp_stream
 from retina_core.dns.record import VERDICT_DNS, DnsRecord
 from retina_core.record import DIR_EGRESS, DIR_INGRESS, FlowRecord
-from retina_exporter.plugins.dns.layout import EVENT_HEADER, HEADER_SIZE
+from retina_exporter.bpf.dns import EVENT_HEADER, HEADER_SIZE
 
 __all__ = ["DnsProcessor", "TCP_STATE_MAX"]
 

@@ -21,7 +21,7 @@ from retina_exporter.datapath import btf as btfmod
 from retina_exporter.datapath.compiler import BPF_DIR, BccProgram, compile_program, load_functions, ring_pages
 from retina_exporter.datapath.tracepoint import DEFAULT_TRACEFS, TracepointFormat, read_format
 from retina_exporter.errors import StartupError
-from retina_exporter.plugins.dropreason import layout
+from retina_exporter.bpf import dropreason as layout
 
 log = logging.getLogger(__name__)
 

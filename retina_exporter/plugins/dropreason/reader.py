@@ -7,7 +7,7 @@ import socket
 
 from retina_exporter.datapath.ringreader import BpfRingReader
 from retina_core.record import VERDICT_DROPPED, FlowRecord
-from retina_exporter.plugins.dropreason.layout import EVENT_SIZE, EVENT_STRUCT
+from retina_exporter.bpf.dropreason import EVENT_SIZE, EVENT_STRUCT
 from retina_exporter.plugins.dropreason.reasons import ReasonTable
 from retina_exporter.plugins.packetparser.reader import boot_to_wall_offset_ns
 

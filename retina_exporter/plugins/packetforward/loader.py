@@ -10,7 +10,7 @@ import ctypes as ct
 import os
 
 from retina_exporter.datapath.compiler import BPF_DIR, BccProgram, compile_program, load_functions
-from retina_exporter.plugins.packetforward import layout
+from retina_exporter.bpf import packetforward as layout
 
 SOURCE = BPF_DIR / "packetforward.bpf.c"
 

@@ -14,7 +14,7 @@ import ipaddress
 import threading
 from typing import Iterable
 
-from retina_exporter.plugins.packetparser.layout import FilterKey
+from retina_exporter.bpf.packetparser import FilterKey
 
 
 def filter_key(text: str) -> tuple[bytes, int]:

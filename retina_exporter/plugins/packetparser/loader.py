@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 
 from retina_exporter.datapath.compiler import BPF_DIR, BccProgram, compile_program, load_functions, ring_pages
-from retina_exporter.plugins.packetparser import layout
+from retina_exporter.bpf import packetparser as layout
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Callable, Protocol
 
 from retina_exporter.datapath.ringreader import BpfRingReader
 from retina_core.record import FlowRecord
-from retina_exporter.plugins.packetparser.layout import EVENT_SIZE, EVENT_STRUCT
+from retina_exporter.bpf.packetparser import EVENT_SIZE, EVENT_STRUCT
 
 
 class BatchSink(Protocol):

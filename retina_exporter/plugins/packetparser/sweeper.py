@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from retina_exporter.datapath.syscall import prog_test_run
-from retina_exporter.plugins.packetparser import layout
+from retina_exporter.bpf import packetparser as layout
 from retina_core.worker import Worker
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from retina_exporter.datapath.tracepoint import (
     read_format,
 )
 from retina_exporter.errors import StartupError
-from retina_exporter.plugins.tcpretrans import layout
+from retina_exporter.bpf import tcpretrans as layout
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from retina_core.record import (DIR_EGRESS, IPPROTO_TCP, OBS_FROM_ENDPOINT, OBS_
 from retina_exporter.plugins.base import PluginContext
 from retina_exporter.datapath import scope as scope_mod
 from retina_exporter.plugins.tcpretrans.config import TcpRetransConfig
-from retina_exporter.plugins.tcpretrans.layout import EVENT_SIZE, EVENT_STRUCT
+from retina_exporter.bpf.tcpretrans import EVENT_SIZE, EVENT_STRUCT
 from retina_exporter.plugins.tcpretrans.loader import LoadOptions, TcpRetransProgram
 from retina_exporter.datapath.sysfs import ensure_tracefs
 from retina_exporter.plugins.ringbuf import TracepointPlugin
