@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench clean-lab
+.PHONY: setup run test bench clean-lab image test-image
 
 setup:
 	@bash scripts/setup.sh
@@ -23,3 +23,11 @@ bench: setup
 
 clean-lab: setup
 	$(PY) -m retina_exporter.cli lab down --all
+
+# Container images (podman, no registry): localhost/retina-exporter:<version> and localhost/retina-operator:<version>.
+# Not part of `make test` (minutes); scripts/image.sh installs podman/runc/mmdebstrap if missing.
+image:
+	@bash scripts/image.sh build
+
+test-image: setup
+	@PY=$(PY) bash scripts/image.sh test $(PYTEST_ARGS)

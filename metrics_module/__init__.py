@@ -5,10 +5,11 @@
 * :mod:`metrics_module.module`: :class:`MetricsModule`, the thread that follows the output ring.
 * :mod:`metrics_module.registry`: :class:`FamilyRegistry`, node-level families published by plugins and the agent.
 * :mod:`metrics_module.exposition`: Prometheus text and OpenMetrics rendering with Retina's counter names.
-* :mod:`metrics_module.otlp` / :mod:`metrics_module.otlpconfig`: the OTLP push and its ``otlp`` config section.
+* :mod:`metrics_module.otlp` / :mod:`metrics_module.otlpconfig`: the OTLP push on the OpenTelemetry SDK and its
+  ``otlp`` config section (the SDK bridge: ``_otlp_sdk``; ``otlp.*`` / ``OTEL_*`` resolution: ``_otlp_settings``).
 
 The names below are the package's public surface; import them from ``metrics_module``. The OTLP exporter is
-imported on first use (it pulls in gRPC).
+imported on first use (it pulls in the OpenTelemetry SDK and gRPC).
 """
 
 from __future__ import annotations

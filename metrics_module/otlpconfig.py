@@ -1,8 +1,11 @@
 """The ``otlp`` config section (owned by the metrics module): where and how the metrics are pushed over OTLP.
 
 Parsed once by :data:`OTLP_SECTION` into an :class:`OtlpConfig`; :meth:`OtlpExporter.from_config
-<metrics_module.otlp.OtlpExporter.from_config>` takes it. Connection settings are checked without touching the
-network or the files when ``enabled`` (``check_settings``), so a bad endpoint stops the agent at start-up.
+<metrics_module.otlp.OtlpExporter.from_config>` takes it. Every connection key defaults to ``None``: *not set*,
+so the standard ``OTEL_*`` variables (``OTEL_EXPORTER_OTLP_ENDPOINT`` …) or the defaults apply; a key that is set
+(in the file or as ``RETINA_OTLP_*``) overrides them (precedence table in docs/otlp.md). What the keys alone decide
+is checked at load time when ``enabled``, without touching the network or the files, so a bad endpoint stops the
+agent at start-up; the rest (with the environment) when the exporter is built.
 """
 
 from __future__ import annotations
@@ -19,26 +22,28 @@ __all__ = ["OTLP_SECTION", "OtlpConfig"]
 
 @dataclass(frozen=True)
 class OtlpConfig:
-    """The effective ``otlp`` section; defaults are the documented ones (docs/otlp.md)."""
+    """The effective ``otlp`` section. ``None``: not set (the ``OTEL_*`` variable, else the default applies)."""
 
     enabled: bool = False
-    endpoint: str = ""
-    """Collector URL; empty: the protocol's default (http://localhost:4317, or :4318/v1/metrics for HTTP)."""
-    protocol: str = "grpc"
-    interval_ns: int = 60 * NS_PER_S
-    timeout_ns: int = 10 * NS_PER_S
+    endpoint: str | None = None
+    """Collector URL; None: ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT``, else
+    http://localhost:4317 (gRPC) or http://localhost:4318/v1/metrics (HTTP)."""
+    protocol: str | None = None
+    interval_ns: int | None = None
+    timeout_ns: int | None = None
     headers: tuple[tuple[str, str], ...] = ()
+    """Merged over ``OTEL_EXPORTER_OTLP_HEADERS`` (per header name, these win)."""
     insecure: Any = None
-    """None: the endpoint's scheme decides (TLS without one)."""
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    compression: str = "gzip"
+    """None: the endpoint's scheme decides (for an endpoint without one: ``OTEL_EXPORTER_OTLP_INSECURE``, else TLS)."""
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    compression: str | None = None
     resource_attributes: tuple[tuple[str, str], ...] = ()
 
 
 def _headers(value: Any) -> tuple[tuple[str, str], ...]:
-    from metrics_module.otlp import parse_headers
+    from metrics_module._otlp_settings import parse_headers
 
     try:
         return tuple(parse_headers(value).items())
@@ -47,7 +52,7 @@ def _headers(value: Any) -> tuple[tuple[str, str], ...]:
 
 
 def _attributes(value: Any) -> tuple[tuple[str, str], ...]:
-    from metrics_module.otlp import parse_attributes
+    from metrics_module._otlp_settings import parse_attributes
 
     try:
         return tuple(parse_attributes(value).items())
@@ -55,36 +60,49 @@ def _attributes(value: Any) -> tuple[tuple[str, str], ...]:
         raise Invalid(str(exc)) from None
 
 
+def _unset_if_empty(parse):
+    def wrapped(value: Any) -> Any:
+        out = parse(value)
+        return out if out != "" else None
+
+    return wrapped
+
+
+def _maybe(render):
+    return lambda value: None if value is None else render(value)
+
+
 def _check(cfg: OtlpConfig) -> None:
     if not cfg.enabled:
         return
-    from metrics_module.otlp import check_settings
+    from metrics_module._otlp_settings import check_settings
 
-    try:
-        check_settings(endpoint=cfg.endpoint or None, protocol=cfg.protocol, insecure=cfg.insecure,
-                       ca_file=cfg.ca_file or None, cert_file=cfg.cert_file or None, key_file=cfg.key_file or None)
+    try:  # the keys alone (an empty environment): the OTEL_* variables are checked when the exporter is built
+        check_settings(endpoint=cfg.endpoint, protocol=cfg.protocol, insecure=cfg.insecure, ca_file=cfg.ca_file,
+                       cert_file=cfg.cert_file, key_file=cfg.key_file, compression=cfg.compression, env={},
+                       check_client_pair=False)
     except ValueError as exc:
         raise ConfigError(f"otlp: {exc}") from None
 
 
 OTLP_SECTION = Section("otlp", OtlpConfig, (
     Key("enabled", "enabled", boolean, BOOL_ACCEPTED),
-    Key("endpoint", "endpoint", optional_text,
-        "a URL such as 'http://otel-collector:4317' or 'https://host/v1/metrics', host:port, or empty"),
+    Key("endpoint", "endpoint", _unset_if_empty(optional_text),
+        "a URL such as 'http://otel-collector:4317' or 'https://host/v1/metrics', host:port, or empty/null (not set)"),
     Key("protocol", "protocol", choice("grpc", "http/protobuf", aliases={"http": "http/protobuf"}),
-        "grpc, http/protobuf (or http)"),
-    Key("interval", "interval_ns", duration_at_least(NS_PER_S), "a duration of at least 1s such as '60s'",
-        format_duration),
-    Key("timeout", "timeout_ns", duration_at_least(NS_PER_S // 10), "a duration of at least 100ms such as '10s'",
-        format_duration),
+        "grpc, http/protobuf (or http), or null (not set)"),
+    Key("interval", "interval_ns", duration_at_least(NS_PER_S),
+        "a duration of at least 1s such as '60s', or null (not set)", _maybe(format_duration)),
+    Key("timeout", "timeout_ns", duration_at_least(NS_PER_S // 10),
+        "a duration of at least 100ms such as '10s', or null (not set)", _maybe(format_duration)),
     Key("headers", "headers", _headers,
         "a mapping of header names to strings, or 'name=value,name2=value2' (URL-encoded values)",
         lambda pairs: {k: "<redacted>" for k, _ in pairs}),
-    Key("insecure", "insecure", boolean, "true, false (also 1/0, yes/no), or null (from the scheme)"),
-    Key("caFile", "ca_file", path_or_empty, "a file path, or empty"),
-    Key("certFile", "cert_file", path_or_empty, "a file path, or empty"),
-    Key("keyFile", "key_file", path_or_empty, "a file path, or empty"),
-    Key("compression", "compression", choice("gzip", "none"), "gzip, none"),
+    Key("insecure", "insecure", boolean, "true, false (also 1/0, yes/no), or null (not set)"),
+    Key("caFile", "ca_file", _unset_if_empty(path_or_empty), "a file path, or empty/null (not set)"),
+    Key("certFile", "cert_file", _unset_if_empty(path_or_empty), "a file path, or empty/null (not set)"),
+    Key("keyFile", "key_file", _unset_if_empty(path_or_empty), "a file path, or empty/null (not set)"),
+    Key("compression", "compression", choice("gzip", "none"), "gzip, none, or null (not set)"),
     Key("resourceAttributes", "resource_attributes", _attributes,
         "a mapping of attribute names to strings, or 'name=value,...'", dict),
 ), check=_check)

@@ -92,6 +92,12 @@ __all__ = [
     "EXT_KEY_DNS_TYPE",
     "EXT_KEY_NUM_RESPONSES",
     "dns_summary",
+    "drop_reason_desc_of",
+    "endpoint_labels",
+    "event_type_of",
+    "flow_verdict",
+    "ip_version_of",
+    "traffic_direction_of",
     "EXT_KEY_PREV_BYTES",
     "EXT_KEY_PREV_PACKETS",
     "EXT_KEY_PREV_TCP_FLAGS",
@@ -253,6 +259,68 @@ def tcp_flags_summary(tcp_flags: int) -> str:
 _TCP_FLAG_FIELDS = tuple(tuple(name for name, bit in _FLAG_BITS.items() if mask & bit) for mask in range(0x200))
 
 
+# --- the per-field mapping, shared with the flow filters -----------------------------------------------------------
+# retina_exporter.hubble.filters evaluates Hubble FlowFilters on the compact records without converting them; these
+# helpers are the one definition of what a converted Flow carries in the fields a filter reads, so the two cannot
+# drift (tests/test_hubble_filters.py checks filters on records against filters on to_proto's output).
+
+
+def flow_verdict(rec: FlowRecord) -> int:
+    """``Flow.verdict``: the record's verdict, except that a DNS record's Retina ``Verdict_DNS`` (16) becomes
+    FORWARDED, as Cilium's DNS flows are. Retina's TCP retransmission verdict (15) passes through unchanged."""
+    verdict = rec.verdict
+    if verdict == VERDICT_DNS and rec.l7 is not None:
+        return flow_pb2.FORWARDED
+    return verdict
+
+
+def event_type_of(rec: FlowRecord) -> tuple[int, int]:
+    """``Flow.event_type`` as ``(type, sub_type)``: ``(129, 0)`` for an L7 (DNS) record, ``(1, drop_reason_desc)``
+    for a DROPPED one, else ``(4, trace sub-type of the observation point)``."""
+    if rec.l7 is not None:
+        return MSG_TYPE_L7, 0
+    if rec.verdict == VERDICT_DROPPED:
+        return MSG_TYPE_DROP, hubble_drop_reason(rec.drop_reason_name)
+    return MSG_TYPE_TRACE, _TRACE_SUBTYPE.get(rec.obs_point, 0)
+
+
+def drop_reason_desc_of(rec: FlowRecord) -> int:
+    """``Flow.drop_reason_desc``: the Hubble ``DropReason`` of a DROPPED record (0 otherwise)."""
+    if rec.verdict == VERDICT_DROPPED:
+        return hubble_drop_reason(rec.drop_reason_name)
+    return 0
+
+
+def traffic_direction_of(rec: FlowRecord) -> int:
+    """``Flow.traffic_direction``: INGRESS, EGRESS or TRAFFIC_DIRECTION_UNKNOWN."""
+    return _DIRECTION.get(rec.direction, flow_pb2.TRAFFIC_DIRECTION_UNKNOWN)
+
+
+def ip_version_of(rec: FlowRecord) -> int:
+    """``Flow.IP.ipVersion``: IPv6 for a version-6 record or 16-byte addresses, else IPv4."""
+    return flow_pb2.IPv6 if rec.ip_version == 6 or len(rec.src_ip) == 16 else flow_pb2.IPv4
+
+
+_RESERVED_LABELS = {"world": "reserved:world", "host": "reserved:host", "node": "reserved:remote-node"}
+NAMESPACE_LABEL = "k8s:io.kubernetes.pod.namespace="
+
+
+def endpoint_labels(info: Any) -> list[str]:
+    """``Endpoint.labels`` for an enricher object, in Cilium's form (what Hubble UI groups and names cards by): its
+    ``labels`` (``"k=v"``) with ``"k8s:"`` on keys that have no ``source:`` prefix (``"k8s:app=web"``), then
+    ``k8s:io.kubernetes.pod.namespace=<ns>`` for a pod (or any object with a namespace), and Cilium's reserved
+    label for the reserved identities (``reserved:world``, ``reserved:host``, ``reserved:remote-node``)."""
+    labels = [lbl if ":" in lbl.partition("=")[0] else "k8s:" + lbl for lbl in getattr(info, "labels", None) or ()]
+    kind = getattr(info, "kind", "")
+    namespace = getattr(info, "namespace", "")
+    if namespace and kind in ("", "pod") and not any(lbl.startswith(NAMESPACE_LABEL) for lbl in labels):
+        labels.append(NAMESPACE_LABEL + namespace)
+    reserved = _RESERVED_LABELS.get(kind)
+    if reserved is not None:
+        labels.append(reserved)
+    return labels
+
+
 def fill_endpoint(ep: Any, info: Any) -> None:
     """Fill a ``flow.Endpoint`` message from an enricher object (duck-typed).
 
@@ -276,9 +344,9 @@ def fill_endpoint(ep: Any, info: Any) -> None:
     cluster_name = getattr(info, "cluster_name", "")
     if cluster_name:
         ep.cluster_name = cluster_name
-    labels = getattr(info, "labels", None)
+    labels = endpoint_labels(info)
     if labels:
-        ep.labels.extend(lbl if ":" in lbl.partition("=")[0] else "k8s:" + lbl for lbl in labels)
+        ep.labels.extend(labels)
     workloads = getattr(info, "workloads", None)
     if workloads:
         for kind, name in workloads:
@@ -416,8 +484,6 @@ def dns_summary(dns: Any) -> str:
 
 def _fill_dns(f: Any, dns: Any) -> None:
     f.Type = flow_pb2.L7
-    f.event_type.type = MSG_TYPE_L7
-    f.event_type.sub_type = 0
     l7 = f.l7
     l7.type = flow_pb2.RESPONSE if dns.qr else flow_pb2.REQUEST
     d = l7.dns
@@ -444,16 +510,17 @@ def to_proto(rec: FlowRecord) -> Any:
     t = rec.time_ns
     f.time.seconds = t // 1_000_000_000
     f.time.nanos = t % 1_000_000_000
-    f.verdict = rec.verdict
+    f.verdict = flow_verdict(rec)
     f.Type = flow_pb2.L3_L4
     if rec.node_name:
         f.node_name = rec.node_name
 
-    v6 = rec.ip_version == 6 or len(rec.src_ip) == 16
+    version = ip_version_of(rec)
+    v6 = version == flow_pb2.IPv6
     ip = f.IP
     ip.source = ip_text_cached(rec.src_ip)
     ip.destination = ip_text_cached(rec.dst_ip)
-    ip.ipVersion = flow_pb2.IPv6 if v6 else flow_pb2.IPv4
+    ip.ipVersion = version
 
     proto = rec.proto
     is_tcp = proto == IPPROTO_TCP
@@ -487,22 +554,18 @@ def to_proto(rec: FlowRecord) -> Any:
     else:
         f.Summary = "IPv6" if v6 else "IPv4"
 
-    obs = rec.obs_point
+    # event_type: trace (sub-type = observation point), drop (sub-type = drop_reason_desc) or L7 (DNS).
+    et = f.event_type
+    et.type, et.sub_type = event_type_of(rec)
     if rec.verdict == VERDICT_DROPPED:
         # drop_reason keeps the kernel's skb_drop_reason code; drop_reason_desc (and the type column's
         # sub_type) get the closest Hubble DropReason; the kernel's name rides in the drop_reason extension.
-        hubble = hubble_drop_reason(rec.drop_reason_name)
-        f.event_type.type = MSG_TYPE_DROP
-        f.event_type.sub_type = hubble
         f.drop_reason = rec.drop_reason
-        f.drop_reason_desc = hubble
-    else:
-        f.event_type.type = MSG_TYPE_TRACE
-        f.event_type.sub_type = _TRACE_SUBTYPE.get(obs, 0)
-    point = _OBS_POINT.get(obs)
+        f.drop_reason_desc = drop_reason_desc_of(rec)
+    point = _OBS_POINT.get(rec.obs_point)
     if point is not None:
         f.trace_observation_point = point
-    f.traffic_direction = _DIRECTION.get(rec.direction, flow_pb2.TRAFFIC_DIRECTION_UNKNOWN)
+    f.traffic_direction = traffic_direction_of(rec)
 
     if rec.is_reply is not None:
         f.is_reply.value = bool(rec.is_reply)
@@ -532,8 +595,6 @@ def to_proto(rec: FlowRecord) -> Any:
         ext.value = _extensions_bytes(rec, is_tcp)
     else:
         _fill_dns(f, l7)
-        if rec.verdict == VERDICT_DNS:
-            f.verdict = flow_pb2.FORWARDED
         ext.value = _extensions_bytes(rec, is_tcp) + _dns_extensions_bytes(l7)
     return f
 

@@ -197,6 +197,17 @@ class Ring:
             del out[:bad]
         return out, lost
 
+    def read(self, start: int, end: int) -> tuple[list[Any], int]:
+        """Records with sequence numbers ``[start, end)`` still readable, and how many of them were already
+        overwritten: returns ``(records, lost)`` where ``records`` are ``[start + lost, end)``. ``end`` is clamped to
+        the published write counter. For readers that walk back from the newest record (Hubble's ``--last N``)."""
+        w = self._write
+        if end > w:
+            end = w
+        if start >= end:
+            return [], 0
+        return self._read(start, end)
+
     def last(self, n: int) -> list[Any]:
         """The newest ``n`` readable records (fewer if the ring holds fewer), oldest first."""
         if n <= 0:

@@ -208,7 +208,8 @@ class Section:
         return obj
 
     def to_dict(self, obj: Any) -> dict[str, Any]:
-        """The object's values under the file's key names (durations as text, tuples as lists)."""
+        """The object's values under the file's key names (durations as text, tuples as lists); a dotted key name
+        (``tls.certFile``) is nested as in the file (``{"tls": {"certFile": ...}}``)."""
         out: dict[str, Any] = {}
         for key in self.keys:
             value = getattr(obj, key.attr)
@@ -216,7 +217,11 @@ class Section:
                 value = key.render(value)
             elif isinstance(value, tuple):
                 value = list(value)
-            out[key.name] = value
+            *groups, leaf = key.name.split(".")
+            target = out
+            for group in groups:
+                target = target.setdefault(group, {})
+            target[leaf] = value
         return out
 
     def defaults(self) -> Any:

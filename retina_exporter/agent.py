@@ -154,6 +154,26 @@ class Agent:
                 raise StartupError(f"otlp: {exc}") from exc
             self.metrics.register(self.otlp.families)
         self.http = AgentHTTPServer(cfg.api_server.host, cfg.api_server.port)
+        self.hubble = None
+        self.flow_export = None
+        if cfg.hubble.enabled:
+            from retina_exporter.hubble.server import HubbleServer, HubbleServerError
+
+            try:
+                self.hubble = HubbleServer(cfg.hubble, self.ring, cfg.node_name, __version__,
+                                           ready=lambda: not self.not_ready_reasons(), peers=self._hubble_peers,
+                                           advertise_address=self._hubble_address())
+            except HubbleServerError as exc:
+                self.http.stop()
+                raise StartupError(str(exc)) from exc
+        if cfg.hubble.export_file_path:
+            from retina_exporter.hubble.export import FlowFileExporter
+
+            try:
+                self.flow_export = FlowFileExporter(cfg.hubble, self.ring, cfg.node_name, self.telemetry)
+            except OSError as exc:
+                raise StartupError(f"hubble.export.filePath: cannot write {cfg.hubble.export_file_path}: "
+                                   f"{exc.strerror}") from exc
         self._stopped = threading.Event()
         self._watch_thread: threading.Thread | None = None
         self._register_routes()
@@ -170,6 +190,10 @@ class Agent:
         r("/debug/ipcache", self._debug_ipcache)
         r("/debug/otlp", lambda q, h: json_response(self.otlp.status() if self.otlp is not None else {"enabled": False}))
         r("/debug/kubernetes", self._debug_kubernetes)
+        r("/debug/hubble", lambda q, h: json_response(
+            {**(self.hubble.status() if self.hubble is not None else {"enabled": False}),
+             "export": ({"file": self.flow_export.path, "written": self.flow_export.written,
+                         "lost": self.flow_export.lost} if self.flow_export is not None else None)}))
 
     def _healthz(self, _q, _h):
         alive = self.manager.readers_alive() and (self.enricher is None or self.enricher.alive())
@@ -200,13 +224,49 @@ class Agent:
         return 200, content_type, renderer(families).encode()
 
     def _debug_flows(self, q, _h):
+        """The newest ``last`` records that match the query's filters (the same filter code as Hubble's)."""
         from retina_core.convert import to_json_dict, to_proto
+        from retina_core.record import FlowRecord
+        from retina_exporter.hubble.filters import FilterError, FlowMatcher, filter_from_query
 
         n = parse_last(q, self.ring.capacity)
         since_ns = parse_since(q)
-        flows = [to_json_dict(to_proto(rec)) for rec in self.ring.last(n)
-                 if hasattr(rec, "time_ns") and rec.time_ns >= since_ns]
-        return json_response({"flows": flows})
+        try:
+            whitelist, blacklist = filter_from_query({k: v for k, v in q.items() if k not in ("last", "since")},
+                                                     strict=True)
+            matcher = FlowMatcher(whitelist, blacklist)
+        except FilterError as exc:
+            raise ValueError(str(exc)) from None  # a 400 naming the parameter
+        records = [rec for rec in self.ring.last(self.ring.capacity)
+                   if rec.__class__ is FlowRecord and rec.time_ns >= since_ns and matcher(rec)]
+        return json_response({"flows": [to_json_dict(to_proto(rec)) for rec in records[-n:]]})
+
+    def _hubble_address(self) -> str:
+        """The ``host:port`` Peer and GetNodes announce: the listen address's host when it is one, else this node's
+        IP (``NODE_IP``/``nodeIP``), else empty (the server then uses the node name)."""
+        from retina_exporter.hubble.config import parse_listen_address
+
+        if not self.cfg.hubble.listen_address:
+            return ""
+        host, port = parse_listen_address(self.cfg.hubble.listen_address)
+        if host in ("", "0.0.0.0", "::"):
+            host = getattr(self.cfg, "node_ip", "") or ""
+        if not host:
+            return ""
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def _hubble_peers(self) -> dict[str, str]:
+        """Peers for Hubble Relay: this node, and with the operator or kubernetes source every node the IP cache
+        knows (its InternalIP, at this agent's Hubble port)."""
+        from retina_exporter.hubble.peer import peers_from_identities
+
+        own = self.hubble.node if self.hubble is not None else None
+        if own is None:
+            return {}
+        if self.cache is None or self.cfg.enrichment.source not in ("operator", "kubernetes") \
+                or not self.hubble.tcp_port:
+            return {own.name: own.address}
+        return peers_from_identities(self.cache.view(), own.name, own.address, self.hubble.tcp_port)
 
     def _debug_ipcache(self, _q, _h):
         if self.cache is None:
@@ -309,6 +369,10 @@ class Agent:
         if self.kube_control is not None:
             self.kube_control.kick()  # packetparser's IP-of-interest map exists now: write the claims at once
         self.http.start()
+        if self.hubble is not None:
+            self.hubble.start()
+        if self.flow_export is not None:
+            self.flow_export.start()
         if self.otlp is not None:
             self.otlp.start()
         if self.config_path is not None and self.metrics_module is not None:
@@ -335,6 +399,10 @@ class Agent:
         if self.otlp is not None:
             self.otlp.stop()  # a last export with the final values, unless the collector is failing
         self._stop_pipeline()
+        if self.hubble is not None:
+            self.hubble.stop()
+        if self.flow_export is not None:
+            self.flow_export.stop()
         self.http.stop()
 
     def run_until_signal(self) -> None:

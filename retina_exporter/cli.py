@@ -1,4 +1,4 @@
-"""``retina-exporter`` command line: ``agent``, ``lab``, ``demo``.
+"""``retina-exporter`` command line: ``agent``, ``observe``, ``status``, ``list``, ``lab``, ``demo``.
 
 Exit status 2 with a one-line explanation for anything the user must fix (config, interface, capability, kernel
 headers); 0 after a clean stop."""
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from retina_core.version import __version__
@@ -17,18 +18,49 @@ def _die(msg: str) -> int:
     return 2
 
 
+#: The agent's own loggers (every module logs as ``logging.getLogger(__name__)``): ``logLevel`` sets these.
+OWN_LOGGERS: tuple[str, ...] = ("retina_exporter", "retina_core", "enricher", "metrics_module")
+#: Environment variable with the level of every other logger (pyroute2, bcc, kubernetes, urllib3, grpc, asyncio …).
+LIBRARY_LOG_ENV = "RETINA_LOG_LIBRARIES"
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "warn": logging.WARNING,
+           "error": logging.ERROR, "critical": logging.CRITICAL, "panic": logging.CRITICAL,
+           "fatal": logging.CRITICAL}
+
+
+def library_log_level(log_level: str, environ) -> int:
+    """The level of third-party loggers: ``RETINA_LOG_LIBRARIES`` (a level name, as ``logLevel`` accepts), or, when
+    that is unset or empty, WARNING (``log_level`` if that is higher: ``logLevel: error`` quiets libraries too).
+    Raises ValueError naming the variable for anything else."""
+    text = environ.get(LIBRARY_LOG_ENV, "").strip()
+    if not text:
+        return max(logging.WARNING, _LEVELS[log_level])
+    level = _LEVELS.get(text.lower())
+    if level is None:
+        raise ValueError(f"{LIBRARY_LOG_ENV}: invalid value {text!r} from the environment; accepted: debug, info, "
+                         "warning (or warn), error, critical (or panic, fatal)")
+    return level
+
+
+def setup_logging(log_level: str, environ) -> None:
+    """One stderr handler on the root logger. ``log_level`` (the ``logLevel`` key) is the level of the agent's own
+    loggers (:data:`OWN_LOGGERS`); everything else (the root logger) stays at WARNING unless
+    ``RETINA_LOG_LIBRARIES`` names another level (:func:`library_log_level`): at ``logLevel: debug`` pyroute2 would
+    otherwise log every netlink message it sends and receives."""
+    logging.basicConfig(level=library_log_level(log_level, environ),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(_LEVELS[log_level])
+
+
 def cmd_agent(args) -> int:
     from retina_exporter.config import ConfigError, load_config
     from retina_exporter.errors import StartupError
 
     try:
         cfg = load_config(args.config)
-    except ConfigError as exc:
+        setup_logging(cfg.log_level, os.environ)
+    except (ConfigError, ValueError) as exc:
         return _die(str(exc))
-    logging.basicConfig(
-        level=getattr(logging, cfg.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     for warning in cfg.warnings:
         logging.getLogger("retina_exporter.config").warning("%s", warning)
     from retina_exporter.agent import Agent
@@ -53,6 +85,15 @@ def cmd_demo(args) -> int:
     return run_demo(pods=args.pods, port=args.port)
 
 
+def _hubble_client(name: str):
+    def run(args) -> int:
+        from retina_exporter.hubble import client
+
+        return getattr(client, f"main_{name}")(args.client_args)
+
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="retina-exporter", description="eBPF network observability agent")
     parser.add_argument("--version", action="version", version=__version__)
@@ -60,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("agent", help="run the agent")
     p.add_argument("--config", help="YAML config file (docs/config.md)")
     p.set_defaults(func=cmd_agent)
+    for name, help_text in (("observe", "observe flows of a Hubble server (this agent's socket by default)"),
+                            ("status", "health and flow-buffer status of a Hubble server"),
+                            ("list", "list nodes or namespaces of a Hubble server")):
+        p = sub.add_parser(name, help=help_text, add_help=False)
+        p.add_argument("client_args", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_hubble_client(name))
     p = sub.add_parser("lab", help="local lab of network namespaces: lab up|down", add_help=False)
     p.add_argument("lab_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_lab)

@@ -7,7 +7,8 @@ Precedence: defaults < file < environment. The environment variable of a key is 
 upper-cased with dots replaced by ``_`` (``apiServer.port`` → ``RETINA_APISERVER_PORT``,
 ``enablePodLevel`` → ``RETINA_ENABLEPODLEVEL``). Only those names are read: other ``RETINA_*`` variables
 (Kubernetes injects ``RETINA_PORT``, ``RETINA_SERVICE_HOST`` … for a Service named ``retina``) are ignored, and so
-is an empty variable (as viper does).
+is an empty variable (as viper does). Besides them, ``NODE_NAME`` and ``NODE_IP`` (which Retina's DaemonSet
+injects) set ``nodeName`` and ``nodeIP`` when neither the ``RETINA_*`` variable nor the file does.
 
 Every problem raises :class:`ConfigError` with a one-line message naming the key (dotted path), the bad value, where
 it came from and what is accepted. Retina keys that this agent does not use (:data:`RETINA_IGNORED_KEYS`) are
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import mmap
 import os
 import re
@@ -35,6 +37,7 @@ from retina_core.settings import (BOOL_ACCEPTED, Invalid, Key, Section, abs_path
                                   duration_at_least, env_var_name, int_range, str_list, text)
 from retina_core.units import NS_PER_S, ConfigError, format_duration, parse_duration
 from retina_core.units import show_value as _show
+from retina_exporter.hubble.config import HUBBLE_SECTION, HubbleConfig
 from retina_exporter.plugins.dropreason.config import DROP_REASON_SECTION, DropReasonConfig
 from retina_exporter.plugins.tcpretrans.config import TCP_RETRANS_SECTION, TcpRetransConfig
 
@@ -55,12 +58,20 @@ __all__ = [
 KNOWN_PLUGINS: tuple[str, ...] = ("packetparser", "dropreason", "packetforward", "linuxutil", "dns", "tcpretrans")
 
 #: Retina keys accepted for compatibility but not used (yet): each one found gives a warning, not an error.
-#: When a feature lands, move its key from here into a section (and docs/config.md).
+#: Together with the keys parsed below they cover every field of Retina's ``Config`` struct (pkg/config) and every
+#: key of the ``retina-config`` ConfigMap its Helm chart renders. When a feature lands, move its key from here into
+#: a section (and docs/config.md).
 RETINA_IGNORED_KEYS: tuple[str, ...] = (
-    "enableTelemetry",
-    "telemetryInterval",
-    "packetParserRingBuffer",
+    "enableTelemetry",  # Application Insights telemetry
+    "telemetryInterval",  # its heartbeat interval
+    "packetParserRingBuffer",  # perf array vs ring buffer: packetparser here always uses a BPF ring buffer
+    "enableRetinaEndpoint",  # Retina's RetinaEndpoint CRD cache (always true in Retina); see enrichment.source
+    "monitorSockPath",  # Cilium monitor socket of Retina's hubble control plane
 )
+
+#: Variables that Retina's DaemonSet injects (fieldRef spec.nodeName / status.hostIP), read when neither the
+#: ``RETINA_*`` variable nor the file sets the key: ``RETINA_NODENAME`` > ``nodeName`` > ``NODE_NAME`` > host name.
+_RETINA_DAEMONSET_ENV: tuple[tuple[str, str], ...] = (("nodeName", "NODE_NAME"), ("nodeIP", "NODE_IP"))
 
 _LEGACY_INTERVAL = "metricsInterval"  # Retina's deprecated seconds-only form of metricsIntervalDuration
 _METRICS_CONFIGURATION = "metricsConfiguration"
@@ -100,8 +111,10 @@ class Config:
     """Host (uplink) interface names to hook; empty means detect them."""
     node_name: str = field(default_factory=socket.gethostname)
     """Name of this node in flows and metrics."""
+    node_ip: str = ""
+    """This node's IP address (Retina's ``NODE_IP``); empty when unknown. Shown in ``/debug/config``."""
     log_level: str = "info"
-    """``"debug"``, ``"info"``, ``"warning"`` or ``"error"``."""
+    """Level of the agent's own loggers: ``"debug"``, ``"info"``, ``"warning"``, ``"error"`` or ``"critical"``."""
     output_ring_capacity: int = 4095
     """Slots in the in-process flow ring (2^n - 1)."""
     bpf_pin_path: str = "/sys/fs/bpf/retina"
@@ -125,6 +138,7 @@ class Config:
     drop_reason: DropReasonConfig = DropReasonConfig()
     tcp_retrans: TcpRetransConfig = TcpRetransConfig()
     otlp: OtlpConfig = OtlpConfig()
+    hubble: HubbleConfig = HubbleConfig()
     warnings: tuple[str, ...] = ()
     """One message per Retina key that was given but is not used."""
 
@@ -193,6 +207,15 @@ def _interfaces(value: Any) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _ip_or_empty(value: Any) -> str:
+    if value in ("", None):
+        return ""
+    try:
+        return str(ipaddress.ip_address(text(value)))
+    except ValueError:
+        raise Invalid("not an IP address") from None
+
+
 def _metrics_configuration_spec(value: Any) -> dict:
     """The MetricsConfiguration spec as a mapping (a YAML/JSON string in an environment variable); its fields are
     validated once, by :func:`retina_core.metricsconfig.parse_metrics_configuration`, in :func:`load_config`."""
@@ -221,8 +244,10 @@ TOP_LEVEL = Section("", Config, (
     Key("hostInterfaces", "host_interfaces", _interfaces,
         "a list (or comma-separated string) of interface names of 1 to 15 characters"),
     Key("nodeName", "node_name", text, "a non-empty string"),
-    Key("logLevel", "log_level", choice("debug", "info", "warning", "error", aliases={"warn": "warning"}),
-        "debug, info, warning (or warn), error"),
+    Key("nodeIP", "node_ip", _ip_or_empty, "an IPv4 or IPv6 address, or empty"),
+    Key("logLevel", "log_level", choice("debug", "info", "warning", "error", "critical",
+                                        aliases={"warn": "warning", "panic": "critical", "fatal": "critical"}),
+        "debug, info, warning (or warn), error, critical (or panic, fatal)"),
     Key("outputRingCapacity", "output_ring_capacity", _ring_capacity,
         "one less than a power of two, 2^n - 1 with 1 <= n <= 20 (1, 3, 7, ... 4095, ... 1048575)"),
     Key("bpfPinPath", "bpf_pin_path", abs_path, "an absolute path"),
@@ -250,6 +275,7 @@ API_SERVER_SECTION = Section("apiServer", ApiServerConfig, (
 SECTIONS: tuple[tuple[Section, str], ...] = (
     (API_SERVER_SECTION, "api_server"),
     (ENRICHMENT_SECTION, "enrichment"),
+    (HUBBLE_SECTION, "hubble"),
     (DROP_REASON_SECTION, "drop_reason"),
     (TCP_RETRANS_SECTION, "tcp_retrans"),
     (OTLP_SECTION, "otlp"),
@@ -337,7 +363,15 @@ def _collect_file(path: str, data: Any, raw: dict[str, tuple[Any, str]], warning
             if not isinstance(value, dict):
                 accepted = "a mapping with keys " + ", ".join(leaves)
                 raise ConfigError(f"{key}: invalid value {_show(value)} {source}; accepted: {accepted}")
+            groups = {leaf.split(".", 1)[0] for leaf in leaves if "." in leaf}  # e.g. hubble.tls.certFile
             for leaf, leaf_value in value.items():
+                if leaf in groups and isinstance(leaf_value, dict):
+                    for inner, inner_value in leaf_value.items():
+                        if f"{leaf}.{inner}" not in leaves:
+                            raise _unknown_key(path, inner, f"{key}.{leaf}.",
+                                               tuple(n.split(".", 1)[1] for n in leaves if n.startswith(leaf + ".")))
+                        raw[f"{key}.{leaf}.{inner}"] = (inner_value, source)
+                    continue
                 if leaf not in leaves:
                     raise _unknown_key(path, leaf, key + ".", leaves)
                 raw[f"{key}.{leaf}"] = (leaf_value, source)
@@ -369,6 +403,11 @@ def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Confi
         value = env.get(var)
         if value is not None and value.strip():
             raw[name] = (value.strip(), f"from environment variable {var}")
+    # Retina's DaemonSet variables stand in for a key that neither RETINA_<KEY> nor the file sets.
+    for name, var in _RETINA_DAEMONSET_ENV:
+        value = env.get(var, "").strip()
+        if value and raw.get(name, (None, ""))[0] is None:
+            raw[name] = (value, f"from environment variable {var}")
     for name in RETINA_IGNORED_KEYS:
         var = env_var_name(name)
         if env.get(var, "").strip():
@@ -388,6 +427,15 @@ def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Confi
 
     sections = {attr: section.parse(raw) for section, attr in SECTIONS}
     cfg = TOP_LEVEL.parse(raw, warnings=tuple(warnings), **sections)
+    # hubble.eventBufferCapacity is Cilium's name for the same flow ring as outputRingCapacity.
+    buffer = cfg.hubble.event_buffer_capacity
+    if buffer is not None:
+        if "outputRingCapacity" in raw and raw["outputRingCapacity"][0] is not None \
+                and buffer != cfg.output_ring_capacity:
+            raise ConfigError(
+                f"hubble.eventBufferCapacity ({buffer}) and outputRingCapacity ({cfg.output_ring_capacity}) size the "
+                "same flow ring; give one of them, or the same value")
+        cfg = dataclasses.replace(cfg, output_ring_capacity=buffer)
     spec = _MC_SECTION.parse(raw).get("metrics_configuration")
     if spec is not None:
         mc = parse_metrics_configuration(spec, path=_METRICS_CONFIGURATION, remote_context=cfg.remote_context)

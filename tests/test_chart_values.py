@@ -34,3 +34,21 @@ def test_agent_config_in_values_is_valid(tmp_path):
     cfg = load_config(str(path), env={})
     assert cfg.enable_pod_level and cfg.enrichment.source == "operator"
     assert cfg.api_server.port == 10093
+
+
+def test_hubble_defaults_agree_with_the_agent():
+    """Hubble is on in the chart (TLS with mTLS, Cilium's port and names); the socket path is the agent's default
+    and the ring capacity one the agent accepts."""
+    from retina_exporter.hubble.config import DEFAULT_PORT, DEFAULT_SOCKET_PATH
+
+    h = yaml.safe_load((CHART / "values.yaml").read_text())["hubble"]
+    assert h["enabled"] is True and h["listenPort"] == DEFAULT_PORT == 4244
+    assert h["socketPath"] == DEFAULT_SOCKET_PATH
+    assert h["eventBufferCapacity"] == 4095 and (h["eventBufferCapacity"] + 1) & h["eventBufferCapacity"] == 0
+    assert h["tls"]["enabled"] is True and h["tls"]["mtls"] is True
+    assert h["peerService"]["name"] == "hubble-peer"
+    assert h["relay"]["enabled"] is False and h["ui"]["enabled"] is False
+    images = [h["relay"]["image"], h["ui"]["backend"]["image"], h["ui"]["frontend"]["image"]]
+    assert [i["repository"] for i in images] == [
+        "quay.io/cilium/hubble-relay", "quay.io/cilium/hubble-ui-backend", "quay.io/cilium/hubble-ui"]
+    assert all(i["tag"] for i in images)

@@ -24,6 +24,7 @@ from retina_exporter.config import (
     load_config,
     parse_duration,
 )
+from retina_exporter.hubble.config import HubbleConfig
 from retina_exporter.plugins.dropreason.config import DropReasonConfig
 from retina_exporter.plugins.tcpretrans.config import TcpRetransConfig
 
@@ -163,6 +164,7 @@ ENV_ALL = {
     "RETINA_ENABLETCX": "false",
     "RETINA_HOSTINTERFACES": "eth1",
     "RETINA_NODENAME": "from-env",
+    "RETINA_NODEIP": "10.0.0.7",
     "RETINA_LOGLEVEL": "error",
     "RETINA_OUTPUTRINGCAPACITY": "1048575",
     "RETINA_BPFPINPATH": "/run/bpf",
@@ -208,6 +210,19 @@ ENV_ALL = {
     "RETINA_OTLP_KEYFILE": "",
     "RETINA_OTLP_COMPRESSION": "none",
     "RETINA_OTLP_RESOURCEATTRIBUTES": "k8s.cluster.name=prod",
+    "RETINA_HUBBLE_ENABLED": "true",
+    "RETINA_HUBBLE_LISTENADDRESS": ":4244",
+    "RETINA_HUBBLE_SOCKETPATH": "/run/h/hubble.sock",
+    "RETINA_HUBBLE_EVENTBUFFERCAPACITY": "1048575",
+    "RETINA_HUBBLE_TLS_CERTFILE": "/etc/h/tls.crt",
+    "RETINA_HUBBLE_TLS_KEYFILE": "/etc/h/tls.key",
+    "RETINA_HUBBLE_TLS_CLIENTCAFILES": "/etc/h/ca.crt",
+    "RETINA_HUBBLE_EXPORT_FILEPATH": "/var/log/retina/flows.json",
+    "RETINA_HUBBLE_EXPORT_ALLOWLIST": '[{"source_pod": ["lab/"]}]',
+    "RETINA_HUBBLE_EXPORT_DENYLIST": '[{"verdict": ["DROPPED"]}]',
+    "RETINA_HUBBLE_EXPORT_FIELDMASK": "time,verdict,source.pod_name",
+    "RETINA_HUBBLE_EXPORT_MAXSIZEMB": "20",
+    "RETINA_HUBBLE_EXPORT_MAXBACKUPS": "3",
     "RETINA_METRICSCONFIGURATION": '{"contextOptions": [{"metricName": "drop_count", "sourceLabels": ["namespace"]}]}',
 }
 
@@ -225,6 +240,7 @@ def test_every_key_from_env() -> None:
         enable_tcx="off",
         host_interfaces=("eth1",),
         node_name="from-env",
+        node_ip="10.0.0.7",
         log_level="error",
         output_ring_capacity=1048575,
         bpf_pin_path="/run/bpf",
@@ -247,9 +263,16 @@ def test_every_key_from_env() -> None:
             operator_start_timeout_ns=0),
         drop_reason=DropReasonConfig(scope="node", ignore_reasons=("NOT_SPECIFIED", "NO_SOCKET")),
         tcp_retrans=TcpRetransConfig(scope="node"),
-        otlp=OtlpConfig(enabled=True, endpoint="http://otel:4317", interval_ns=15 * S, timeout_ns=5 * S,
+        otlp=OtlpConfig(enabled=True, endpoint="http://otel:4317", protocol="grpc", interval_ns=15 * S,
+                        timeout_ns=5 * S,
                         headers=(("authorization", "Bearer x"),), insecure=True, compression="none",
                         resource_attributes=(("k8s.cluster.name", "prod"),)),
+        hubble=HubbleConfig(
+            enabled=True, listen_address=":4244", socket_path="/run/h/hubble.sock", event_buffer_capacity=1048575,
+            tls_cert_file="/etc/h/tls.crt", tls_key_file="/etc/h/tls.key", tls_client_ca_files=("/etc/h/ca.crt",),
+            export_file_path="/var/log/retina/flows.json", export_allow_list=('{"source_pod": ["lab/"]}',),
+            export_deny_list=('{"verdict": ["DROPPED"]}',), export_field_mask=("time", "verdict", "source.pod_name"),
+            export_max_size_mb=20, export_max_backups=3),
     )
 
 
@@ -491,7 +514,7 @@ def test_log_level(text: str, expected: str) -> None:
 def test_bad_log_level(tmp_path: pathlib.Path) -> None:
     message = error_of(tmp_path, "logLevel: trace\n")
     assert message.startswith("logLevel: invalid value 'trace' in ")
-    assert message.endswith("; accepted: debug, info, warning (or warn), error")
+    assert message.endswith("; accepted: debug, info, warning (or warn), error, critical (or panic, fatal)")
 
 
 def test_node_name_and_pin_path(tmp_path: pathlib.Path) -> None:
@@ -627,9 +650,9 @@ def test_unknown_key_without_match_lists_known_keys(tmp_path: pathlib.Path) -> N
     assert message.endswith(
         ": unknown key 'zzz'; known keys: enabledPlugin, enablePodLevel, dataAggregationLevel, "
         "dataSamplingRate, conntrackReportInterval, conntrackMapSize, packetParserRingBufferSize, enableTCX, "
-        "hostInterfaces, nodeName, logLevel, outputRingCapacity, bpfPinPath, remoteContext, "
+        "hostInterfaces, nodeName, nodeIP, logLevel, outputRingCapacity, bpfPinPath, remoteContext, "
         "metricsIntervalDuration, enableConntrackMetrics, enableAnnotations, bypassLookupIPOfInterest, "
-        "filterMapMaxEntries, metricsConfiguration, apiServer, enrichment, dropReason, tcpRetrans, otlp, "
+        "filterMapMaxEntries, metricsConfiguration, apiServer, enrichment, hubble, dropReason, tcpRetrans, otlp, "
         "metricsInterval"
     )
     assert error_of(tmp_path, "apiServer: {zzz: 1}\n").endswith(
@@ -659,7 +682,7 @@ def test_ignored_retina_keys_warn(tmp_path: pathlib.Path) -> None:
 
 def test_every_ignored_key_is_accepted(tmp_path: pathlib.Path) -> None:
     cfg = load_text(tmp_path, "".join(f"{k}: 1\n" for k in RETINA_IGNORED_KEYS))
-    assert len(cfg.warnings) == len(RETINA_IGNORED_KEYS) == 3
+    assert len(cfg.warnings) == len(RETINA_IGNORED_KEYS) == 5
     assert cfg.to_dict() == Config(node_name=cfg.node_name).to_dict()
 
 
@@ -779,6 +802,7 @@ def test_to_dict_defaults() -> None:
         "enableTCX": "auto",
         "hostInterfaces": [],
         "nodeName": "n",
+        "nodeIP": "",
         "logLevel": "info",
         "outputRingCapacity": 4095,
         "bpfPinPath": "/sys/fs/bpf/retina",
@@ -797,10 +821,15 @@ def test_to_dict_defaults() -> None:
         "enableAnnotations": False,
         "bypassLookupIPOfInterest": False,
         "filterMapMaxEntries": 4096,
-        "otlp": {"enabled": False, "endpoint": "", "protocol": "grpc", "interval": "1m", "timeout": "10s",
-                 "headers": {}, "insecure": None, "caFile": "", "certFile": "", "keyFile": "", "compression": "gzip",
-                 "resourceAttributes": {}},
+        "otlp": {"enabled": False, "endpoint": None, "protocol": None, "interval": None, "timeout": None,
+                 "headers": {}, "insecure": None, "caFile": None, "certFile": None, "keyFile": None,
+                 "compression": None, "resourceAttributes": {}},
         "metricsConfiguration": None,
+        "hubble": {"enabled": False, "listenAddress": "", "socketPath": "/var/run/retina-exporter/hubble.sock",
+                   "eventBufferCapacity": None,
+                   "tls": {"certFile": "", "keyFile": "", "clientCAFiles": []},
+                   "export": {"filePath": "", "allowList": [], "denyList": [], "fieldMask": [], "maxSizeMb": 10,
+                              "maxBackups": 5}},
     }
 
 
@@ -815,10 +844,12 @@ def test_to_dict_round_trips(tmp_path: pathlib.Path) -> None:
 
 
 def _all_keys() -> list[str]:
-    out: list[str] = []
-    for name, value in Config(node_name="n").to_dict().items():
-        out.extend(f"{name}.{leaf}" for leaf in value) if isinstance(value, dict) else out.append(name)
-    return out
+    def walk(prefix: str, value) -> list[str]:
+        if isinstance(value, dict) and value and prefix != "metricsConfiguration":  # {} is a value (otlp.headers)
+            return [k for name, v in value.items() for k in walk(f"{prefix}.{name}" if prefix else name, v)]
+        return [prefix]
+
+    return walk("", Config(node_name="n").to_dict())
 
 
 def test_docs_list_every_key_env_var_and_ignored_key() -> None:
@@ -871,3 +902,27 @@ def test_legacy_metrics_interval_in_file(tmp_path: pathlib.Path) -> None:
     with pytest.raises(ConfigError) as e:
         load_text(tmp_path, "metricsInterval: soon\n")
     assert str(e.value).startswith("metricsIntervalDuration: invalid value 'soon'")
+
+
+def test_hubble_keys_are_checked(tmp_path: pathlib.Path) -> None:
+    cfg = load_text(tmp_path, "hubble:\n  enabled: true\n  listenAddress: ':4244'\n  tls:\n    certFile: /c\n"
+                              "    keyFile: /k\n  export:\n    allowList: [{source_pod: [lab/]}]\n")
+    assert cfg.hubble.enabled and cfg.hubble.listen_address == ":4244" and cfg.hubble.tls_cert_file == "/c"
+    assert cfg.hubble.export_allow_list == ('{"source_pod": ["lab/"]}',)
+    assert cfg.to_dict()["hubble"]["tls"]["certFile"] == "/c"
+    assert load_text(tmp_path, yaml.safe_dump(cfg.to_dict())) == cfg
+    cases = {
+        "hubble:\n  listenAddress: 'nope'\n": "hubble.listenAddress: invalid value 'nope'",
+        "hubble:\n  tls:\n    certFile: /c\n": "hubble.tls: certFile and keyFile go together",
+        "hubble:\n  tls:\n    nope: 1\n": "unknown key 'hubble.tls.nope'",
+        "hubble:\n  export:\n    allowList: [{source_ip: ['10.0.0.300']}]\n": "hubble.export.allowList: invalid value",
+        "hubble:\n  export:\n    fieldMask: [nope]\n": "hubble.export.fieldMask: invalid value",
+        "hubble:\n  eventBufferCapacity: 100\n": "hubble.eventBufferCapacity: invalid value 100",
+        "outputRingCapacity: 1023\nhubble:\n  eventBufferCapacity: 4095\n":
+            "hubble.eventBufferCapacity (4095) and outputRingCapacity (1023) size the same flow ring",
+    }
+    for text, message in cases.items():
+        with pytest.raises(ConfigError) as e:
+            load_text(tmp_path, text)
+        assert message in str(e.value), (text, str(e.value))
+    assert load_text(tmp_path, "hubble:\n  eventBufferCapacity: 65535\n").output_ring_capacity == 65535

@@ -295,11 +295,12 @@ def test_endpoints_from_enricher_objects():
     f = to_proto(rec)
     assert f.source.namespace == "shop"
     assert f.source.pod_name == "cart-7d9f-abcde"
-    assert list(f.source.labels) == ["k8s:app=cart", "k8s:tier=backend"]
+    assert list(f.source.labels) == ["k8s:app=cart", "k8s:tier=backend", "k8s:io.kubernetes.pod.namespace=shop"]
     assert [(w.kind, w.name) for w in f.source.workloads] == [("Deployment", "cart")]
     assert f.source.identity == 12345
     assert f.destination.namespace == "kube-system" and f.destination.pod_name == "coredns-1"
-    assert list(f.destination.labels) == [] and f.destination.identity == 0
+    assert list(f.destination.labels) == ["k8s:io.kubernetes.pod.namespace=kube-system"]
+    assert f.destination.identity == 0
 
 
 def test_json_field_names():
@@ -397,7 +398,8 @@ def test_enriched_services_and_names():
     assert (f.destination_service.name, f.destination_service.namespace) == ("db", "shop")
     assert list(f.source_names) == ["web-1.shop.pod.cluster.local"]
     assert list(f.destination_names) == ["db.shop.svc.cluster.local"]
-    assert f.source.pod_name == "web-1" and list(f.source.labels) == ["k8s:app=web"]
+    assert f.source.pod_name == "web-1"
+    assert list(f.source.labels) == ["k8s:app=web", "k8s:io.kubernetes.pod.namespace=shop"]
     assert [(w.kind, w.name) for w in f.source.workloads] == [("Deployment", "web")]
     d = to_json_dict(f)
     assert d["destination_service"] == {"name": "db", "namespace": "shop"}

@@ -1,10 +1,12 @@
-"""metrics_module.otlp: OTLP push over gRPC and HTTP/protobuf to a real receiver (tests/support/otlp_receiver.py,
-decoding with the official opentelemetry-proto messages).
+"""metrics_module.otlp: OTLP push on the OpenTelemetry SDK (OTLPMetricExporter, gRPC and HTTP/protobuf) to a real
+receiver (tests/support/otlp_receiver.py, decoding with the official opentelemetry-proto messages).
 
 What /metrics renders (parsed back with prometheus_client) is what the receiver gets: names, labels as attributes,
-values; counters as cumulative monotonic Sums, gauges as Gauges; resource attributes; headers. A collector that is
-down or slow never blocks the caller; failures are counted by reason and logged once per outage; exports resume
-when the collector is back. TLS with a self-signed certificate, a private CA and mTLS.
+values; counters as cumulative monotonic Sums (delta on request), gauges as Gauges; resource attributes (SDK
+Resource with OTEL_RESOURCE_ATTRIBUTES / OTEL_SERVICE_NAME); headers. The standard OTEL_* variables work on their
+own and otlp.* settings override them. A collector that is down, slow or hung never blocks the caller; failures
+are counted by reason and logged once per outage; exports resume when the collector is back. TLS with a
+self-signed certificate, a private CA and mTLS. The cached-attribute encoder equals the SDK's encode_metrics.
 """
 
 from __future__ import annotations
@@ -19,9 +21,15 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
+from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+from opentelemetry.sdk.metrics.export import MetricsData, ResourceMetrics, ScopeMetrics
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+from metrics_module._otlp_sdk import FamiliesProducer, HistogramValue, encode_metrics_fast, parse_label_text
+from metrics_module._otlp_sdk import split_metrics_data
+from metrics_module._otlp_settings import build_resource, resolve
 from retina_core.identity import Identity
-from metrics_module._otlp_transport import parse_target
-from metrics_module._otlp_wire import HistogramValue, OtlpEncoder, parse_label_text
 from retina_core.metricsconfig import parse_metrics_configuration
 from metrics_module.exposition import _label_text, render
 from metrics_module.module import MetricsModule
@@ -146,6 +154,7 @@ def assert_same_as_metrics(points, families):
 
 
 def exporter(rx: OtlpReceiver, protocol: str, source, **kw) -> OtlpExporter:
+    kw.setdefault("env", {})  # the tests' own settings only, whatever the environment of the test run
     kw.setdefault("interval_s", 60.0)
     kw.setdefault("timeout_s", 2.0)
     kw.setdefault("node_name", NODE)
@@ -204,9 +213,12 @@ def test_known_families_arrive_as_metrics_renders_them(rx, protocol):
     assert isinstance(by_key[("test_gauge", (("a", "2"), ("b", 'quote " backslash \\ newline \n end')))].value,
                       float)
     for p in points:
-        assert p.resource == (("host.name", "host-1"), ("k8s.node.name", NODE),
-                              ("service.instance.id", NODE), ("service.name", "retina-exporter"),
-                              ("service.version", "9.9.9"))
+        resource = dict(p.resource)
+        assert {k: resource[k] for k in ("host.name", "k8s.node.name", "service.instance.id", "service.name",
+                                         "service.version")} == {
+            "host.name": "host-1", "k8s.node.name": NODE, "service.instance.id": NODE,
+            "service.name": "retina-exporter", "service.version": "9.9.9"}
+        assert resource["telemetry.sdk.name"] == "opentelemetry"  # the SDK's Resource
         assert p.scope == ("retina-exporter", "9.9.9")
         assert before <= p.time_unix_nano <= after
         assert p.start_time_unix_nano == (START_NS if p.kind == "sum" else 0)
@@ -327,14 +339,42 @@ def test_label_text_parsing_matches_rendering():
         assert parse_label_text(_label_text(pairs)) == pairs
 
 
-def test_encoder_without_network_is_deterministic():
-    enc = OtlpEncoder([("service.name", "s")], scope_name="x", start_time_unix_nano=1)
-    fams = [("g", "gauge", "", [((("a", "1"),), 1)])]
-    assert enc.encode(fams, 10) == enc.encode(fams, 10)
-    assert enc.encode([], 10) == []
+def _metrics_data(producer, now):
+    resource = Resource.create({"service.name": "s"})
+    scope = InstrumentationScope("retina-exporter", "1")
+    return MetricsData([ResourceMetrics(resource, [ScopeMetrics(scope, producer.produce(now), "")], "")])
 
 
-# -- a collector that is down, slow or refusing ------------------------------------------------------------------
+@pytest.mark.parametrize("source", ["known", "module", "histogram"])
+def test_cached_encoder_equals_the_sdk_encoder(source):
+    mod = make_module()
+    hist = HistogramValue(bounds=(0.1, 1.0), counts=(2, 3, 1), sum=4.5, count=6)
+    fams = {"known": known_source, "module": lambda: mod.families(prerendered=True),
+            "histogram": lambda: [("h", "histogram", "", [((("op", "get"),), hist)])]}[source]
+    producer = FamiliesProducer(fams, start_time_unix_nano=START_NS)
+    for now in (START_NS + 10, START_NS + 20):  # the second time from the caches
+        data = _metrics_data(producer, now)
+        assert encode_metrics_fast(data) == encode_metrics(data)
+        assert encode_metrics_fast(data).SerializeToString() == encode_metrics(data).SerializeToString()
+
+
+def test_split_keeps_every_point_under_the_size():
+    samples = [((("pod", f"pod-{i:05d}"),), i) for i in range(2000)]
+    producer = FamiliesProducer(lambda: [("g", "gauge", "", samples), ("c", "counter", "", samples)],
+                                start_time_unix_nano=START_NS)
+    data = _metrics_data(producer, START_NS + 1)
+    parts = split_metrics_data(data, 16 * 1024)
+    assert len(parts) > 4
+    assert all(encode_metrics_fast(p).ByteSize() <= 16 * 1024 for p in parts)
+    whole = encode_metrics(data)
+    merged = [dp for p in parts for rm in encode_metrics_fast(p).resource_metrics for sm in rm.scope_metrics
+              for m in sm.metrics for dp in getattr(m, m.WhichOneof("data")).data_points]
+    assert len(merged) == 4000
+    assert merged == [dp for rm in whole.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+                      for dp in getattr(m, m.WhichOneof("data")).data_points]
+
+
+# -- a collector that is down, slow, hung or refusing -------------------------------------------------------------
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -347,14 +387,14 @@ def test_collector_down_is_counted_logged_once_and_exports_resume(rx, protocol, 
         calls.append(time.monotonic())
         return mod.families()
 
-    ex = exporter(rx, protocol, source, interval_s=0.2, timeout_s=1.0, backoff_initial_s=0.02, backoff_max_s=0.1)
+    ex = exporter(rx, protocol, source, interval_s=0.2, timeout_s=0.5)
     mod.register(ex.families)
     port = rx.grpc_port if protocol == "grpc" else rx.http_port
     ex.start()
     try:
         assert rx.wait_for(lambda r: ex.exports >= 2)
         rx.stop()  # the collector is killed
-        assert wait_for(lambda: sum(ex.failures.values()) >= 5)
+        assert wait_for(lambda: sum(ex.failures.values()) >= 4, 20)
         # the caller is never blocked: the families and /metrics keep working at their normal speed
         for _ in range(20):
             t0 = time.perf_counter()
@@ -363,18 +403,22 @@ def test_collector_down_is_counted_logged_once_and_exports_resume(rx, protocol, 
             assert took < 0.25, took
             assert list(source())
         assert 'controlplane_networkobservability_otlp_export_failures_counter{reason="unavailable"}' in text
-        assert ex.failures["unavailable"] >= 4 and ex.consecutive_failures >= 5, ex.status()
+        assert ex.failures["unavailable"] >= 3 and ex.consecutive_failures >= 4, ex.status()
         assert ex.alive()
         warnings = [r.getMessage() for r in otlp_records(caplog, logging.WARNING)]
         assert len(warnings) == 1, warnings  # once per outage, not per attempt
-        assert len([r for r in otlp_records(caplog, logging.DEBUG) if "failed again" in r.getMessage()]) >= 4
+        assert wait_for(lambda: len([r for r in otlp_records(caplog, logging.DEBUG)
+                                     if "failed again" in r.getMessage()]) >= 3)
+        # the SDK exporters' own per-attempt records are DEBUG too
+        sdk = [r for r in caplog.records if r.name.startswith("opentelemetry.exporter")]
+        assert all(r.levelno == logging.DEBUG for r in sdk), [(r.name, r.levelname, r.getMessage()) for r in sdk]
         failures_during = sum(ex.failures.values())
         exports_before = ex.exports
 
         n = rx.count()
         rx.start()  # the collector is back, on the same port
         assert (rx.grpc_port if protocol == "grpc" else rx.http_port) == port
-        assert rx.wait_for(lambda r: r.count() > n and ex.consecutive_failures == 0), ex.status()
+        assert rx.wait_for(lambda r: r.count() > n and ex.consecutive_failures == 0, 20), ex.status()
         assert ex.exports > exports_before
         assert rx.wait_for(lambda r: ex.exports >= exports_before + 2), ex.status()
     finally:
@@ -395,8 +439,7 @@ def test_slow_collector_times_out_without_blocking_the_caller(rx, protocol, capl
     caplog.set_level(logging.DEBUG, logger=LOGGER)
     mod = make_module()
     rx.delay_s = 1.5
-    ex = exporter(rx, protocol, mod.families, interval_s=0.1, timeout_s=0.5, backoff_initial_s=0.05,
-                  backoff_max_s=0.2)
+    ex = exporter(rx, protocol, mod.families, interval_s=0.1, timeout_s=0.5)
     ex.start()
     try:
         assert rx.wait_for(lambda r: r.arrivals >= 1)  # the exporter is now waiting on the collector
@@ -404,13 +447,41 @@ def test_slow_collector_times_out_without_blocking_the_caller(rx, protocol, capl
         mod.render()
         list(mod.families())
         assert time.perf_counter() - t0 < 0.2
-        assert wait_for(lambda: ex.failures["timeout"] >= 2, 10)
+        assert wait_for(lambda: ex.failures["timeout"] >= 2, 10), ex.status()
         assert len(otlp_records(caplog, logging.WARNING)) == 1
         rx.delay_s = 0
         assert wait_for(lambda: ex.consecutive_failures == 0 and ex.exports >= 1, 10)
     finally:
         ex.stop()
     assert "failed (timeout)" in otlp_records(caplog, logging.WARNING)[0].getMessage()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_hung_collector_does_not_delay_metrics_nor_stop(rx, protocol):
+    """A collector that accepts and never answers: the exporter's thread waits (up to the timeout); /metrics,
+    the families and stop() do not."""
+    mod = make_module()
+    rx.delay_s = 30
+    ex = exporter(rx, protocol, lambda: mod.families(prerendered=True), interval_s=0.1, timeout_s=20.0)
+    mod.register(ex.families)
+    ex.start()
+    try:
+        assert rx.wait_for(lambda r: r.arrivals >= 1)
+        worst = 0.0
+        for _ in range(30):
+            t0 = time.perf_counter()
+            mod.render()
+            worst = max(worst, time.perf_counter() - t0)
+            time.sleep(0.01)
+        assert worst < 0.2, worst
+        assert ex.alive() and ex.exports == 0
+    finally:
+        t0 = time.monotonic()
+        ex.stop(timeout_s=1.0)
+        assert time.monotonic() - t0 < 2.0
+        rx.delay_s = 0
+        rx.stop()  # the abandoned export ends (connection closed), and its thread with it
+        assert wait_for(lambda: not ex.alive(), 25)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -422,9 +493,9 @@ def test_slow_collector_times_out_without_blocking_the_caller(rx, protocol, capl
 ])
 def test_failure_reasons(rx, protocol, code, status, reason):
     rx.fail = (code, status)
-    ex = exporter(rx, protocol, known_source)
+    ex = exporter(rx, protocol, known_source, timeout_s=0.5)
     assert not ex.export_once()
-    assert ex.failures[reason] == 1 and sum(ex.failures.values()) == 1
+    assert ex.failures[reason] == 1 and sum(ex.failures.values()) == 1, ex.status()
     assert ex.last_error.startswith(reason)
     rx.fail = None
     assert ex.export_once()
@@ -461,52 +532,6 @@ def test_partial_success_is_a_success_logged_once(rx, protocol, caplog):
     assert ex.exports == 3 and sum(ex.failures.values()) == 0
 
 
-class _FakeTransport:
-    """Records attempt times; fails while ``failing``."""
-
-    def __init__(self):
-        self.times: list[float] = []
-        self.failing = True
-        self.lock = threading.Lock()
-
-    def send(self, payload):
-        from metrics_module._otlp_transport import ExportError
-
-        with self.lock:
-            self.times.append(time.monotonic())
-        if self.failing:
-            raise ExportError("unavailable", "fake collector down")
-        return 0, ""
-
-    def close(self):
-        pass
-
-
-def test_backoff_doubles_up_to_the_cap_and_the_interval_resumes(rx):
-    ex = exporter(rx, "grpc", known_source, interval_s=1.0, backoff_initial_s=0.05, backoff_max_s=0.2,
-                  backoff_jitter=0.0)
-    fake = ex._transport = _FakeTransport()
-    t_start = time.monotonic()
-    ex.start()
-    try:
-        assert wait_for(lambda: len(fake.times) >= 7, 10)
-        fake.failing = False
-        assert wait_for(lambda: ex.exports >= 3, 10)
-        times = list(fake.times)  # before stop(), which sends once more
-    finally:
-        ex.stop()
-    assert times[0] - t_start == pytest.approx(1.0, abs=0.15)  # the first export comes one interval after start
-    gaps = [b - a for a, b in zip(times, times[1:])]
-    # 0.05, 0.1, 0.2, 0.2 … (cap), never past the next tick of the interval (at t_start + 2.0)
-    assert gaps[0] == pytest.approx(0.05, abs=0.04)
-    assert gaps[1] == pytest.approx(0.1, abs=0.04)
-    assert gaps[2] == pytest.approx(0.2, abs=0.05)
-    assert all(g <= 0.2 + 0.06 for g in gaps[:6])
-    # once exports succeed, they follow the interval again
-    ok_times = times[-3:]
-    assert [b - a for a, b in zip(ok_times, ok_times[1:])] == [pytest.approx(1.0, abs=0.15)] * 2
-
-
 def test_stop_sends_the_last_values_and_does_not_wait_in_an_outage(rx):
     state = {"v": 1}
     source = lambda: [("g", "gauge", "", [((), state["v"])])]  # noqa: E731
@@ -515,16 +540,15 @@ def test_stop_sends_the_last_values_and_does_not_wait_in_an_outage(rx):
     state["v"] = 42
     ex.stop()
     assert [p.value for p in rx.points()] == [42]
-    # in an outage, stop() does not try once more
-    ex2 = exporter(rx, "grpc", source, interval_s=0.05, timeout_s=3.0, backoff_initial_s=0.05)
-    fake = ex2._transport = _FakeTransport()
+    # in an outage, stop() ends the SDK exporter's retries instead of waiting for them, and does not try again
+    rx.stop()
+    ex2 = exporter(rx, "grpc", source, interval_s=0.05, timeout_s=5.0)
     ex2.start()
-    assert wait_for(lambda: len(fake.times) >= 2)
-    n = len(fake.times)
+    assert wait_for(lambda: ex2.attempts.reason is not None or ex2.consecutive_failures)
     t0 = time.monotonic()
     ex2.stop()
     assert time.monotonic() - t0 < 1.0
-    assert len(fake.times) <= n + 1  # at most the attempt that was under way
+    assert ex2.exports == 0
 
 
 # -- TLS ----------------------------------------------------------------------------------------------------------
@@ -542,7 +566,7 @@ def test_tls_self_signed_certificate(protocol, tls_files):
         assert_same_as_metrics(rx.points(), known_source())
         # not trusted: the system roots, or an unrelated CA
         for ca in (None, str(tls_files["other_ca_cert"])):
-            bad = exporter(rx, protocol, known_source, ca_file=ca, timeout_s=2.0)
+            bad = exporter(rx, protocol, known_source, ca_file=ca, timeout_s=0.5)
             assert not bad.export_once()
             assert bad.failures["tls"] == 1, bad.last_error
             bad.stop()
@@ -556,7 +580,7 @@ def test_mutual_tls(protocol, tls_files):
         assert ex.export_once(), ex.last_error
         ex.stop()
         assert rx.count() == 1
-        anonymous = exporter(rx, protocol, known_source, ca_file=str(tls_files["ca_cert"]))
+        anonymous = exporter(rx, protocol, known_source, ca_file=str(tls_files["ca_cert"]), timeout_s=0.5)
         assert not anonymous.export_once()
         assert anonymous.failures["tls"] + anonymous.failures["unavailable"] == 1, anonymous.last_error
         anonymous.stop()
@@ -565,34 +589,140 @@ def test_mutual_tls(protocol, tls_files):
 
 def test_plaintext_exporter_against_tls_receiver_fails_cleanly(tls_files):
     with OtlpReceiver(tls=tls_files) as rx:
-        ex = exporter(rx, "grpc", known_source, endpoint=f"http://127.0.0.1:{rx.grpc_port}", timeout_s=1.0)
+        ex = exporter(rx, "grpc", known_source, endpoint=f"http://127.0.0.1:{rx.grpc_port}", timeout_s=0.5)
         assert not ex.export_once()
         assert sum(ex.failures.values()) == 1
         ex.stop()
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_collector_restart_between_exports_costs_no_failure(rx, protocol):
+    """A kept-alive HTTP connection (or gRPC channel) the collector closed while idle is re-opened at once."""
+    ex = exporter(rx, protocol, known_source)
+    assert ex.export_once()
+    rx.stop()
+    rx.start()
+    assert ex.export_once(), ex.last_error
+    ex.stop()
+    assert ex.exports == 2 and sum(ex.failures.values()) == 0
+
+
+# -- the standard OTEL_* variables ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_otel_environment_alone_reaches_the_receiver(rx, protocol, monkeypatch):
+    """Only OTEL_EXPORTER_OTLP_ENDPOINT (+ _PROTOCOL for HTTP) and OTEL_RESOURCE_ATTRIBUTES, as a collector
+    deployment sets them: the metrics arrive with those resource attributes (the real os.environ, as the agent
+    reads it)."""
+    for var in [v for v in list(__import__("os").environ) if v.startswith(("OTEL_", "RETINA_OTLP_"))]:
+        monkeypatch.delenv(var)
+    base = f"http://127.0.0.1:{rx.grpc_port if protocol == 'grpc' else rx.http_port}"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", base)  # HTTP: /v1/metrics is appended
+    if protocol != "grpc":
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod,k8s.cluster.name=c%2C1")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-scope-orgid=team-net")
+    ex = OtlpExporter(known_source, node_name=NODE)
+    assert ex.endpoint == (base if protocol == "grpc" else base + "/v1/metrics")
+    assert ex.export_once(), ex.last_error
+    ex.stop()
+    assert_same_as_metrics(rx.points(), known_source())
+    resource = dict(rx.points()[0].resource)
+    assert resource["deployment.environment"] == "prod" and resource["k8s.cluster.name"] == "c,1"
+    assert resource["service.name"] == "retina-exporter" and resource["k8s.node.name"] == NODE
+    assert rx.requests()[0].headers["x-scope-orgid"] == "team-net"
+    assert ex.status()["settings"]["sources"]["endpoint"] == "OTEL_EXPORTER_OTLP_ENDPOINT"
+
+
+def test_precedence_otlp_keys_over_signal_variables_over_generic_variables_over_defaults(tls_files):
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://generic:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+           "OTEL_EXPORTER_OTLP_TIMEOUT": "2500", "OTEL_EXPORTER_OTLP_COMPRESSION": "none",
+           "OTEL_EXPORTER_OTLP_HEADERS": "a=1,b=2", "OTEL_EXPORTER_OTLP_METRICS_HEADERS": "a=m"}
+    s = resolve("metrics", env=env)
+    assert (s.protocol, s.endpoint, s.timeout_s, s.compression) == ("http/protobuf", "http://generic:4318/v1/metrics",
+                                                                   2.5, "none")
+    assert s.headers == {"a": "m"}  # the signal's variable replaces the generic one
+    env["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"] = "https://metrics:4318/custom"
+    env["OTEL_EXPORTER_OTLP_METRICS_TIMEOUT"] = "1000"
+    s = resolve("metrics", env=env)
+    assert (s.endpoint, s.tls, s.timeout_s) == ("https://metrics:4318/custom", True, 1.0)
+    s = resolve("metrics", env=env, endpoint="http://cfg:4317", protocol="grpc", timeout_s=7, compression="gzip",
+                headers={"A": "cfg", "c": "3"})
+    assert (s.protocol, s.endpoint, s.timeout_s, s.compression) == ("grpc", "http://cfg:4317", 7.0, "gzip")
+    assert s.headers == {"A": "cfg", "c": "3"}
+    assert s.sources["endpoint"] == "otlp.endpoint" and s.sources["headers"].startswith("otlp.headers")
+    assert resolve("metrics", env={}).endpoint == "http://localhost:4317"
+    assert resolve("metrics", env={}, protocol="http").endpoint == "http://localhost:4318/v1/metrics"
+    assert resolve("logs", env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/"}, protocol="http").endpoint == \
+        "http://c:4318/v1/logs"  # the same rules for another signal
+    # insecure for an endpoint without scheme; TLS files from the environment
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317", "OTEL_EXPORTER_OTLP_INSECURE": "true"}
+    assert resolve("metrics", env=env).endpoint == "http://collector:4317"
+    assert resolve("metrics", env=env, insecure=False).endpoint == "https://collector:4317"
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "https://c:4317",
+           "OTEL_EXPORTER_OTLP_CERTIFICATE": str(tls_files["ca_cert"]),
+           "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": str(tls_files["client_cert"]),
+           "OTEL_EXPORTER_OTLP_CLIENT_KEY": str(tls_files["client_key"])}
+    s = resolve("metrics", env=env)
+    assert (s.ca_file, s.cert_file, s.key_file) == (env["OTEL_EXPORTER_OTLP_CERTIFICATE"],
+                                                    env["OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"],
+                                                    env["OTEL_EXPORTER_OTLP_CLIENT_KEY"])
+    assert resolve("metrics", env=env, ca_file=str(tls_files["other_ca_cert"])).ca_file == \
+        str(tls_files["other_ca_cert"])
+    for bad in [{"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, {"OTEL_EXPORTER_OTLP_TIMEOUT": "soon"},
+                {"OTEL_EXPORTER_OTLP_COMPRESSION": "zstd"}, {"OTEL_EXPORTER_OTLP_HEADERS": "novalue"},
+                {"OTEL_EXPORTER_OTLP_ENDPOINT": "ftp://c"}, {"OTEL_EXPORTER_OTLP_INSECURE": "maybe"}]:
+        with pytest.raises(ValueError) as e:
+            resolve("metrics", env=bad)
+        assert next(iter(bad)) in str(e.value)
+
+
+def test_interval_from_otel_metric_export_interval():
+    ex = OtlpExporter(known_source, env={"OTEL_METRIC_EXPORT_INTERVAL": "1500"})
+    assert ex.interval_s == 1.5 and ex.status()["settings"]["sources"]["interval"] == "OTEL_METRIC_EXPORT_INTERVAL"
+    assert OtlpExporter(known_source, env={"OTEL_METRIC_EXPORT_INTERVAL": "1500"}, interval_s=30).interval_s == 30
+    assert OtlpExporter(known_source, env={}).interval_s == 60
+
+
+def test_resource_precedence(monkeypatch):
+    monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    r = build_resource(host_name="h", node_name="n", cluster_name="c1").attributes
+    assert (r["service.name"], r["service.instance.id"], r["host.name"], r["k8s.node.name"],
+            r["k8s.cluster.name"]) == ("retina-exporter", "n", "h", "n", "c1")
+    assert build_resource(host_name="h").attributes["service.instance.id"] == "h"  # no node name: the host
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=from-attrs,k8s.cluster.name=env,team=net")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "from-service-name")
+    r = build_resource(host_name="h", node_name="n", cluster_name="c1",
+                       attributes={"team": "cfg"}).attributes
+    assert (r["service.name"], r["k8s.cluster.name"], r["team"]) == ("from-service-name", "env", "cfg")
+    assert r["telemetry.sdk.language"] == "python"
+
+
+def test_delta_temporality_on_request(rx):
+    state = {"a": 5}
+    source = lambda: [("c", "counter", "", [((("k", k),), v) for k, v in state.items()]),  # noqa: E731
+                      ("g", "gauge", "", [((), 3)])]
+    ex = exporter(rx, "grpc", source, env={"OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "delta"})
+    assert ex.export_once()
+    t1 = rx.points()[-1].time_unix_nano
+    state.update(a=9, b=2)
+    assert ex.export_once()
+    state.update(a=1)  # a reset
+    assert ex.export_once()
+    ex.stop()
+    first, second, third = ([p for p in rx.requests()[i] and __import__("tests.support.otlp_receiver",
+                                                                         fromlist=["x"])._points_of(
+        rx.requests()[i].request) if p.name == "c"] for i in range(3))
+    assert first[0].value == 5 and first[0].temporality == 1 and first[0].start_time_unix_nano == START_NS
+    got = {p.labels["k"]: (p.value, p.start_time_unix_nano) for p in second}
+    assert got == {"a": (4, t1), "b": (2, t1)}
+    assert {p.labels["k"]: p.value for p in third} == {"a": 1, "b": 0}
+    assert {p.kind for p in rx.points() if p.name == "g"} == {"gauge"}
+
+
 # -- settings -----------------------------------------------------------------------------------------------------
-
-
-def test_parse_target():
-    t = parse_target("http://collector:4317", "grpc", None)
-    assert (t.tls, t.address) == (False, "collector:4317")
-    assert parse_target("collector", "grpc", None).address == "collector:4317"
-    assert parse_target("collector:4317", "grpc", None).tls is True
-    assert parse_target("collector:4317", "grpc", True).tls is False
-    assert parse_target("https://[::1]:4317", "grpc", None).address == "[::1]:4317"
-    h = parse_target("http://collector:4318", "http/protobuf", None)
-    assert (h.tls, h.port, h.path) == (False, 4318, "/v1/metrics")
-    assert parse_target("https://otlp.example.com/otlp/v1/metrics?x=1", "http/protobuf", None).path == \
-        "/otlp/v1/metrics?x=1"
-    assert parse_target("https://otlp.example.com", "http/protobuf", None).port == 443
-    for endpoint, protocol, insecure in [
-        ("https://c:4317", "grpc", True), ("http://c:4317", "grpc", False), ("ftp://c", "grpc", None),
-        ("http://c:4317/x", "grpc", None), ("", "grpc", None), ("http://u:p@c:4318", "http/protobuf", None),
-        ("http://c:99999", "grpc", None), ("c:4317", "thrift", None),
-    ]:
-        with pytest.raises(ValueError):
-            parse_target(endpoint, protocol, insecure)
 
 
 def test_parse_headers():
@@ -617,53 +747,37 @@ def test_parse_attributes():
 
 def test_exporter_rejects_bad_settings(tls_files):
     src = known_source
-    with pytest.raises(ValueError):
-        OtlpExporter(src, protocol="http/json")
-    with pytest.raises(ValueError):
-        OtlpExporter(src, compression="zstd")
-    with pytest.raises(ValueError):
-        OtlpExporter(src, interval_s=0)
-    with pytest.raises(ValueError):
-        OtlpExporter(src, endpoint="https://c:4317", cert_file=str(tls_files["client_cert"]))  # key missing
-    with pytest.raises(ValueError):
-        OtlpExporter(src, endpoint="http://c:4317", ca_file=str(tls_files["ca_cert"]))  # TLS files, plaintext
-    with pytest.raises(ValueError):
-        OtlpExporter(src, endpoint="https://c:4317", ca_file="/nonexistent/ca.pem")
-    with pytest.raises(ValueError):
-        OtlpExporter(src, resource_attributes={"service.name": "x"})
-    ex = OtlpExporter(src, resource_attributes={"k8s.cluster.name": "c1"}, node_name="n")
-    assert ex.resource["k8s.cluster.name"] == "c1" and ex.target.url == "http://localhost:4317"
-    assert OtlpExporter(src, host_name="h").resource["service.instance.id"] == "h"  # no node name: the host
-    assert OtlpExporter(src, protocol="http/protobuf").target.url == "http://localhost:4318/v1/metrics"
+    for kw in [dict(protocol="http/json"), dict(compression="zstd"), dict(interval_s=0),
+               dict(endpoint="https://c:4317", cert_file=str(tls_files["client_cert"])),  # key missing
+               dict(endpoint="http://c:4317", ca_file=str(tls_files["ca_cert"])),  # TLS files, plaintext
+               dict(endpoint="https://c:4317", ca_file="/nonexistent/ca.pem"),
+               dict(endpoint="https://c:4317", insecure=True), dict(endpoint="http://c:4317/x"),
+               dict(resource_attributes="novalue")]:
+        with pytest.raises(ValueError):
+            OtlpExporter(src, env={}, **kw)
+    ex = OtlpExporter(src, resource_attributes={"k8s.cluster.name": "c1"}, node_name="n", env={})
+    assert ex.resource.attributes["k8s.cluster.name"] == "c1" and ex.endpoint == "http://localhost:4317"
+    assert OtlpExporter(src, protocol="http/protobuf", env={}).endpoint == "http://localhost:4318/v1/metrics"
+    assert OtlpExporter(src, protocol="http", endpoint="https://otlp.example.com/otlp/v1/metrics",
+                        env={}).endpoint == "https://otlp.example.com/otlp/v1/metrics"
+    assert OtlpExporter(src, endpoint="collector", env={}).endpoint == "https://collector:4317"
 
 
 def test_check_settings_for_config_validation():
-    assert check_settings() == "http://localhost:4317"
-    assert check_settings(protocol="http/protobuf", endpoint="https://otlp.example.com") == \
-        "https://otlp.example.com:443/v1/metrics"
-    assert check_settings(endpoint="collector:4317", insecure=True) == "http://collector:4317"
+    assert check_settings(env={}) == "http://localhost:4317"
+    assert check_settings(protocol="http/protobuf", endpoint="https://otlp.example.com", env={}) == \
+        "https://otlp.example.com/v1/metrics"
+    assert check_settings(endpoint="collector:4317", insecure=True, env={}) == "http://collector:4317"
     for bad in [dict(protocol="http/json"), dict(compression="zstd"), dict(cert_file="/c.pem"),
                 dict(endpoint="http://c:4317", ca_file="/ca.pem"), dict(headers="x"),
                 dict(endpoint="https://c:4317", insecure=True)]:
         with pytest.raises(ValueError):
-            check_settings(**bad)
+            check_settings(env={}, **bad)
 
 
 def test_control_plane_families_render():
-    ex = OtlpExporter(known_source)
+    ex = OtlpExporter(known_source, env={})
     fams = {f.name: f for f in parse_text(render(ex.families()))}
     assert fams[EXPORTS_COUNTER].type == "counter"
     assert {s.labels["reason"] for s in fams[FAILURES_COUNTER].samples} == set(REASONS)
     assert all(s.value == 0 for f in fams.values() for s in f.samples)
-
-
-@pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_collector_restart_between_exports_costs_no_failure(rx, protocol):
-    """A kept-alive HTTP connection (or gRPC channel) the collector closed while idle is re-opened at once."""
-    ex = exporter(rx, protocol, known_source)
-    assert ex.export_once()
-    rx.stop()
-    rx.start()
-    assert ex.export_once(), ex.last_error
-    ex.stop()
-    assert ex.exports == 2 and sum(ex.failures.values()) == 0

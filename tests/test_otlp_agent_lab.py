@@ -1,9 +1,11 @@
-"""OTLP from the real agent in a lab: a real OTLP receiver (gRPC and HTTP/protobuf) gets the same series and values
-as /metrics at a quiet moment; killing the receiver does not disturb /metrics or the flow pipeline, and exports
-resume when it comes back."""
+"""OTLP from the real agent in a lab (the OpenTelemetry SDK path): a real OTLP receiver (gRPC and HTTP/protobuf) gets
+the same series and values as /metrics at a quiet moment; killing the receiver does not disturb /metrics or the flow
+pipeline, and exports resume when it comes back; the standard OTEL_* variables alone configure the push."""
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections import defaultdict
 
@@ -93,6 +95,41 @@ def test_otlp_matches_metrics_and_survives_receiver_outage(lab, protocol):
         n = receiver.count()
         in_netns(lab.node_ns, receiver.start)
         assert wait(lambda: receiver.count() > n, timeout=90)
+    finally:
+        agent.close()
+        receiver.stop()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_otel_environment_alone_configures_the_push(lab, protocol, monkeypatch):
+    """Only the standard variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_RESOURCE_ATTRIBUTES; _PROTOCOL for HTTP) and
+    ``otlp.enabled: true``: the agent's metrics reach the receiver with those resource attributes (the export
+    made at shutdown, so the default 60 s interval needs no waiting)."""
+    for var in [v for v in os.environ if v.startswith(("OTEL_", "RETINA_OTLP_"))]:
+        monkeypatch.delenv(var)
+    receiver = OtlpReceiver()
+    in_netns(lab.node_ns, receiver.start)
+    base = receiver.endpoint("grpc") if protocol == "grpc" else f"http://127.0.0.1:{receiver.http_port}"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", base)
+    if protocol != "grpc":
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "k8s.cluster.name=lab-cluster,deployment.environment=test")
+    agent = AgentProcess(lab.node_ns, {"enabledPlugin": ["packetparser"], "nodeName": lab.node_name,
+                                       "otlp": {"enabled": True}})
+    try:
+        agent.start()
+        status = json.loads(agent.get("/debug/otlp")[1])
+        assert status["settings"]["sources"]["endpoint"] == "OTEL_EXPORTER_OTLP_ENDPOINT", status
+        assert status["interval_s"] == 60
+        traffic.ping(lab, lab.pods[0], lab.pods[1].ipv4, count=2)
+        assert agent.stop() == 0
+        assert receiver.wait_for(lambda r: r.count() >= 1, 15), agent.log()[-2000:]
+        pts = receiver.latest()
+        resource = dict(next(iter(pts.values())).resource)
+        assert resource["k8s.cluster.name"] == "lab-cluster" and resource["deployment.environment"] == "test"
+        assert resource["service.name"] == "retina-exporter" and resource["k8s.node.name"] == lab.node_name
+        parsed = pts[("controlplane_networkobservability_parsed_packets_counter", ())]
+        assert parsed.kind == "sum" and parsed.value > 0
     finally:
         agent.close()
         receiver.stop()

@@ -9,6 +9,7 @@ Usage::
 
     from retina_core.proto import flow_pb2
     from retina_core.proto import ipcache_pb2, ipcache_pb2_grpc   # the operator's IpCache stream
+    from retina_core.proto import observer_pb2, peer_pb2          # Hubble's Observer and Peer APIs
 
 Each module is imported on first access (PEP 562), so :func:`ensure_generated` can be called before the generated
 code exists (tests do so).
@@ -24,6 +25,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from retina_core.proto.flow import flow_pb2  # noqa: F401
     from retina_core.proto.ipcache import ipcache_pb2, ipcache_pb2_grpc  # noqa: F401
+    from retina_core.proto.observer import observer_pb2, observer_pb2_grpc  # noqa: F401
+    from retina_core.proto.peer import peer_pb2, peer_pb2_grpc  # noqa: F401
+    from retina_core.proto.relay import relay_pb2  # noqa: F401
 
 GENERATED_DIR = Path(__file__).resolve().parent
 
@@ -61,6 +65,11 @@ _LAZY = {
     "flow_pb2": _importer("flow", "flow_pb2"),
     "ipcache_pb2": _importer("ipcache", "ipcache_pb2"),
     "ipcache_pb2_grpc": _importer("ipcache", "ipcache_pb2_grpc"),
+    "observer_pb2": _importer("observer", "observer_pb2"),
+    "observer_pb2_grpc": _importer("observer", "observer_pb2_grpc"),
+    "peer_pb2": _importer("peer", "peer_pb2"),
+    "peer_pb2_grpc": _importer("peer", "peer_pb2_grpc"),
+    "relay_pb2": _importer("relay", "relay_pb2"),
 }
 
 
@@ -74,4 +83,4 @@ def __getattr__(name: str) -> ModuleType:
 
 
 __all__ = ["GENERATED_DIR", "ProtoCodeMissingError", "ensure_generated", "flow_pb2", "ipcache_pb2",
-           "ipcache_pb2_grpc"]
+           "ipcache_pb2_grpc", "observer_pb2", "observer_pb2_grpc", "peer_pb2", "peer_pb2_grpc", "relay_pb2"]

@@ -46,9 +46,13 @@ def source_path(name: str) -> Path:
 
 
 def check_kernel_headers(error: type[Exception] = StartupError) -> None:
-    """Raise ``error`` with the fix when bcc cannot find kernel headers (``/lib/modules/$(uname -r)/build``)."""
+    """Raise ``error`` with the fix when bcc cannot find kernel headers: ``/lib/modules/$(uname -r)/build``, the
+    directory ``$BCC_KERNEL_SOURCE`` names (bcc reads it too; the container entrypoint sets it when /lib/modules is
+    read-only), or the kernel's own ``/sys/kernel/kheaders.tar.xz``."""
     build = Path("/lib/modules") / os.uname().release / "build"
-    if not (build / "include" / "generated").exists() and not Path("/sys/kernel/kheaders.tar.xz").exists():
+    candidates = [build] + ([Path(os.environ["BCC_KERNEL_SOURCE"])] if os.environ.get("BCC_KERNEL_SOURCE") else [])
+    if not any((c / "include" / "generated").exists() for c in candidates) \
+            and not Path("/sys/kernel/kheaders.tar.xz").exists():
         raise error(
             f"kernel headers not found at {build}: run 'make setup' (links the distribution's headers there) "
             "or install linux-headers-$(uname -r)"

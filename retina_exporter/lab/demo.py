@@ -17,6 +17,7 @@ from retina_exporter.lab.forward import PortForward
 from retina_exporter.lab.topology import Lab
 
 AGENT_PORT = 10093
+DEMO_HUBBLE_SOCKET = "/var/run/retina-exporter/hubble.sock"  # the default: `retina-exporter observe` finds it
 
 
 def demo_config(lab: Lab, inventory: Path) -> dict:
@@ -32,6 +33,7 @@ def demo_config(lab: Lab, inventory: Path) -> dict:
         "conntrackReportInterval": "5s",
         "nodeName": lab.node_name,
         "logLevel": "info",
+        "hubble": {"enabled": True, "socketPath": DEMO_HUBBLE_SOCKET, "listenAddress": "127.0.0.1:4244"},
         "metricsConfiguration": {
             "contextOptions": [
                 {"metricName": "forward_count", "sourceLabels": context, "ttl": "10m"},
@@ -83,6 +85,9 @@ retina-exporter demo: lab {lab.id} with {pods} pods, agent running in namespace 
   Newest flows:   curl '{base}/debug/flows?last=20'
   Readiness:      curl {base}/readyz
   Effective conf: curl {base}/debug/config
+  Hubble:         retina-exporter observe --last 20
+                  retina-exporter observe -f --pod lab/pod-0
+                  retina-exporter status
   Inside the lab: ip netns exec {lab.node_ns} curl 127.0.0.1:{AGENT_PORT}/metrics
   Agent log:      {agent._log.name}
 
