@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from retina_exporter import proto_gen  # noqa: E402
+from retina_core.proto import generate as proto_gen  # noqa: E402
 
 proto_gen.generate()
 

@@ -6,7 +6,7 @@ import json
 import socket
 from dataclasses import dataclass, field
 
-from retina_exporter import proto_gen
+from retina_core.proto import generate as proto_gen
 
 proto_gen.generate()  # no-op when the generated code is current
 

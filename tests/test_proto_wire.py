@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from retina_exporter import proto_gen
+from retina_core.proto import generate as proto_gen
 
 proto_gen.generate()  # no-op when the generated code is current
 

@@ -43,12 +43,13 @@ from retina_exporter.plugins.dns.processor import DnsProcessor
 from retina_exporter.datapath.vethwatch import VethWatcher, link_attr
 from retina_core.netns import enter_netns
 from retina_exporter.plugins.tcattach import TcRingBufferPlugin
+from retina_core.telemetry import CONTROL_PLANE_PREFIX, METRIC_PREFIX
 
 log = logging.getLogger(__name__)
 
-REQUEST_METRIC = "networkobservability_dns_request_count"
-RESPONSE_METRIC = "networkobservability_dns_response_count"
-PARSE_ERRORS_METRIC = "controlplane_networkobservability_dns_parse_errors_counter"
+REQUEST_METRIC = METRIC_PREFIX + "dns_request_count"
+RESPONSE_METRIC = METRIC_PREFIX + "dns_response_count"
+PARSE_ERRORS_METRIC = CONTROL_PLANE_PREFIX + "dns_parse_errors_counter"
 TC_PRIORITY = 3  # packetparser uses 1, packetforward 2
 TC_HANDLE = 3
 

@@ -37,11 +37,12 @@ from retina_exporter.plugins.dropreason.reader import DropDecoder, DropEventRead
 from retina_exporter.datapath.tracepoint import DEFAULT_TRACEFS
 from retina_exporter.datapath.sysfs import ensure_tracefs
 from retina_exporter.plugins.ringbuf import TracepointPlugin
+from retina_core.telemetry import METRIC_PREFIX
 
 log = logging.getLogger(__name__)
 
-DROP_COUNT = "networkobservability_drop_count"
-DROP_BYTES = "networkobservability_drop_bytes"
+DROP_COUNT = METRIC_PREFIX + "drop_count"
+DROP_BYTES = METRIC_PREFIX + "drop_bytes"
 DROP_COUNT_HELP = "Total dropped packets"
 DROP_BYTES_HELP = "Total dropped bytes"
 

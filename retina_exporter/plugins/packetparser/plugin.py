@@ -16,6 +16,7 @@ from retina_exporter.plugins.packetparser.loader import LoadOptions, PacketParse
 from retina_exporter.plugins.packetparser.reader import EventDecoder, RingBufferReader
 from retina_exporter.plugins.packetparser.sweeper import ConntrackSweeper
 from retina_exporter.plugins.tcattach import TcRingBufferPlugin
+from retina_core.telemetry import METRIC_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class PacketParserPlugin(TcRingBufferPlugin):
         last = self.sweeper.last if self.sweeper is not None else None
         if last is None:
             return []
-        prefix = "networkobservability_conntrack_"
+        prefix = METRIC_PREFIX + "conntrack_"
         rows = (
             ("packets_tx", "Packets sent by connection initiators, over live conntrack entries", last.packets_tx),
             ("packets_rx", "Packets sent by responders (replies), over live conntrack entries", last.packets_rx),

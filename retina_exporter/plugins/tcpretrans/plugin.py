@@ -39,10 +39,11 @@ from retina_exporter.bpf.tcpretrans import EVENT_SIZE, EVENT_STRUCT
 from retina_exporter.plugins.tcpretrans.loader import LoadOptions, TcpRetransProgram
 from retina_exporter.datapath.sysfs import ensure_tracefs
 from retina_exporter.plugins.ringbuf import TracepointPlugin
+from retina_core.telemetry import METRIC_PREFIX
 
 log = logging.getLogger(__name__)
 
-RETRANS_METRIC = "networkobservability_tcp_retransmission_count"
+RETRANS_METRIC = METRIC_PREFIX + "tcp_retransmission_count"
 _V4MAPPED = b"\x00" * 10 + b"\xff\xff"
 
 
