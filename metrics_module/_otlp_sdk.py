@@ -13,6 +13,8 @@
   exporter's channel; HTTP: the ``requests.Session`` passed as ``session``) so failures can be counted by reason,
   and ``MetricsData`` is encoded with the cached attribute bytes (:func:`encode_metrics_fast`; it produces the same
   message as the SDK's ``encode_metrics`` -- tested -- and falls back to it for anything it does not know).
+* :func:`make_log_exporter` builds the SDK's ``OTLPLogExporter`` (gRPC or HTTP/protobuf) for the flow logs from
+  the same resolved settings (signal ``logs``), its attempts recorded the same way.
 * :func:`quiet_sdk_exporter_logs` demotes the SDK exporters' own WARNING/ERROR records (one per attempt) to DEBUG:
   :mod:`metrics_module.otlp` logs an outage once and its end once.
 """
@@ -55,7 +57,8 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 __all__ = [
     "AttemptLog", "FamiliesMetricReader", "FamiliesProducer", "HistogramValue", "REASONS", "SeriesAttributes",
-    "encode_metrics_fast", "make_exporter", "parse_label_text", "quiet_sdk_exporter_logs", "split_metrics_data",
+    "encode_metrics_fast", "make_exporter", "make_log_exporter", "parse_label_text", "quiet_sdk_exporter_logs",
+    "split_metrics_data",
 ]
 
 log = logging.getLogger("metrics_module.otlp")
@@ -458,8 +461,11 @@ class AttemptLog:
     report only SUCCESS/FAILURE): the reason and message of the last failed attempt, the points the receiver
     rejected (partial success), the bytes sent."""
 
-    def __init__(self) -> None:
+    def __init__(self, response_cls: Any = ExportMetricsServiceResponse,
+                 rejected_field: str = "rejected_data_points") -> None:
         self._lock = threading.Lock()
+        self.response_cls = response_cls  # the signal's Export*ServiceResponse (logs: rejected_log_records)
+        self.rejected_field = rejected_field
         self.begin()
         self.bytes_sent = 0
 
@@ -484,9 +490,9 @@ class AttemptLog:
             self.bytes_sent += sent
             try:
                 if response is None and response_bytes:
-                    response = ExportMetricsServiceResponse.FromString(response_bytes)
+                    response = self.response_cls.FromString(response_bytes)
                 if response is not None and response.HasField("partial_success"):
-                    self.rejected += response.partial_success.rejected_data_points
+                    self.rejected += getattr(response.partial_success, self.rejected_field)
                     if response.partial_success.error_message:
                         self.rejected_message = response.partial_success.error_message
             except Exception:  # a receiver answering something else than OTLP: not our business here
@@ -622,6 +628,52 @@ def make_exporter(settings: Any, attempts: AttemptLog, *, user_agent: str,
         session=session, preferred_temporality=preferred)
 
 
+def make_log_exporter(settings: Any, attempts: AttemptLog, *, user_agent: str) -> Any:
+    """The SDK's ``OTLPLogExporter`` for resolved ``logs`` settings, every attempt's outcome recorded in
+    ``attempts`` (build ``attempts`` as ``AttemptLog(ExportLogsServiceResponse, "rejected_log_records")``)."""
+    if settings.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcLogExporter
+
+        class RetinaGrpcLogExporter(GrpcLogExporter):
+            _retina_attempts = attempts
+
+            def _initialize_channel_and_stub(self):
+                super()._initialize_channel_and_stub()
+                self._channel = grpc.intercept_channel(self._channel, _Interceptor(self._retina_attempts))
+                self._client = self._stub(self._channel)
+
+        credentials = None
+        if settings.tls:
+            def read(path):
+                if not path:
+                    return None
+                with open(path, "rb") as f:
+                    return f.read()
+
+            credentials = grpc.ssl_channel_credentials(read(settings.ca_file), read(settings.key_file),
+                                                       read(settings.cert_file))
+        return RetinaGrpcLogExporter(
+            endpoint=settings.endpoint, insecure=not settings.tls, credentials=credentials,
+            headers=tuple((k.lower(), v) for k, v in settings.headers.items()), timeout=settings.timeout_s,
+            compression=grpc.Compression.Gzip if settings.compression == "gzip" else grpc.Compression.NoCompression,
+            channel_options=(("grpc.primary_user_agent", user_agent),))
+
+    from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogExporter
+
+    session = _session_class()()
+    session.attempts = attempts
+    headers = dict(settings.headers)
+    if not any(k.lower() == "user-agent" for k in headers):
+        headers["User-Agent"] = user_agent
+    return HttpLogExporter(
+        endpoint=settings.endpoint, certificate_file=settings.ca_file if settings.tls else None,
+        client_key_file=settings.key_file, client_certificate_file=settings.cert_file, headers=headers,
+        timeout=settings.timeout_s,
+        compression=HttpCompression.Gzip if settings.compression == "gzip" else HttpCompression.NoCompression,
+        session=session)
+
+
 # -- the reader --------------------------------------------------------------------------------------------------
 
 
@@ -681,6 +733,10 @@ SDK_EXPORTER_LOGGERS = (
     "opentelemetry.exporter.otlp.proto.http.metric_exporter",
     "opentelemetry.exporter.otlp.proto.http._common",
     "opentelemetry.exporter.otlp.common.http",
+    # the flow logs' exporters and the SDK's batch processor ("Exception while exporting Log", "Queue full")
+    "opentelemetry.exporter.otlp.proto.grpc._log_exporter",
+    "opentelemetry.exporter.otlp.proto.http._log_exporter",
+    "opentelemetry.sdk._shared_internal",
 )
 
 
@@ -699,8 +755,8 @@ _FILTER = _DemoteToDebug()
 
 
 def quiet_sdk_exporter_logs(loggers: Iterable[str] = SDK_EXPORTER_LOGGERS) -> None:
-    """Install the demoting filter on the SDK exporters' loggers (idempotent). For a log exporter later, add its
-    module's logger name."""
+    """Install the demoting filter on the SDK exporters' loggers (the metric and log exporters', the batch
+    processor's) (idempotent)."""
     for name in loggers:
         lg = logging.getLogger(name)
         if _FILTER not in lg.filters:

@@ -1,11 +1,12 @@
 """Effective OTLP exporter settings: the agent's ``otlp.*`` keys over the standard ``OTEL_*`` variables over the
 defaults (precedence table in docs/otlp.md), and the SDK ``Resource``.
 
-Signal-generic on purpose: :func:`resolve` takes ``signal`` (``"metrics"`` today; ``"logs"`` for the flow logs
-later), reads ``OTEL_EXPORTER_OTLP_<SIGNAL>_*`` before ``OTEL_EXPORTER_OTLP_*`` and appends ``/v1/<signal>`` to a
-base HTTP endpoint, so a ``LoggerProvider`` set up beside the ``MeterProvider`` gets the same endpoint, headers,
-TLS and compression from the same keys and variables. Nothing here touches the network; TLS files are checked
-for readability.
+Signal-generic on purpose: :func:`resolve` takes ``signal`` (``"metrics"``; ``"logs"`` for the flow logs), reads
+``OTEL_EXPORTER_OTLP_<SIGNAL>_*`` before ``OTEL_EXPORTER_OTLP_*`` and appends ``/v1/<signal>`` to a base HTTP
+endpoint, so a ``LoggerProvider`` set up beside the ``MeterProvider`` gets the same endpoint, headers,
+TLS and compression from the same keys and variables (an HTTP ``otlp.endpoint`` whose path ends in ``/v1/metrics``
+becomes ``…/v1/logs`` for the logs). :func:`resolve_blrp` reads the ``OTEL_BLRP_*`` variables of the logs' batch
+processor. Nothing here touches the network; TLS files are checked for readability.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from retina_core.version import __version__
 __all__ = [
     "COMPRESSIONS", "DEFAULT_COMPRESSION", "DEFAULT_INTERVAL_S", "DEFAULT_PROTOCOL", "DEFAULT_TIMEOUT_S", "PROTOCOLS",
     "OtlpSettings", "build_resource", "check_settings", "default_endpoint", "parse_attributes", "parse_headers",
-    "resolve", "resolve_interval", "resolve_temporality",
+    "resolve", "resolve_blrp", "resolve_interval", "resolve_temporality",
 ]
 
 PROTOCOLS = ("grpc", "http/protobuf")
@@ -269,6 +270,10 @@ def resolve(
 
     if endpoint:
         url, tls = _endpoint_url(endpoint, proto, tls_hint, signal, append_signal_path=False, where="otlp.endpoint")
+        if proto != "grpc" and signal != "metrics":  # one key for every signal: its metrics path names the others'
+            head, sep, query = url.partition("?")
+            if head.endswith("/v1/metrics"):
+                url = head[: -len("metrics")] + signal + sep + query
         sources["endpoint"] = "otlp.endpoint"
         scheme = _split(endpoint)[0]
         if insecure is not None and scheme is not None and insecure == (scheme == "https"):
@@ -360,6 +365,40 @@ def resolve_interval(interval_s: float | None, env: Mapping[str, str] | None = N
     if value:
         return _millis(value, "OTEL_METRIC_EXPORT_INTERVAL"), "OTEL_METRIC_EXPORT_INTERVAL"
     return DEFAULT_INTERVAL_S, "default"
+
+
+#: The logs' BatchLogRecordProcessor: keyword argument -> (variable, default), the SDK's defaults.
+BLRP_VARIABLES = {
+    "schedule_delay_millis": ("OTEL_BLRP_SCHEDULE_DELAY", 1000),
+    "max_queue_size": ("OTEL_BLRP_MAX_QUEUE_SIZE", 2048),
+    "max_export_batch_size": ("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", 512),
+    "export_timeout_millis": ("OTEL_BLRP_EXPORT_TIMEOUT", 30000),
+}
+
+
+def resolve_blrp(env: Mapping[str, str] | None = None) -> tuple[dict[str, int], dict[str, str]]:
+    """``(kwargs for BatchLogRecordProcessor, source of each)`` from the ``OTEL_BLRP_*`` variables (the SDK's
+    defaults otherwise). Raises ValueError naming the variable for a value that is not a positive integer, or a
+    batch larger than the queue (the SDK itself would log and fall back, or raise without naming it)."""
+    env = os.environ if env is None else env
+    out: dict[str, int] = {}
+    sources: dict[str, str] = {}
+    for arg, (var, default) in BLRP_VARIABLES.items():
+        text = (env.get(var) or "").strip()
+        if not text:
+            out[arg], sources[arg] = default, "default"
+            continue
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"{var}: {text!r} is not an integer") from None
+        if value <= 0:
+            raise ValueError(f"{var}: must be positive")
+        out[arg], sources[arg] = value, var
+    if out["max_export_batch_size"] > out["max_queue_size"]:
+        out["max_export_batch_size"] = out["max_queue_size"]
+        sources["max_export_batch_size"] += " (capped at the queue size)"
+    return out, sources
 
 
 TEMPORALITIES = ("cumulative", "delta", "lowmemory")

@@ -13,9 +13,11 @@ as Gauges. The SDK set-up (:mod:`metrics_module._otlp_sdk`):
 * the settings of each signal resolved by :func:`~metrics_module._otlp_settings.resolve` (``otlp.*`` keys over
   ``OTEL_EXPORTER_OTLP_<SIGNAL>_*`` over ``OTEL_EXPORTER_OTLP_*`` over defaults).
 
-A ``LoggerProvider`` for flow logs goes beside the ``MeterProvider``: ``LoggerProvider(resource=self.resource)``
-with a ``BatchLogRecordProcessor(OTLPLogExporter(...))`` built from ``resolve("logs", ...)``, its exporter's logger
-added to :func:`~metrics_module._otlp_sdk.quiet_sdk_exporter_logs`, shut down in :meth:`OtlpExporter.stop`.
+With ``logs=True`` (``otlp.flowLogs.enabled``) a :class:`OtlpLogPipeline` goes beside the ``MeterProvider``:
+``LoggerProvider(resource=self.resource)`` with a ``BatchLogRecordProcessor`` (``OTEL_BLRP_*``) over the SDK's
+``OTLPLogExporter`` built from ``resolve("logs", ...)`` (the same keys and variables, signal ``LOGS``), its loggers
+quietened like the metric exporter's, shut down (flushed) in :meth:`OtlpExporter.stop`. The flow records reach it
+from the assembler (``retina_exporter.flowlogs``), which filters, rate-limits and converts them.
 
 Delivery: the SDK exporter retries transient failures inside one export (backoff 1 s, 2 s, 4 s … within the
 timeout); a failed export is counted in ``controlplane_networkobservability_otlp_export_failures_counter{reason}``
@@ -41,6 +43,7 @@ from metrics_module._otlp_sdk import (
     FamiliesProducer,
     HistogramValue,
     make_exporter,
+    make_log_exporter,
     quiet_sdk_exporter_logs,
 )
 from metrics_module._otlp_settings import (
@@ -52,6 +55,7 @@ from metrics_module._otlp_settings import (
     parse_attributes,
     parse_headers,
     resolve,
+    resolve_blrp,
     resolve_interval,
     resolve_temporality,
 )
@@ -69,6 +73,7 @@ __all__ = [
     "FAILURES_COUNTER",
     "HistogramValue",
     "OtlpExporter",
+    "OtlpLogPipeline",
     "PROTOCOLS",
     "REASONS",
     "check_settings",
@@ -83,6 +88,7 @@ EXPORTS_COUNTER = CONTROL_PLANE_PREFIX + "otlp_exports_counter"
 FAILURES_COUNTER = CONTROL_PLANE_PREFIX + "otlp_export_failures_counter"
 
 SCOPE_NAME = "retina-exporter"
+LOG_SCOPE_NAME = "retina-exporter.flowlogs"
 
 
 class OtlpExporter(Worker):
@@ -117,6 +123,7 @@ class OtlpExporter(Worker):
         start_time_unix_nano: int | None = None,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         flush_on_stop: bool = True,
+        logs: bool = False,
         env: Mapping[str, str] | None = None,
     ) -> None:
         from opentelemetry.sdk.metrics import MeterProvider
@@ -150,9 +157,15 @@ class OtlpExporter(Worker):
         self.reader = FamiliesMetricReader(self.exporter, self.producer, resource=self.resource,
                                            scope=InstrumentationScope(SCOPE_NAME, service_version),
                                            max_request_bytes=max_request_bytes)
-        # The SDK set-up: one Resource; the MeterProvider (with our reader) now, a LoggerProvider beside it later.
+        # The SDK set-up: one Resource; the MeterProvider (with our reader), and for flow logs a LoggerProvider.
         self.meter_provider = MeterProvider(metric_readers=[self.reader], resource=self.resource,
                                             shutdown_on_exit=False)
+        self.logs: OtlpLogPipeline | None = None
+        if logs:
+            log_settings = resolve("logs", endpoint=endpoint, protocol=protocol, headers=headers, insecure=insecure,
+                                   ca_file=ca_file, cert_file=cert_file, key_file=key_file, compression=compression,
+                                   timeout_s=timeout_s, env=env)
+            self.logs = OtlpLogPipeline(log_settings, self.resource, scope_version=service_version, env=env)
         self.families_source = families_source
 
         # Counters (read by families(); written by the exporting thread under _export_lock).
@@ -182,7 +195,7 @@ class OtlpExporter(Worker):
                    headers=dict(config.headers), insecure=config.insecure, ca_file=config.ca_file or None,
                    cert_file=config.cert_file or None, key_file=config.key_file or None,
                    compression=config.compression, node_name=node_name,
-                   resource_attributes=dict(config.resource_attributes), **kwargs)
+                   resource_attributes=dict(config.resource_attributes), logs=config.flow_logs_enabled, **kwargs)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -215,6 +228,8 @@ class OtlpExporter(Worker):
             self.meter_provider.shutdown(timeout_millis=1000)
         except Exception:  # pragma: no cover - defensive: stopping must not raise
             log.debug("OTLP: shutting the SDK down failed", exc_info=True)
+        if self.logs is not None:
+            self.logs.shutdown()
 
     def _run(self) -> None:
         interval = self.interval_s
@@ -334,4 +349,182 @@ class OtlpExporter(Worker):
             "temporality": self.temporality,
             "settings": self.settings.summary(),
             "resource": {k: v for k, v in self.resource.attributes.items()},
+        }
+
+
+# -- flow logs -----------------------------------------------------------------------------------------------------
+
+
+class _CountingLogExporter:
+    """The ``LogRecordExporter`` the batch processor calls: delegates to the SDK's ``OTLPLogExporter`` and counts
+    what each batch ended with (records sent or failed, the reason of the last attempt); logs an outage once and
+    its end once, like the metric exports."""
+
+    def __init__(self, inner: Any, pipeline: "OtlpLogPipeline") -> None:
+        self.inner = inner
+        self.pipeline = pipeline
+        self._shut = False
+
+    def export(self, batch: Any) -> Any:
+        from opentelemetry.sdk._logs.export import LogRecordExportResult
+
+        p = self.pipeline
+        attempts = p.attempts
+        attempts.begin()
+        try:
+            result = self.inner.export(batch)
+        except Exception as exc:  # the processor would log it; count it here instead
+            attempts.failed("internal", f"exporting failed: {exc!r}")
+            result = LogRecordExportResult.FAILURE
+        p._exported(len(batch), result is LogRecordExportResult.SUCCESS)
+        return result
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        if self._shut:
+            return
+        self._shut = True
+        try:
+            if self.pipeline.settings.protocol == "grpc":
+                self.inner.shutdown(timeout_millis=timeout_millis)
+            else:
+                self.inner.shutdown()
+        except Exception:  # pragma: no cover - defensive: stopping must not raise
+            log.debug("OTLP logs: shutting the exporter down failed", exc_info=True)
+
+
+class OtlpLogPipeline:
+    """The SDK's logs pipeline for the flow logs: a ``LoggerProvider`` on ``resource`` with one
+    ``BatchLogRecordProcessor`` (``OTEL_BLRP_*``: :func:`~metrics_module._otlp_settings.resolve_blrp`) over the SDK's
+    ``OTLPLogExporter`` (gRPC or HTTP/protobuf, from resolved ``logs`` settings).
+
+    :meth:`emit` hands one record to the SDK (never blocks: the processor's queue is a bounded deque its own thread
+    drains). :meth:`room` is how many more records the queue takes now: the SDK drops the *oldest* record of a full
+    queue without telling its caller, so the flow-log worker checks first and counts what does not fit as
+    ``queue_full`` (it is the only producer, so a positive answer stays true). ``sent``/``failed``: records in
+    batches the collector accepted / that failed after the exporter's retries (``failures`` by reason, the same
+    reasons as the metric exports).
+    """
+
+    def __init__(self, settings: Any, resource: Any, *, scope_version: str = __version__,
+                 env: Mapping[str, str] | None = None) -> None:
+        from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+        from opentelemetry.sdk._logs import LoggerProvider
+        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+        self.settings = settings
+        self.endpoint = settings.endpoint
+        self.batch, batch_sources = resolve_blrp(env)
+        settings.sources.update({f"blrp.{k}": v for k, v in batch_sources.items()})
+        quiet_sdk_exporter_logs()
+        self.attempts = AttemptLog(ExportLogsServiceResponse, "rejected_log_records")
+        self.exporter = make_log_exporter(settings, self.attempts, user_agent=f"retina-exporter/{__version__}")
+        self._counting = _CountingLogExporter(self.exporter, self)
+        self.processor = BatchLogRecordProcessor(self._counting, **self.batch)
+        self.provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
+        self.provider.add_log_record_processor(self.processor)
+        self.logger = self.provider.get_logger(LOG_SCOPE_NAME, scope_version)
+        self.queue_capacity = self.batch["max_queue_size"]
+        batcher = getattr(self.processor, "_batch_processor", None)
+        queue = getattr(batcher, "_queue", None)
+        #: The processor's queue when this SDK version lets us see it (a deque); else None: ``room`` cannot know.
+        self.queue = queue if hasattr(queue, "__len__") else None
+        self.sent = 0
+        self.failed = 0
+        self.rejected = 0
+        self.exports = 0
+        self.failures: dict[str, int] = dict.fromkeys(REASONS, 0)
+        self.consecutive_failures = 0
+        self.last_error: str | None = None
+        self._outage_since: float | None = None
+        self._lock = threading.Lock()
+        self._shut = False
+
+    @property
+    def queue_observable(self) -> bool:
+        return self.queue is not None
+
+    def room(self) -> int:
+        """Records the processor's queue takes now without dropping one (a large number when it cannot be seen)."""
+        q = self.queue
+        if q is None:
+            return 1 << 30
+        return self.queue_capacity - len(q)
+
+    def queued(self) -> int | None:
+        q = self.queue
+        return len(q) if q is not None else None
+
+    def emit(self, timestamp_ns: int, observed_ns: int, severity: Any, severity_text: str, body: str,
+             attributes: Mapping[str, Any], event_name: str | None = None) -> None:
+        """One log record to the SDK (``Logger.emit``; the processor queues it)."""
+        self.logger.emit(timestamp=timestamp_ns, observed_timestamp=observed_ns, severity_number=severity,
+                         severity_text=severity_text, body=body, attributes=attributes, event_name=event_name)
+
+    def _exported(self, n: int, ok: bool) -> None:
+        with self._lock:
+            self.exports += 1
+            if ok:
+                self.sent += n
+                self.rejected += self.attempts.rejected
+                if self._outage_since is not None:
+                    log.info("OTLP flow logs to %s resumed after %d failed exports over %.1fs", self.endpoint,
+                             self.consecutive_failures, time.monotonic() - self._outage_since)
+                elif self.sent == n:
+                    log.info("OTLP flow logs to %s: first batch sent (%d records)", self.endpoint, n)
+                self._outage_since = None
+                self.consecutive_failures = 0
+                self.last_error = None
+                return
+            reason = self.attempts.reason or "internal"
+            message = self.attempts.message or "the SDK exporter reported a failure (see DEBUG logs)"
+            self.failed += n
+            self.failures[reason] = self.failures.get(reason, 0) + 1
+            self.consecutive_failures += 1
+            self.last_error = f"{reason}: {message}"
+            if self._shut:
+                log.debug("OTLP flow logs to %s: export ended by stop (%s): %s", self.endpoint, reason, message)
+            elif self._outage_since is None:
+                self._outage_since = time.monotonic()
+                log.warning("OTLP flow logs to %s failed (%s): %s; %d records lost, logging again when exports "
+                            "resume", self.endpoint, reason, message, n)
+            else:
+                log.debug("OTLP flow logs to %s failed again (%s): %s", self.endpoint, reason, message)
+
+    def shutdown(self, timeout_s: float | None = None) -> None:
+        """Flush what is queued (within ``timeout_s``, default the export timeout plus a second) and shut the
+        pipeline down. In an outage the exporter is shut down first, which ends its retries: the rest fails fast
+        (counted as failed). Idempotent."""
+        if self._shut:
+            return
+        self._shut = True
+        timeout_s = self.settings.timeout_s + 1 if timeout_s is None else timeout_s
+        try:
+            if self.consecutive_failures:
+                self._counting.shutdown()
+            batcher = getattr(self.processor, "_batch_processor", None)
+            if batcher is not None and hasattr(batcher, "shutdown"):
+                batcher.shutdown(timeout_millis=timeout_s * 1000)  # the processor's own shutdown waits 30 s
+            self.provider.shutdown()
+        except Exception:  # pragma: no cover - defensive: stopping must not raise
+            log.debug("OTLP logs: shutting the SDK down failed", exc_info=True)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint,
+            "protocol": self.settings.protocol,
+            "sent": self.sent,
+            "failed": self.failed,
+            "rejected_by_receiver": self.rejected,
+            "exports": self.exports,
+            "failures": {r: n for r, n in self.failures.items() if n},
+            "consecutive_failures": self.consecutive_failures,
+            "last_error": self.last_error,
+            "queued": self.queued(),
+            "queue_capacity": self.queue_capacity,
+            "batch": dict(self.batch),
+            "bytes_sent": self.attempts.bytes_sent if self.settings.protocol != "grpc" else None,
+            "settings": self.settings.summary(),
         }

@@ -6,18 +6,26 @@ so the standard ``OTEL_*`` variables (``OTEL_EXPORTER_OTLP_ENDPOINT`` …) or th
 (in the file or as ``RETINA_OTLP_*``) overrides them (precedence table in docs/otlp.md). What the keys alone decide
 is checked at load time when ``enabled``, without touching the network or the files, so a bad endpoint stops the
 agent at start-up; the rest (with the environment) when the exporter is built.
+
+``otlp.flowLogs.*`` (docs/otlp.md, "Flow logs"): flow records as OTLP log records. The allow/deny lists are Hubble
+``FlowFilter`` lists in protojson; they are checked here as protobuf only (the filter compiler is the assembler's,
+``retina_exporter.hubble.filters``, which this module may not import): the agent compiles them at start and a value
+the compiler refuses stops it (exit 2) naming the key.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from retina_core.settings import BOOL_ACCEPTED, Invalid, Key, Section, boolean, choice, duration_at_least
-from retina_core.settings import optional_text, path_or_empty
+from retina_core.settings import int_range, optional_text, path_or_empty
 from retina_core.units import NS_PER_S, ConfigError, format_duration
 
-__all__ = ["OTLP_SECTION", "OtlpConfig"]
+__all__ = ["DEFAULT_FLOW_LOGS_MAX_PER_SECOND", "OTLP_SECTION", "OtlpConfig", "parse_flow_filters"]
+
+DEFAULT_FLOW_LOGS_MAX_PER_SECOND = 1000
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,13 @@ class OtlpConfig:
     key_file: str | None = None
     compression: str | None = None
     resource_attributes: tuple[tuple[str, str], ...] = ()
+    flow_logs_enabled: bool = False
+    """Flow records as OTLP log records (needs ``enabled``)."""
+    flow_logs_allow_list: tuple[str, ...] = ()
+    """Hubble FlowFilters, each as canonical protojson text (hashable; compiled where used)."""
+    flow_logs_deny_list: tuple[str, ...] = ()
+    flow_logs_max_per_second: int = DEFAULT_FLOW_LOGS_MAX_PER_SECOND
+    """Flow log records per second at most (token bucket, one second of burst); 0: unlimited."""
 
 
 def _headers(value: Any) -> tuple[tuple[str, str], ...]:
@@ -60,6 +75,35 @@ def _attributes(value: Any) -> tuple[tuple[str, str], ...]:
         raise Invalid(str(exc)) from None
 
 
+def parse_flow_filters(value: Any) -> tuple[str, ...]:
+    """A list of Hubble FlowFilters: mappings in protojson (``{"source_pod": ["lab/"]}`` or camelCase), or one JSON
+    string holding such a list (or one mapping) -> canonical protojson texts. Raises :class:`Invalid` for what is not
+    a FlowFilter message; values (IPs, regexes, ports ...) are checked when the agent compiles the filters."""
+    from google.protobuf import json_format
+
+    from retina_core.proto import flow_pb2
+
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else []
+        except ValueError:
+            raise Invalid("not a JSON list of FlowFilters") from None
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        raise Invalid("not a list of FlowFilters")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise Invalid(f"item {i} is not a mapping")
+        try:
+            ff = json_format.ParseDict(item, flow_pb2.FlowFilter())
+        except json_format.ParseError as exc:
+            raise Invalid(f"item {i}: {exc}") from None
+        out.append(json.dumps(json_format.MessageToDict(ff, preserving_proto_field_name=True), sort_keys=True))
+    return tuple(out)
+
+
 def _unset_if_empty(parse):
     def wrapped(value: Any) -> Any:
         out = parse(value)
@@ -73,6 +117,9 @@ def _maybe(render):
 
 
 def _check(cfg: OtlpConfig) -> None:
+    if cfg.flow_logs_enabled and not cfg.enabled:
+        raise ConfigError("otlp.flowLogs.enabled: true needs otlp.enabled: true (flow logs go out through the OTLP "
+                          "exporter, with its endpoint and credentials)")
     if not cfg.enabled:
         return
     from metrics_module._otlp_settings import check_settings
@@ -105,4 +152,12 @@ OTLP_SECTION = Section("otlp", OtlpConfig, (
     Key("compression", "compression", choice("gzip", "none"), "gzip, none, or null (not set)"),
     Key("resourceAttributes", "resource_attributes", _attributes,
         "a mapping of attribute names to strings, or 'name=value,...'", dict),
+    Key("flowLogs.enabled", "flow_logs_enabled", boolean, BOOL_ACCEPTED),
+    Key("flowLogs.allowList", "flow_logs_allow_list", parse_flow_filters,
+        "a list of Hubble FlowFilters in protojson (e.g. [{\"source_pod\": [\"lab/\"]}])",
+        lambda v: [json.loads(s) for s in v]),
+    Key("flowLogs.denyList", "flow_logs_deny_list", parse_flow_filters, "a list of Hubble FlowFilters in protojson",
+        lambda v: [json.loads(s) for s in v]),
+    Key("flowLogs.maxPerSecond", "flow_logs_max_per_second", int_range(0, 10_000_000),
+        "an integer from 0 (unlimited) to 10000000"),
 ), check=_check)

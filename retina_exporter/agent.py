@@ -153,6 +153,16 @@ class Agent:
             except ValueError as exc:
                 raise StartupError(f"otlp: {exc}") from exc
             self.metrics.register(self.otlp.families)
+        self.flow_logs = None
+        if self.otlp is not None and self.otlp.logs is not None:  # otlp.flowLogs.enabled: retina_exporter/flowlogs.py
+            from retina_exporter.flowlogs import FlowLogExporter
+
+            try:
+                self.flow_logs = FlowLogExporter.from_config(cfg.otlp, self.ring, self.otlp.logs, cfg.node_name)
+            except ValueError as exc:
+                self.otlp.stop(timeout_s=0)
+                raise StartupError(str(exc)) from exc
+            self.metrics.register(self.flow_logs.families)
         self.http = AgentHTTPServer(cfg.api_server.host, cfg.api_server.port)
         self.hubble = None
         self.flow_export = None
@@ -188,7 +198,9 @@ class Agent:
         r("/debug/flows", self._debug_flows)
         r("/debug/plugins", lambda q, h: json_response({p.name: p.debug() for p in self.manager.started}))
         r("/debug/ipcache", self._debug_ipcache)
-        r("/debug/otlp", lambda q, h: json_response(self.otlp.status() if self.otlp is not None else {"enabled": False}))
+        r("/debug/otlp", lambda q, h: json_response(
+            {**self.otlp.status(), "flow_logs": self.flow_logs.status() if self.flow_logs is not None else
+             {"enabled": False}} if self.otlp is not None else {"enabled": False}))
         r("/debug/kubernetes", self._debug_kubernetes)
         r("/debug/hubble", lambda q, h: json_response(
             {**(self.hubble.status() if self.hubble is not None else {"enabled": False}),
@@ -375,6 +387,8 @@ class Agent:
             self.flow_export.start()
         if self.otlp is not None:
             self.otlp.start()
+        if self.flow_logs is not None:
+            self.flow_logs.start()
         if self.config_path is not None and self.metrics_module is not None:
             self._watch_thread = threading.Thread(target=self._watch_config, args=(self._config_signature(),),
                                                   name="config-watch", daemon=True)
@@ -396,6 +410,8 @@ class Agent:
             return
         self._stopped.set()
         self.manager.stop()
+        if self.flow_logs is not None:
+            self.flow_logs.stop()  # before the SDK's logs pipeline is flushed and shut down by otlp.stop()
         if self.otlp is not None:
             self.otlp.stop()  # a last export with the final values, unless the collector is failing
         self._stop_pipeline()

@@ -1,9 +1,11 @@
-"""A real OTLP metrics receiver for tests: gRPC ``MetricsService/Export`` and HTTP ``POST /v1/metrics``.
+"""A real OTLP receiver for tests: metrics (gRPC ``MetricsService/Export``, HTTP ``POST /v1/metrics``) and logs
+(gRPC ``LogsService/Export``, HTTP ``POST /v1/logs``).
 
-Both decode ``ExportMetricsServiceRequest`` with the official ``opentelemetry-proto`` messages and keep every
-request with the headers (gRPC metadata, HTTP headers) it came with. Each listens on 127.0.0.1 on a random port
-chosen at the first :meth:`OtlpReceiver.start`; :meth:`stop` closes the listeners *and* open connections (like a
-killed collector) and a later :meth:`start` listens on the same ports again.
+Both decode ``ExportMetricsServiceRequest`` / ``ExportLogsServiceRequest`` with the official ``opentelemetry-proto``
+messages and keep every request with the headers (gRPC metadata, HTTP headers) it came with (metrics in
+``received``, logs in ``received_logs``; :meth:`OtlpReceiver.log_records` flattens the latter). Each listens on
+127.0.0.1 on a random port chosen at the first :meth:`OtlpReceiver.start`; :meth:`stop` closes the listeners
+*and* open connections (like a killed collector) and a later :meth:`start` listens on the same ports again.
 
 Knobs for failure tests: ``delay_s`` (answer late), ``fail`` (``(grpc.StatusCode, http_status)`` to answer
 with), ``reject_points`` (partial success); ``arrivals`` counts requests as they reach a handler.
@@ -29,8 +31,10 @@ from typing import Any, Callable
 import grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as ms_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc as ms_grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as ls_pb2
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc as ls_grpc
 
-__all__ = ["OtlpReceiver", "Point", "Received", "make_tls_files", "any_value"]
+__all__ = ["LogRecordSeen", "OtlpReceiver", "Point", "Received", "make_tls_files", "any_value"]
 
 
 @dataclass
@@ -39,6 +43,22 @@ class Received:
     request: ms_pb2.ExportMetricsServiceRequest
     headers: dict[str, str]  # lower-case names
     at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class LogRecordSeen:
+    """One received log record, decoded: ``attributes`` as a dict of plain values (arrays as lists)."""
+
+    body: Any
+    attributes: dict[str, Any]
+    time_unix_nano: int
+    observed_time_unix_nano: int
+    severity_number: int
+    severity_text: str
+    event_name: str
+    resource: dict[str, Any]
+    scope: tuple[str, str]
+    protocol: str
 
 
 @dataclass(frozen=True)
@@ -62,7 +82,22 @@ class Point:
 
 def any_value(v) -> Any:
     which = v.WhichOneof("value")
+    if which == "array_value":
+        return [any_value(x) for x in v.array_value.values]
     return getattr(v, which) if which else None
+
+
+def _log_records_of(received: Received) -> list[LogRecordSeen]:
+    out = []
+    for rl in received.request.resource_logs:
+        resource = {kv.key: any_value(kv.value) for kv in rl.resource.attributes}
+        for sl in rl.scope_logs:
+            scope = (sl.scope.name, sl.scope.version)
+            for lr in sl.log_records:
+                out.append(LogRecordSeen(any_value(lr.body), {kv.key: any_value(kv.value) for kv in lr.attributes},
+                                         lr.time_unix_nano, lr.observed_time_unix_nano, lr.severity_number,
+                                         lr.severity_text, lr.event_name, resource, scope, received.protocol))
+    return out
 
 
 def _points_of(request) -> list[Point]:
@@ -103,6 +138,23 @@ class _Servicer(ms_grpc.MetricsServiceServicer):
             context.abort(owner.fail[0], "injected failure")
         owner._record("grpc", request, headers)
         return owner._response()
+
+
+class _LogsServicer(ls_grpc.LogsServiceServicer):
+    def __init__(self, owner: OtlpReceiver) -> None:
+        self.owner = owner
+
+    def Export(self, request, context):  # noqa: N802 - gRPC method name
+        owner = self.owner
+        headers = {k.lower(): (v if isinstance(v, str) else v.decode("latin-1"))
+                   for k, v in context.invocation_metadata()}
+        owner._arrived()
+        if owner.delay_s:
+            time.sleep(owner.delay_s)
+        if owner.fail is not None:
+            context.abort(owner.fail[0], "injected failure")
+        owner._record_logs("grpc", request, headers)
+        return ls_pb2.ExportLogsServiceResponse()
 
 
 class _HttpServer(http.server.ThreadingHTTPServer):
@@ -152,7 +204,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         owner: OtlpReceiver = self.server.owner
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
-        if self.path.split("?")[0] != owner.http_path:
+        path = self.path.split("?")[0]
+        if path not in (owner.http_path, owner.logs_path):
             self._reply(404, b"not found", "text/plain")
             return
         encoding = (self.headers.get("Content-Encoding") or "").lower()
@@ -166,10 +219,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if owner.fail is not None:
             self._reply(owner.fail[1], b"injected failure", "text/plain")
             return
+        logs = path == owner.logs_path
         try:
-            request = ms_pb2.ExportMetricsServiceRequest.FromString(body)
+            request = (ls_pb2.ExportLogsServiceRequest if logs else ms_pb2.ExportMetricsServiceRequest).FromString(body)
         except Exception:
             self._reply(400, b"bad protobuf", "text/plain")
+            return
+        if logs:
+            owner._record_logs("http", request, {k.lower(): v for k, v in self.headers.items()})
+            self._reply(200, ls_pb2.ExportLogsServiceResponse().SerializeToString())
             return
         owner._record("http", request, {k.lower(): v for k, v in self.headers.items()})
         self._reply(200, owner._response().SerializeToString())
@@ -180,10 +238,12 @@ class OtlpReceiver:
     (``require_client_cert`` for mTLS)."""
 
     def __init__(self, tls: dict[str, Path] | None = None, *, require_client_cert: bool = False,
-                 http_path: str = "/v1/metrics") -> None:
+                 http_path: str = "/v1/metrics", logs_path: str = "/v1/logs") -> None:
         self.tls = tls
         self.require_client_cert = require_client_cert
         self.http_path = http_path
+        self.logs_path = logs_path
+        self.received_logs: list[Received] = []
         self.grpc_port = 0
         self.http_port = 0
         self.received: list[Received] = []
@@ -200,6 +260,7 @@ class OtlpReceiver:
     def start(self) -> OtlpReceiver:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         ms_grpc.add_MetricsServiceServicer_to_server(_Servicer(self), server)
+        ls_grpc.add_LogsServiceServicer_to_server(_LogsServicer(self), server)
         address = f"127.0.0.1:{self.grpc_port}"
         if self.tls:
             creds = grpc.ssl_server_credentials(
@@ -277,6 +338,17 @@ class OtlpReceiver:
             self.received.append(Received(protocol, request, headers))
             self._cond.notify_all()
 
+    def _record_logs(self, protocol: str, request, headers: dict[str, str]) -> None:
+        with self._cond:
+            self.received_logs.append(Received(protocol, request, headers))
+            self._cond.notify_all()
+
+    def log_records(self) -> list[LogRecordSeen]:
+        """Every log record received, in order."""
+        with self._cond:
+            received = list(self.received_logs)
+        return [r for rec in received for r in _log_records_of(rec)]
+
     def _response(self) -> ms_pb2.ExportMetricsServiceResponse:
         response = ms_pb2.ExportMetricsServiceResponse()
         if self.reject_points:
@@ -302,6 +374,7 @@ class OtlpReceiver:
     def clear(self) -> None:
         with self._cond:
             self.received.clear()
+            self.received_logs.clear()
 
     def requests(self) -> list[Received]:
         with self._cond:
