@@ -565,6 +565,22 @@ def temporality_map(preference: str) -> dict[type, AggregationTemporality]:
             ObservableCounter: d if delta else c, ObservableUpDownCounter: c, ObservableGauge: c}
 
 
+
+def _grpc_credentials(settings: Any) -> Any:
+    """TLS channel credentials for resolved settings (CA, client key and certificate read from their files), or
+    None for plaintext."""
+    if not settings.tls:
+        return None
+
+    def read(path: str | None) -> bytes | None:
+        if not path:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+    return grpc.ssl_channel_credentials(read(settings.ca_file), read(settings.key_file), read(settings.cert_file))
+
+
 def make_exporter(settings: Any, attempts: AttemptLog, *, user_agent: str,
                   temporality: str = "cumulative") -> MetricExporter:
     """The SDK's ``OTLPMetricExporter`` for resolved :class:`~metrics_module._otlp_settings.OtlpSettings`, with every
@@ -584,16 +600,7 @@ def make_exporter(settings: Any, attempts: AttemptLog, *, user_agent: str,
             def _translate_data(self, data):
                 return encode_metrics_fast(data)
 
-        credentials = None
-        if settings.tls:
-            def read(path):
-                if not path:
-                    return None
-                with open(path, "rb") as f:
-                    return f.read()
-
-            credentials = grpc.ssl_channel_credentials(read(settings.ca_file), read(settings.key_file),
-                                                       read(settings.cert_file))
+        credentials = _grpc_credentials(settings)
         return RetinaGrpcMetricExporter(
             endpoint=settings.endpoint, insecure=not settings.tls, credentials=credentials,
             headers=tuple((k.lower(), v) for k, v in settings.headers.items()), timeout=settings.timeout_s,
@@ -642,16 +649,7 @@ def make_log_exporter(settings: Any, attempts: AttemptLog, *, user_agent: str) -
                 self._channel = grpc.intercept_channel(self._channel, _Interceptor(self._retina_attempts))
                 self._client = self._stub(self._channel)
 
-        credentials = None
-        if settings.tls:
-            def read(path):
-                if not path:
-                    return None
-                with open(path, "rb") as f:
-                    return f.read()
-
-            credentials = grpc.ssl_channel_credentials(read(settings.ca_file), read(settings.key_file),
-                                                       read(settings.cert_file))
+        credentials = _grpc_credentials(settings)
         return RetinaGrpcLogExporter(
             endpoint=settings.endpoint, insecure=not settings.tls, credentials=credentials,
             headers=tuple((k.lower(), v) for k, v in settings.headers.items()), timeout=settings.timeout_s,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from retina_core.settings import BOOL_ACCEPTED, Invalid, Key, Section, boolean, choice, duration_at_least
-from retina_core.settings import int_range, optional_text, path_or_empty
+from retina_core.settings import flow_filter_list, int_range, optional_text, path_or_empty
 from retina_core.units import NS_PER_S, ConfigError, format_duration
 
 __all__ = ["DEFAULT_FLOW_LOGS_MAX_PER_SECOND", "OTLP_SECTION", "OtlpConfig", "parse_flow_filters"]
@@ -75,33 +75,7 @@ def _attributes(value: Any) -> tuple[tuple[str, str], ...]:
         raise Invalid(str(exc)) from None
 
 
-def parse_flow_filters(value: Any) -> tuple[str, ...]:
-    """A list of Hubble FlowFilters: mappings in protojson (``{"source_pod": ["lab/"]}`` or camelCase), or one JSON
-    string holding such a list (or one mapping) -> canonical protojson texts. Raises :class:`Invalid` for what is not
-    a FlowFilter message; values (IPs, regexes, ports ...) are checked when the agent compiles the filters."""
-    from google.protobuf import json_format
-
-    from retina_core.proto import flow_pb2
-
-    if isinstance(value, str):
-        try:
-            value = json.loads(value) if value.strip() else []
-        except ValueError:
-            raise Invalid("not a JSON list of FlowFilters") from None
-    if isinstance(value, dict):
-        value = [value]
-    if not isinstance(value, list):
-        raise Invalid("not a list of FlowFilters")
-    out = []
-    for i, item in enumerate(value):
-        if not isinstance(item, dict):
-            raise Invalid(f"item {i} is not a mapping")
-        try:
-            ff = json_format.ParseDict(item, flow_pb2.FlowFilter())
-        except json_format.ParseError as exc:
-            raise Invalid(f"item {i}: {exc}") from None
-        out.append(json.dumps(json_format.MessageToDict(ff, preserving_proto_field_name=True), sort_keys=True))
-    return tuple(out)
+parse_flow_filters = flow_filter_list  # the one FlowFilter-list parser (retina_core.settings)
 
 
 def _unset_if_empty(parse):

@@ -23,8 +23,9 @@ from typing import Any
 from retina_core.units import ConfigError, format_duration, parse_duration, show_value
 
 __all__ = [
-    "Invalid", "Key", "Section", "abs_path", "boolean", "choice", "duration_at_least", "env_var_name", "int_range",
-    "integer", "optional_text", "path_or_empty", "str_list", "str_list_tuple", "text",
+    "Invalid", "Key", "Section", "abs_path", "boolean", "choice", "duration_at_least", "env_var_name",
+    "flow_filter_list", "flow_filters", "int_range", "integer", "optional_text", "path_or_empty", "str_list",
+    "str_list_tuple", "text",
 ]
 
 BOOL_ACCEPTED = "true, false (also 1/0, yes/no)"
@@ -147,6 +148,49 @@ def str_list_tuple(value: Any) -> tuple[str, ...]:
     if not items:
         raise Invalid("empty list")
     return items
+
+
+def flow_filter_list(value: Any) -> tuple[str, ...]:
+    """A list of Hubble FlowFilters: mappings in protojson (``{"source_pod": ["lab/"]}`` or camelCase), or one JSON
+    string holding such a list (or one mapping) -> canonical protojson texts (hashable, for frozen config objects;
+    :func:`flow_filters` turns them back into messages). Raises :class:`Invalid` for what is not a FlowFilter
+    message; the values (IPs, regexes, ports ...) are the filter compiler's to check."""
+    import json
+
+    from google.protobuf import json_format
+
+    from retina_core.proto import flow_pb2
+
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else []
+        except ValueError:
+            raise Invalid("not a JSON list of FlowFilters") from None
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        raise Invalid("not a list of FlowFilters")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise Invalid(f"item {i} is not a mapping")
+        try:
+            ff = json_format.ParseDict(item, flow_pb2.FlowFilter())
+        except json_format.ParseError as exc:
+            raise Invalid(f"item {i}: {exc}") from None
+        out.append(json.dumps(json_format.MessageToDict(ff, preserving_proto_field_name=True), sort_keys=True))
+    return tuple(out)
+
+
+def flow_filters(texts: tuple[str, ...]) -> list[Any]:
+    """The ``flow.FlowFilter`` messages of :func:`flow_filter_list`'s texts."""
+    import json
+
+    from google.protobuf import json_format
+
+    from retina_core.proto import flow_pb2
+
+    return [json_format.ParseDict(json.loads(s), flow_pb2.FlowFilter()) for s in texts]
 
 
 def env_var_name(key: str) -> str:

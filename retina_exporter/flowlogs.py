@@ -30,7 +30,6 @@ TO_NETWORK, the destination at TO_ENDPOINT and FROM_NETWORK), when that endpoint
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -243,21 +242,17 @@ def compile_matcher(allow_list: tuple[str, ...] | list[str], deny_list: tuple[st
                     key_prefix: str = "otlp.flowLogs") -> Any:
     """A :class:`~retina_exporter.hubble.filters.FlowMatcher` from the config's protojson FlowFilter texts; raises
     ValueError naming the key and item (``otlp.flowLogs.allowList: item 0: source_ip: …``)."""
-    from google.protobuf import json_format
-
-    from retina_core.proto import flow_pb2
+    from retina_core.settings import flow_filters
     from retina_exporter.hubble.filters import FilterError, FlowMatcher, compile_filter
 
     lists = []
     for name, texts in (("allowList", allow_list), ("denyList", deny_list)):
-        filters = []
-        for i, text in enumerate(texts):
+        filters = flow_filters(texts)
+        for i, ff in enumerate(filters):
             try:
-                ff = json_format.ParseDict(json.loads(text), flow_pb2.FlowFilter())
                 compile_filter(ff)
-            except (FilterError, json_format.ParseError, ValueError) as exc:
+            except FilterError as exc:
                 raise ValueError(f"{key_prefix}.{name}: item {i}: {exc}") from None
-            filters.append(ff)
         lists.append(filters)
     return FlowMatcher(lists[0], lists[1])
 

@@ -27,8 +27,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from retina_core.settings import (BOOL_ACCEPTED, Invalid, Key, Section, boolean, int_range, optional_text,
-                                  path_or_empty, str_list)
+from retina_core.settings import (BOOL_ACCEPTED, Invalid, Key, Section, boolean, flow_filter_list, flow_filters,
+                                  int_range, optional_text, path_or_empty, str_list)
 from retina_core.units import ConfigError
 
 __all__ = ["DEFAULT_SOCKET_PATH", "HUBBLE_SECTION", "HubbleConfig", "parse_listen_address"]
@@ -88,36 +88,17 @@ def _capacity(value: Any) -> int:
 
 
 def _flow_filters(value: Any) -> tuple[str, ...]:
-    """A list of FlowFilters: mappings in protojson (``{"source_pod": ["lab/"]}`` or camelCase), or one JSON
-    string holding such a list; each must also compile (valid IPs, regexes, ports ...)."""
-    from google.protobuf import json_format
-
-    from retina_core.proto import flow_pb2
+    """A FlowFilter list (:func:`retina_core.settings.flow_filter_list`) whose filters also compile (valid IPs,
+    regexes, ports ...)."""
     from retina_exporter.hubble.filters import FilterError, compile_filter
 
-    if isinstance(value, str):
-        try:
-            value = json.loads(value) if value.strip() else []
-        except ValueError:
-            raise Invalid("not a JSON list of FlowFilters") from None
-    if isinstance(value, dict):
-        value = [value]
-    if not isinstance(value, list):
-        raise Invalid("not a list of FlowFilters")
-    out = []
-    for i, item in enumerate(value):
-        if not isinstance(item, dict):
-            raise Invalid(f"item {i} is not a mapping")
-        try:
-            ff = json_format.ParseDict(item, flow_pb2.FlowFilter())
-        except json_format.ParseError as exc:
-            raise Invalid(f"item {i}: {exc}") from None
+    texts = flow_filter_list(value)
+    for i, ff in enumerate(flow_filters(texts)):
         try:
             compile_filter(ff)
         except FilterError as exc:
             raise Invalid(f"item {i}: {exc}") from None
-        out.append(json.dumps(json_format.MessageToDict(ff, preserving_proto_field_name=True), sort_keys=True))
-    return tuple(out)
+    return texts
 
 
 def _field_mask(value: Any) -> tuple[str, ...]:

@@ -12,7 +12,6 @@ the pipeline and the other readers never wait for it.
 
 from __future__ import annotations
 
-import json
 import logging
 import logging.handlers
 import os
@@ -20,8 +19,8 @@ from typing import Any
 
 from google.protobuf import field_mask_pb2, json_format
 
-from retina_core.proto import flow_pb2
 from retina_core.record import FlowRecord
+from retina_core.settings import flow_filters
 from retina_core.ring import LostMarker, Ring
 from retina_core.worker import Worker
 from retina_exporter.hubble.config import HubbleConfig
@@ -44,9 +43,7 @@ class FlowFileExporter(Worker):
         self.ring = ring
         self.node_name = node_name
         self.telemetry = telemetry
-        self.matcher = FlowMatcher(
-            [json_format.ParseDict(json.loads(s), flow_pb2.FlowFilter()) for s in cfg.export_allow_list],
-            [json_format.ParseDict(json.loads(s), flow_pb2.FlowFilter()) for s in cfg.export_deny_list])
+        self.matcher = FlowMatcher(flow_filters(cfg.export_allow_list), flow_filters(cfg.export_deny_list))
         self.mask = field_mask_pb2.FieldMask(paths=list(cfg.export_field_mask)) if cfg.export_field_mask else None
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         self.handler = logging.handlers.RotatingFileHandler(
