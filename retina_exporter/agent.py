@@ -232,7 +232,9 @@ class Agent:
 
     def _metrics(self, _q, headers):
         content_type, renderer = negotiate(headers.get("Accept", "") if headers else "")
-        families = (self.metrics_module.families() if self.metrics_module is not None else self.metrics.families())
+        # The metrics module's pre-rendered label text is the fast path (the same series, rendered once per series).
+        families = (self.metrics_module.families(prerendered=True) if self.metrics_module is not None
+                    else self.metrics.families())
         return 200, content_type, renderer(families).encode()
 
     def _debug_flows(self, q, _h):

@@ -31,6 +31,8 @@ Quietness (no packet the tests did not ask for):
   node's ``br0``/``uplink0`` send a couple of MLDv2 reports right after they come up (``up()`` then waits for
   them to finish).  IPv6 is disabled on the bridge ports (``vpod<i>``): an L2 port needs none.
 * Bridge: no STP, forward delay 0, multicast snooping off (so it never sends queries).
+* TCP: no tail-loss probes (``net.ipv4.tcp_early_retrans=0``), so a starved receiver does not make the sender probe
+  with an extra segment; a test's exact packet counts do not depend on CPU scheduling.
 
 What remains: nothing.  After ``up()`` returns, no counter of any lab interface moves on an idle lab, and
 ``up()`` itself sends no packet either (tests/test_lab.py checks an idle second; measured on Linux 6.18).
@@ -279,11 +281,16 @@ def _common_sysctls() -> list[tuple[str, str | int]]:
             (v4 + "igmpv3_unsolicited_report_interval", 1),
         ]
     s.append(("net.ipv4.igmp_link_local_mcast_reports", 0))
+    # No tail-loss probes (TCP's early retransmit): on a busy machine a probe fires whenever the receiver's ACK waits
+    # for a CPU longer than ~2 RTTs, and the probe is an extra packet on the wire (a second FIN, a duplicate
+    # segment) that the lab's exact counts would then depend on. Real losses (the tests' droppers) are still
+    # recovered by fast retransmit and RTO. Per network namespace (IPv4 and IPv6 TCP alike).
+    s.append(("net.ipv4.tcp_early_retrans", 0))
     return s
 
 
 _OPTIONAL_SYSCTLS = {f"net.ipv6.conf.{s}.{k}" for s in ("all", "default")
-                     for k in ("enhanced_dad", "optimistic_dad", "addr_gen_mode")}
+                     for k in ("enhanced_dad", "optimistic_dad", "addr_gen_mode")} | {"net.ipv4.tcp_early_retrans"}
 
 
 class Lab:
