@@ -85,6 +85,9 @@ def cmd_demo(args) -> int:
     return run_demo(pods=args.pods, port=args.port)
 
 
+_CLIENTS = ("observe", "status", "list")
+
+
 def _hubble_client(name: str):
     def run(args) -> int:
         from retina_exporter.hubble import client
@@ -95,6 +98,11 @@ def _hubble_client(name: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else list(argv)
+    if args_in and args_in[0] in _CLIENTS:  # their own parsers: argparse's REMAINDER would not take a leading flag
+        from retina_exporter.hubble import client
+
+        return getattr(client, f"main_{args_in[0]}")(args_in[1:])
     parser = argparse.ArgumentParser(prog="retina-exporter", description="eBPF network observability agent")
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -114,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pods", type=int, default=3)
     p.add_argument("--port", type=int, default=10093, help="loopback port forwarded to the agent")
     p.set_defaults(func=cmd_demo)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_in)
     return args.func(args)
 
 

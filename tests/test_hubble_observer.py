@@ -370,3 +370,18 @@ def test_file_export_filters_masks_rotates_and_counts_its_losses(tmp_path):
     exp.export(exp._reader.next_batch(5000))
     assert exp.lost == 3000 - 1023 == telemetry.lost_total(LOST_TYPE, LOST_REASON)
     exp.stop()
+
+
+def test_the_command_line_runs_the_clients(server, tmp_path, capsys):
+    """`retina-exporter observe --last N` through the real entry point (its flags come first, before any
+    positional argument)."""
+    from retina_exporter import cli
+
+    srv, ring, stub, *_ = server
+    ring.write_batch([rec(i) for i in range(5)])
+    sock = f"unix://{tmp_path / 'hubble.sock'}"
+    assert cli.main(["observe", "--last", "2", "--server", sock]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].split()[4] == "shop/web-1:40003"
+    assert cli.main(["list", "nodes", "--server", sock]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[0] == NODE

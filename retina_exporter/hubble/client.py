@@ -212,7 +212,8 @@ def build_request(args: argparse.Namespace, negated: argparse.Namespace | None) 
     return req
 
 
-def main_observe(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def main_observe(argv: Sequence[str], out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
     parser = observe_parser()
     try:
         before, after = _split_not(argv)
@@ -248,10 +249,23 @@ def main_observe(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sy
         return 1
     except KeyboardInterrupt:
         return 0
+    except BrokenPipeError:  # `observe ... | head`: the reader is gone; end quietly, as CLI tools do
+        _silence_stdout()
+        return 0
     finally:
         for ch in channels:
             ch.close()
     return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not report the broken pipe again."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _time_key(resp: Any) -> int:
@@ -296,7 +310,8 @@ def merge_by_time(streams: Sequence[Any], follow: bool, window_s: float = 1.0) -
 # -- status and list nodes ---------------------------------------------------------------------------------------
 
 
-def main_status(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def main_status(argv: Sequence[str], out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
     p = argparse.ArgumentParser(prog="retina-exporter status", description="Health and status of a Hubble server.")
     add_connection_flags(p)
     args = p.parse_args(list(argv))
@@ -338,7 +353,8 @@ def main_status(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys
         ch.close()
 
 
-def main_list(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def main_list(argv: Sequence[str], out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
     p = argparse.ArgumentParser(prog="retina-exporter list", description="List what a Hubble server knows.")
     p.add_argument("what", choices=("nodes", "namespaces"))
     add_connection_flags(p)
