@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench clean-lab image test-image
+.PHONY: setup run test bench fuzz clean-lab image test-image
 
 setup:
 	@bash scripts/setup.sh
@@ -20,6 +20,11 @@ bench: setup
 	$(PY) bench/bench_enricher.py
 	$(PY) bench/bench_metrics.py
 	taskset -c 0 $(PY) bench/bench_pipeline.py
+
+# Structure-aware fuzzing of the packet-parsing BPF programs through BPF_PROG_TEST_RUN (300k cases; make test runs a
+# fixed-seed 20k subset). FUZZ_ARGS: e.g. --cases 1000000 --seed 42.
+fuzz: setup
+	$(PY) bench/fuzz_kernel.py $(FUZZ_ARGS)
 
 clean-lab: setup
 	$(PY) -m retina_exporter.cli lab down --all

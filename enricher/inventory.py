@@ -134,7 +134,7 @@ def _string_map(entry: Mapping[str, Any], key: str, where: str) -> dict[str, str
         if not isinstance(k, str) or not k:
             raise InventoryError(f"{where}.{key}: key {k!r} is not a non-empty string")
         if not isinstance(v, str):
-            raise InventoryError(f"{where}.{key}.{k}: expected a string, got {_tname(v)} (quote the value)")
+            raise InventoryError(f"{where}.{key}.{_plain(k)}: expected a string, got {_tname(v)} (quote the value)")
         out[k] = v
     return out
 
@@ -169,6 +169,11 @@ def _ips(value: Any, where: str, required: bool) -> list[tuple[str, bytes]]:
     return out
 
 
+def _plain(text: str) -> str:
+    """``text`` for a one-line message: as is when printable, else quoted (``'a\\nb'``)."""
+    return text if text.isprintable() else repr(text)
+
+
 def _claim(owners: dict[bytes, str], packed: bytes, text: str, where: str, owner: str) -> None:
     if packed in owners:
         raise InventoryError(f"{where}: {text} is already used by {owners[packed]}")
@@ -187,6 +192,8 @@ def parse_inventory_text(text: str, node_name: str = "") -> Inventory:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         raise InventoryError(f"invalid YAML: {problem}{where}") from None
+    except RecursionError:  # PyYAML composes and constructs recursively
+        raise InventoryError("invalid YAML: nested too deeply") from None
     return parse_inventory(data, node_name)
 
 
@@ -217,7 +224,7 @@ def parse_inventory(data: Any, node_name: str = "") -> Inventory:
         owner = _ref(e, "owner", where)
         node = _str(e, "node", where, False)
         for j, (text, packed) in enumerate(ips):
-            _claim(owners, packed, text, f"{where}.ips[{j}]", f"{where} ({namespace}/{pod})")
+            _claim(owners, packed, text, f"{where}.ips[{j}]", f"{where} ({_plain(namespace)}/{_plain(pod)})")
         workloads = tuple(w for w in (workload, owner) if w is not None)
         if len(workloads) == 2 and workloads[0] == workloads[1]:
             workloads = workloads[:1]
@@ -245,7 +252,7 @@ def parse_inventory(data: Any, node_name: str = "") -> Inventory:
         name = _str(s, "name", where, True)
         selector = _string_map(s, "selector", where)
         for (text, packed), w in zip(ips, wheres):
-            _claim(owners, packed, text, w, f"{where} ({namespace}/{name})")
+            _claim(owners, packed, text, w, f"{where} ({_plain(namespace)}/{_plain(name)})")
         services.append((ips, namespace, name, selector))
 
     nodes = []
@@ -261,7 +268,7 @@ def parse_inventory(data: Any, node_name: str = "") -> Inventory:
         ips = _ips(n.get("ips"), f"{where}.ips", required=False)
         zone = _str(n, "zone", where, False)
         for j, (text, packed) in enumerate(ips):
-            _claim(owners, packed, text, f"{where}.ips[{j}]", f"{where} ({name})")
+            _claim(owners, packed, text, f"{where}.ips[{j}]", f"{where} ({_plain(name)})")
         nodes.append((ips, name, zone))
 
     # Build.

@@ -164,7 +164,7 @@ def flow_filter_list(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         try:
             value = json.loads(value) if value.strip() else []
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
             raise Invalid("not a JSON list of FlowFilters") from None
     if isinstance(value, dict):
         value = [value]
@@ -177,7 +177,7 @@ def flow_filter_list(value: Any) -> tuple[str, ...]:
         try:
             ff = json_format.ParseDict(item, flow_pb2.FlowFilter())
         except json_format.ParseError as exc:
-            raise Invalid(f"item {i}: {exc}") from None
+            raise Invalid(f"item {i}: {' '.join(str(exc).split())}") from None  # protobuf's has 2 lines
         out.append(json.dumps(json_format.MessageToDict(ff, preserving_proto_field_name=True), sort_keys=True))
     return tuple(out)
 

@@ -16,7 +16,8 @@ from retina_exporter.errors import StartupError
 from retina_exporter.plugins.base import Plugin, PluginContext
 from retina_exporter.plugins.manager import PluginManager
 from retina_core.ring import Ring
-from retina_exporter.server.http import AgentHTTPServer, json_response, parse_last, parse_since
+from retina_exporter.server.http import (AgentHTTPServer, check_params, json_response, parse_ip, parse_last,
+                                         parse_since)
 from retina_exporter.datapath.sysfs import ensure_bpffs, missing_capabilities
 from retina_core.telemetry import CONTROL_PLANE_PREFIX, ControlPlane
 
@@ -164,6 +165,13 @@ class Agent:
                 raise StartupError(str(exc)) from exc
             self.metrics.register(self.flow_logs.families)
         self.http = AgentHTTPServer(cfg.api_server.host, cfg.api_server.port)
+        self.debug_http: AgentHTTPServer | None = None  # /debug/* on its own address (debugServer.port)
+        if cfg.debug_server.enabled and cfg.debug_server.port is not None:
+            try:
+                self.debug_http = AgentHTTPServer(cfg.debug_server.host, cfg.debug_server.port, section="debugServer")
+            except StartupError:
+                self.http.stop()
+                raise
         self.hubble = None
         self.flow_export = None
         if cfg.hubble.enabled:
@@ -174,7 +182,7 @@ class Agent:
                                            ready=lambda: not self.not_ready_reasons(), peers=self._hubble_peers,
                                            advertise_address=self._hubble_address())
             except HubbleServerError as exc:
-                self.http.stop()
+                self._stop_http()
                 raise StartupError(str(exc)) from exc
         if cfg.hubble.export_file_path:
             from retina_exporter.hubble.export import FlowFileExporter
@@ -182,6 +190,7 @@ class Agent:
             try:
                 self.flow_export = FlowFileExporter(cfg.hubble, self.ring, cfg.node_name, self.telemetry)
             except OSError as exc:
+                self._stop_http()
                 raise StartupError(f"hubble.export.filePath: cannot write {cfg.hubble.export_file_path}: "
                                    f"{exc.strerror}") from exc
         self._stopped = threading.Event()
@@ -190,22 +199,56 @@ class Agent:
 
     # --- HTTP ---------------------------------------------------------------------------------------------
     def _register_routes(self) -> None:
+        """``/metrics``, ``/healthz``, ``/readyz`` on the apiServer address (their query parameters are ignored, as
+        a scrape config's ``params`` may add some); ``/debug/*`` there too, or on the debugServer address when its
+        port is set, or nowhere with ``debugServer.enabled: false``. A ``/debug/*`` endpoint answers 400 naming an
+        unknown or repeated query parameter."""
         r = self.http.route
         r("/healthz", self._healthz)
         r("/readyz", self._readyz)
         r("/metrics", self._metrics)
-        r("/debug/config", lambda q, h: json_response(self.cfg.to_dict()))
-        r("/debug/flows", self._debug_flows)
-        r("/debug/plugins", lambda q, h: json_response({p.name: p.debug() for p in self.manager.started}))
-        r("/debug/ipcache", self._debug_ipcache)
-        r("/debug/otlp", lambda q, h: json_response(
-            {**self.otlp.status(), "flow_logs": self.flow_logs.status() if self.flow_logs is not None else
-             {"enabled": False}} if self.otlp is not None else {"enabled": False}))
-        r("/debug/kubernetes", self._debug_kubernetes)
-        r("/debug/hubble", lambda q, h: json_response(
-            {**(self.hubble.status() if self.hubble is not None else {"enabled": False}),
-             "export": ({"file": self.flow_export.path, "written": self.flow_export.written,
-                         "lost": self.flow_export.lost} if self.flow_export is not None else None)}))
+
+        def no_params(path, fn):
+            def handler(q, h):
+                check_params(q, path)
+                return fn(q, h)
+            return handler
+
+        debug = {
+            "/debug/config": no_params("/debug/config", lambda q, h: json_response(self.cfg.to_dict())),
+            "/debug/flows": self._debug_flows,
+            "/debug/plugins": no_params("/debug/plugins", lambda q, h: json_response(
+                {p.name: p.debug() for p in self.manager.started})),
+            "/debug/ipcache": self._debug_ipcache,
+            "/debug/otlp": no_params("/debug/otlp", lambda q, h: json_response(
+                {**self.otlp.status(), "flow_logs": self.flow_logs.status() if self.flow_logs is not None else
+                 {"enabled": False}} if self.otlp is not None else {"enabled": False})),
+            "/debug/kubernetes": no_params("/debug/kubernetes", self._debug_kubernetes),
+            "/debug/hubble": no_params("/debug/hubble", lambda q, h: json_response(
+                {**(self.hubble.status() if self.hubble is not None else {"enabled": False}),
+                 "export": ({"file": self.flow_export.path, "written": self.flow_export.written,
+                             "lost": self.flow_export.lost} if self.flow_export is not None else None)})),
+        }
+        ds = self.cfg.debug_server
+        if self.debug_http is not None:
+            for path, fn in debug.items():
+                self.debug_http.route(path, fn)
+            self.http.not_found_hint = f"; /debug/* is served on {ds.host}:{ds.port} (debugServer)"
+        elif ds.enabled:
+            for path, fn in debug.items():
+                r(path, fn)
+        else:
+            self.http.not_found_hint = "; /debug/* is switched off (debugServer.enabled: false)"
+
+    def _start_http(self) -> None:
+        self.http.start()
+        if self.debug_http is not None:
+            self.debug_http.start()
+
+    def _stop_http(self) -> None:
+        self.http.stop()
+        if self.debug_http is not None:
+            self.debug_http.stop()
 
     def _healthz(self, _q, _h):
         alive = self.manager.readers_alive() and (self.enricher is None or self.enricher.alive())
@@ -282,10 +325,16 @@ class Agent:
             return {own.name: own.address}
         return peers_from_identities(self.cache.view(), own.name, own.address, self.hubble.tcp_port)
 
-    def _debug_ipcache(self, _q, _h):
+    def _debug_ipcache(self, q, _h):
+        """The IP cache; ``?ip=A``: only that address's entry in ``ips`` (empty when it has none)."""
+        check_params(q, "/debug/ipcache", allowed=("ip",))
+        ip = parse_ip(q)
         if self.cache is None:
             return json_response({"enabled": False, "reason": "enablePodLevel is off and enrichment.source is none"})
-        return json_response(self.cache.snapshot_json())
+        snap = self.cache.snapshot_json()
+        if ip is not None:
+            snap["ips"] = {k: v for k, v in snap["ips"].items() if k == ip}
+        return json_response(snap)
 
     def _debug_kubernetes(self, _q, _h):
         if self.kube_control is None:
@@ -378,11 +427,11 @@ class Agent:
             self.manager.start()
         except StartupError:
             self._stop_pipeline()
-            self.http.stop()
+            self._stop_http()
             raise
         if self.kube_control is not None:
             self.kube_control.kick()  # packetparser's IP-of-interest map exists now: write the claims at once
-        self.http.start()
+        self._start_http()
         if self.hubble is not None:
             self.hubble.start()
         if self.flow_export is not None:
@@ -396,6 +445,8 @@ class Agent:
                                                   name="config-watch", daemon=True)
             self._watch_thread.start()
         log.info("retina-exporter %s listening on %s:%d", __version__, self.cfg.api_server.host, self.http.port)
+        if self.debug_http is not None:
+            log.info("/debug/* served on %s:%d", self.cfg.debug_server.host, self.debug_http.port)
 
     def _stop_pipeline(self) -> None:
         if self.kube_control is not None:
@@ -421,7 +472,7 @@ class Agent:
             self.hubble.stop()
         if self.flow_export is not None:
             self.flow_export.stop()
-        self.http.stop()
+        self._stop_http()
 
     def run_until_signal(self) -> None:
         done = threading.Event()

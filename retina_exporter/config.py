@@ -44,6 +44,7 @@ from retina_exporter.plugins.tcpretrans.config import TCP_RETRANS_SECTION, TcpRe
 __all__ = [
     "ApiServerConfig",
     "Config",
+    "DebugServerConfig",
     "ConfigError",
     "KNOWN_PLUGINS",
     "RETINA_IGNORED_KEYS",
@@ -84,6 +85,17 @@ class ApiServerConfig:
 
     host: str = "0.0.0.0"
     port: int = 10093
+
+
+@dataclass(frozen=True)
+class DebugServerConfig:
+    """The ``debugServer`` section: where ``/debug/*`` is served. With ``port`` unset, on the ``apiServer`` address;
+    with a port, on ``host:port`` alone (the ``apiServer`` port answers 404 for ``/debug/*``); ``enabled: false``
+    serves it nowhere."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +146,7 @@ class Config:
     metrics_configuration: MetricsConfiguration | None = None
     """The ``metricsConfiguration`` (MetricsConfiguration CRD spec), parsed; None when absent."""
     api_server: ApiServerConfig = ApiServerConfig()
+    debug_server: DebugServerConfig = DebugServerConfig()
     enrichment: EnrichmentConfig = EnrichmentConfig()
     drop_reason: DropReasonConfig = DropReasonConfig()
     tcp_retrans: TcpRetransConfig = TcpRetransConfig()
@@ -222,7 +235,7 @@ def _metrics_configuration_spec(value: Any) -> dict:
     if isinstance(value, str):
         try:
             value = yaml.safe_load(value)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):  # RecursionError: nested too deeply
             raise Invalid("not valid YAML/JSON") from None
     if not isinstance(value, dict):
         raise Invalid("not a mapping")
@@ -271,9 +284,16 @@ API_SERVER_SECTION = Section("apiServer", ApiServerConfig, (
     Key("port", "port", int_range(1, 65535), "an integer from 1 to 65535"),
 ))
 
+DEBUG_SERVER_SECTION = Section("debugServer", DebugServerConfig, (
+    Key("enabled", "enabled", boolean, BOOL_ACCEPTED),
+    Key("host", "host", text, "a non-empty host name or IP address"),
+    Key("port", "port", int_range(1, 65535), "an integer from 1 to 65535, or null (serve /debug/* on apiServer.port)"),
+))
+
 #: Every section, each parsed by its owner's declaration, and the Config field that holds it.
 SECTIONS: tuple[tuple[Section, str], ...] = (
     (API_SERVER_SECTION, "api_server"),
+    (DEBUG_SERVER_SECTION, "debug_server"),
     (ENRICHMENT_SECTION, "enrichment"),
     (HUBBLE_SECTION, "hubble"),
     (DROP_REASON_SECTION, "drop_reason"),
@@ -330,6 +350,8 @@ def _read_yaml(path: str) -> Any:
         raise ConfigError(f"config file {path}: invalid YAML{where}: {problem}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path}: invalid YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:  # PyYAML composes and constructs recursively
+        raise ConfigError(f"config file {path}: invalid YAML: nested too deeply") from None
 
 
 def _unknown_key(path: str, key: Any, prefix: str, candidates: tuple[str, ...]) -> ConfigError:

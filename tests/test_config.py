@@ -17,6 +17,7 @@ from retina_exporter.config import (
     KNOWN_PLUGINS,
     RETINA_IGNORED_KEYS,
     ApiServerConfig,
+    DebugServerConfig,
     Config,
     ConfigError,
     env_var_name,
@@ -154,6 +155,9 @@ def test_every_key_from_file(tmp_path: pathlib.Path) -> None:
 ENV_ALL = {
     "RETINA_APISERVER_HOST": "::1",
     "RETINA_APISERVER_PORT": "8080",
+    "RETINA_DEBUGSERVER_ENABLED": "no",
+    "RETINA_DEBUGSERVER_HOST": "::1",
+    "RETINA_DEBUGSERVER_PORT": "10094",
     "RETINA_ENABLEDPLUGIN": "tcpretrans,linuxutil",
     "RETINA_ENABLEPODLEVEL": "yes",
     "RETINA_DATAAGGREGATIONLEVEL": "high",
@@ -257,6 +261,7 @@ def test_every_key_from_env() -> None:
         metrics_configuration=parse_metrics_configuration(
             {"contextOptions": [{"metricName": "drop_count", "sourceLabels": ["namespace"]}]}),
         api_server=ApiServerConfig(host="::1", port=8080),
+        debug_server=DebugServerConfig(enabled=False, host="::1", port=10094),
         enrichment=EnrichmentConfig(
             source="netns", inventory_file="/tmp/inv.yaml", inventory_poll_interval_ns=S // 4, netns_namespace="lab",
             netns_filter=("pod-*", "web-*"), netns_processes=True, netns_poll_interval_ns=3 * S,
@@ -658,8 +663,8 @@ def test_unknown_key_without_match_lists_known_keys(tmp_path: pathlib.Path) -> N
         "dataSamplingRate, conntrackReportInterval, conntrackMapSize, packetParserRingBufferSize, enableTCX, "
         "hostInterfaces, nodeName, nodeIP, logLevel, outputRingCapacity, bpfPinPath, remoteContext, "
         "metricsIntervalDuration, enableConntrackMetrics, enableAnnotations, bypassLookupIPOfInterest, "
-        "filterMapMaxEntries, metricsConfiguration, apiServer, enrichment, hubble, dropReason, tcpRetrans, otlp, "
-        "metricsInterval"
+        "filterMapMaxEntries, metricsConfiguration, apiServer, debugServer, enrichment, hubble, dropReason, "
+        "tcpRetrans, otlp, metricsInterval"
     )
     assert error_of(tmp_path, "apiServer: {zzz: 1}\n").endswith(
         ": unknown key 'apiServer.zzz'; known keys: apiServer.host, apiServer.port"
@@ -798,6 +803,7 @@ def test_long_values_are_truncated_in_messages(tmp_path: pathlib.Path) -> None:
 def test_to_dict_defaults() -> None:
     assert Config(node_name="n").to_dict() == {
         "apiServer": {"host": "0.0.0.0", "port": 10093},
+        "debugServer": {"enabled": True, "host": "127.0.0.1", "port": None},
         "enabledPlugin": ["dropreason", "packetforward", "linuxutil", "dns"],
         "enablePodLevel": False,
         "dataAggregationLevel": "low",

@@ -69,7 +69,8 @@
 struct l3_info {
 	__u32 l4_off;        /* offset of the L4 header (after the IPv6 extension headers) */
 	__u32 ip_end;        /* offset just past the IP packet (its length field; skb->len when that is 0, as for
-			      * GSO "big" packets), at most skb->len */
+			      * GSO "big" packets), at most skb->len. Headers are read only before it: the bytes after
+			      * it (Ethernet padding, trailers) are not part of the packet */
 	__u8 ip_version;     /* 4 or 6 */
 	__u8 l4proto;        /* IPPROTO_*, or L4_NONE */
 	__u8 later_fragment; /* a non-first fragment: there is no L4 header at l4_off */
@@ -128,13 +129,14 @@ static __always_inline int parse_l3(struct __sk_buff *skb, __u8 *saddr, __u8 *da
 			if (l4proto != IPV6_EXT_HOP && l4proto != IPV6_EXT_ROUTING && l4proto != IPV6_EXT_FRAGMENT &&
 			    l4proto != IPV6_EXT_DEST && l4proto != IPV6_EXT_AUTH)
 				break;
-			if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)) < 0) {
+			/* Bounded by the IP packet, not the frame: bytes after it (padding, trailers) are not headers. */
+			if (off + sizeof(ext) > l3->ip_end || bpf_skb_load_bytes(skb, off, ext, sizeof(ext)) < 0) {
 				l4proto = L4_NONE; /* truncated chain */
 				break;
 			}
 			if (l4proto == IPV6_EXT_FRAGMENT) {
 				__u16 fo;
-				if (bpf_skb_load_bytes(skb, off + 2, &fo, sizeof(fo)) < 0) {
+				if (off + 4 > l3->ip_end || bpf_skb_load_bytes(skb, off + 2, &fo, sizeof(fo)) < 0) {
 					l4proto = L4_NONE;
 					break;
 				}

@@ -62,11 +62,13 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 	__u32 msg_len;
 	__u32 seq = 0;
 	__u8 tcp_flags = 0;
+	/* The L4 header must lie within the IP packet (not in padding after it); a TCP data offset below 5 puts the
+	 * "payload" inside the header. */
 	if (l4proto == IPPROTO_UDP) {
-		if (bpf_skb_load_bytes(skb, off, hdr, 8) < 0)
+		if (off + 8 > ip_end || bpf_skb_load_bytes(skb, off, hdr, 8) < 0)
 			return TC_ACT_UNSPEC;
 	} else if (l4proto == IPPROTO_TCP) {
-		if (bpf_skb_load_bytes(skb, off, hdr, 14) < 0)
+		if (off + 14 > ip_end || bpf_skb_load_bytes(skb, off, hdr, 14) < 0 || (hdr[12] >> 4) < 5)
 			return TC_ACT_UNSPEC;
 	} else {
 		return TC_ACT_UNSPEC;

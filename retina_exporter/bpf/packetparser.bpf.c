@@ -64,10 +64,11 @@ static __always_inline int parse(struct __sk_buff *skb, struct parsed *p)
 	p->len = skb->len;
 	if (l3.later_fragment)
 		return 0;
+	__u32 end = l3.ip_end; /* L4 headers must lie within the IP packet, not in padding after it */
 
 	if (l4proto == IPPROTO_TCP) {
 		__u8 hdr[14]; /* ports (4), seq (4), ack (4), data offset + NS (1), flags (1) */
-		if (bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) < 0)
+		if (off + sizeof(hdr) > end || bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) < 0)
 			return 0;
 		p->key.src_port = ((__u16)hdr[0] << 8) | hdr[1];
 		p->key.dst_port = ((__u16)hdr[2] << 8) | hdr[3];
@@ -75,21 +76,21 @@ static __always_inline int parse(struct __sk_buff *skb, struct parsed *p)
 		p->has_l4 = 1;
 	} else if (l4proto == IPPROTO_UDP) {
 		__u8 hdr[4];
-		if (bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) < 0)
+		if (off + sizeof(hdr) > end || bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) < 0)
 			return 0;
 		p->key.src_port = ((__u16)hdr[0] << 8) | hdr[1];
 		p->key.dst_port = ((__u16)hdr[2] << 8) | hdr[3];
 		p->has_l4 = 1;
 	} else if (l4proto == IPPROTO_ICMP || l4proto == IPPROTO_ICMPV6) {
 		__u8 hdr[8]; /* type, code, checksum, identifier, sequence */
-		if (bpf_skb_load_bytes(skb, off, hdr, 2) < 0)
+		if (off + 2 > end || bpf_skb_load_bytes(skb, off, hdr, 2) < 0)
 			return 0;
 		p->icmp_type = hdr[0];
 		p->icmp_code = hdr[1];
 		p->has_l4 = 1;
 		/* Echo request/reply: key on the identifier so that a ping and its replies form one connection. */
 		if (hdr[0] == 8 || hdr[0] == 0 || hdr[0] == 128 || hdr[0] == 129) {
-			if (bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) == 0) {
+			if (off + sizeof(hdr) <= end && bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) == 0) {
 				__u16 id = ((__u16)hdr[4] << 8) | hdr[5];
 				p->key.src_port = id;
 				p->key.dst_port = id;

@@ -107,14 +107,19 @@ DEFAULT_CLUSTER = "default"
 _MEMO_MAX = 8192  # per-endpoint / shared caches are cleared when they grow past this
 
 
+_PLAIN_FIELD = re.compile(r"[\w.-]+", re.ASCII)
+
+
 class FilterError(ValueError):
-    """A malformed filter value: ``field`` (a FlowFilter field, CLI flag or query parameter) and ``value``."""
+    """A malformed filter value: ``field`` (a FlowFilter field, CLI flag or query parameter) and ``value``. The
+    message is one line: a field name that is not plain (a query parameter such as ``"\\r"``) is quoted."""
 
     def __init__(self, field: str, value: Any, reason: str) -> None:
         self.field = field
         self.value = value
         self.reason = reason
-        super().__init__(f"{field}: {_show(value)} {reason}")
+        shown = field if _PLAIN_FIELD.fullmatch(field) else repr(field)
+        super().__init__(f"{shown}: {_show(value)} {reason}")
 
 
 def _show(value: Any) -> str:
