@@ -581,6 +581,45 @@ def _grpc_credentials(settings: Any) -> Any:
     return grpc.ssl_channel_credentials(read(settings.ca_file), read(settings.key_file), read(settings.cert_file))
 
 
+class _AttemptRecordingChannel:
+    """Mixin for the SDK's gRPC exporters (put it first among the bases): after the SDK builds its channel, wrap it
+    so every call's outcome lands in the class attribute ``_retina_attempts``."""
+
+    _retina_attempts: AttemptLog
+
+    def _initialize_channel_and_stub(self):
+        super()._initialize_channel_and_stub()
+        self._channel = grpc.intercept_channel(self._channel, _Interceptor(self._retina_attempts))
+        self._client = self._stub(self._channel)
+
+
+def _grpc_exporter_kwargs(settings: Any, user_agent: str) -> dict[str, Any]:
+    """The keyword arguments the SDK's gRPC exporters (metrics and logs alike) take for resolved settings."""
+    return dict(
+        endpoint=settings.endpoint, insecure=not settings.tls, credentials=_grpc_credentials(settings),
+        headers=tuple((k.lower(), v) for k, v in settings.headers.items()), timeout=settings.timeout_s,
+        compression=grpc.Compression.Gzip if settings.compression == "gzip" else grpc.Compression.NoCompression,
+        channel_options=(("grpc.primary_user_agent", user_agent),))
+
+
+def _http_exporter_kwargs(settings: Any, attempts: AttemptLog, user_agent: str) -> dict[str, Any]:
+    """The keyword arguments the SDK's HTTP exporters (metrics and logs alike) take for resolved settings, with a
+    session that records every attempt's outcome in ``attempts``."""
+    from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
+
+    session = _session_class()()
+    session.attempts = attempts
+    headers = dict(settings.headers)
+    if not any(k.lower() == "user-agent" for k in headers):
+        headers["User-Agent"] = user_agent
+    return dict(
+        endpoint=settings.endpoint, certificate_file=settings.ca_file if settings.tls else None,
+        client_key_file=settings.key_file, client_certificate_file=settings.cert_file, headers=headers,
+        timeout=settings.timeout_s,
+        compression=HttpCompression.Gzip if settings.compression == "gzip" else HttpCompression.NoCompression,
+        session=session)
+
+
 def make_exporter(settings: Any, attempts: AttemptLog, *, user_agent: str,
                   temporality: str = "cumulative") -> MetricExporter:
     """The SDK's ``OTLPMetricExporter`` for resolved :class:`~metrics_module._otlp_settings.OtlpSettings`, with every
@@ -589,25 +628,15 @@ def make_exporter(settings: Any, attempts: AttemptLog, *, user_agent: str,
     if settings.protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcExporter
 
-        class RetinaGrpcMetricExporter(GrpcExporter):
+        class RetinaGrpcMetricExporter(_AttemptRecordingChannel, GrpcExporter):
             _retina_attempts = attempts
-
-            def _initialize_channel_and_stub(self):
-                super()._initialize_channel_and_stub()
-                self._channel = grpc.intercept_channel(self._channel, _Interceptor(self._retina_attempts))
-                self._client = self._stub(self._channel)
 
             def _translate_data(self, data):
                 return encode_metrics_fast(data)
 
-        credentials = _grpc_credentials(settings)
-        return RetinaGrpcMetricExporter(
-            endpoint=settings.endpoint, insecure=not settings.tls, credentials=credentials,
-            headers=tuple((k.lower(), v) for k, v in settings.headers.items()), timeout=settings.timeout_s,
-            compression=grpc.Compression.Gzip if settings.compression == "gzip" else grpc.Compression.NoCompression,
-            channel_options=(("grpc.primary_user_agent", user_agent),), preferred_temporality=preferred)
+        return RetinaGrpcMetricExporter(**_grpc_exporter_kwargs(settings, user_agent),
+                                        preferred_temporality=preferred)
 
-    from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpExporter
 
     class RetinaHttpMetricExporter(HttpExporter):
@@ -622,17 +651,8 @@ def make_exporter(settings: Any, attempts: AttemptLog, *, user_agent: str,
                 return MetricExportResult.FAILURE
             return batch(request)
 
-    session = _session_class()()
-    session.attempts = attempts
-    headers = dict(settings.headers)
-    if not any(k.lower() == "user-agent" for k in headers):
-        headers["User-Agent"] = user_agent
-    return RetinaHttpMetricExporter(
-        endpoint=settings.endpoint, certificate_file=settings.ca_file if settings.tls else None,
-        client_key_file=settings.key_file, client_certificate_file=settings.cert_file, headers=headers,
-        timeout=settings.timeout_s,
-        compression=HttpCompression.Gzip if settings.compression == "gzip" else HttpCompression.NoCompression,
-        session=session, preferred_temporality=preferred)
+    return RetinaHttpMetricExporter(**_http_exporter_kwargs(settings, attempts, user_agent),
+                                    preferred_temporality=preferred)
 
 
 def make_log_exporter(settings: Any, attempts: AttemptLog, *, user_agent: str) -> Any:
@@ -641,35 +661,14 @@ def make_log_exporter(settings: Any, attempts: AttemptLog, *, user_agent: str) -
     if settings.protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcLogExporter
 
-        class RetinaGrpcLogExporter(GrpcLogExporter):
+        class RetinaGrpcLogExporter(_AttemptRecordingChannel, GrpcLogExporter):
             _retina_attempts = attempts
 
-            def _initialize_channel_and_stub(self):
-                super()._initialize_channel_and_stub()
-                self._channel = grpc.intercept_channel(self._channel, _Interceptor(self._retina_attempts))
-                self._client = self._stub(self._channel)
+        return RetinaGrpcLogExporter(**_grpc_exporter_kwargs(settings, user_agent))
 
-        credentials = _grpc_credentials(settings)
-        return RetinaGrpcLogExporter(
-            endpoint=settings.endpoint, insecure=not settings.tls, credentials=credentials,
-            headers=tuple((k.lower(), v) for k, v in settings.headers.items()), timeout=settings.timeout_s,
-            compression=grpc.Compression.Gzip if settings.compression == "gzip" else grpc.Compression.NoCompression,
-            channel_options=(("grpc.primary_user_agent", user_agent),))
-
-    from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
     from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogExporter
 
-    session = _session_class()()
-    session.attempts = attempts
-    headers = dict(settings.headers)
-    if not any(k.lower() == "user-agent" for k in headers):
-        headers["User-Agent"] = user_agent
-    return HttpLogExporter(
-        endpoint=settings.endpoint, certificate_file=settings.ca_file if settings.tls else None,
-        client_key_file=settings.key_file, client_certificate_file=settings.cert_file, headers=headers,
-        timeout=settings.timeout_s,
-        compression=HttpCompression.Gzip if settings.compression == "gzip" else HttpCompression.NoCompression,
-        session=session)
+    return HttpLogExporter(**_http_exporter_kwargs(settings, attempts, user_agent))
 
 
 # -- the reader --------------------------------------------------------------------------------------------------
