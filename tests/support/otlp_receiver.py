@@ -123,20 +123,26 @@ def _points_of(request) -> list[Point]:
     return out
 
 
+def _admit_grpc(owner: OtlpReceiver, context: Any) -> dict[str, str]:
+    """One gRPC export's arrival: count it, apply the injected delay and failure, and return its headers
+    (lower-cased names)."""
+    headers = {k.lower(): (v if isinstance(v, str) else v.decode("latin-1"))
+               for k, v in context.invocation_metadata()}
+    owner._arrived()
+    if owner.delay_s:
+        time.sleep(owner.delay_s)
+    if owner.fail is not None:
+        context.abort(owner.fail[0], "injected failure")
+    return headers
+
+
 class _Servicer(ms_grpc.MetricsServiceServicer):
     def __init__(self, owner: OtlpReceiver) -> None:
         self.owner = owner
 
     def Export(self, request, context):  # noqa: N802 - gRPC method name
         owner = self.owner
-        headers = {k.lower(): (v if isinstance(v, str) else v.decode("latin-1"))
-                   for k, v in context.invocation_metadata()}
-        owner._arrived()
-        if owner.delay_s:
-            time.sleep(owner.delay_s)
-        if owner.fail is not None:
-            context.abort(owner.fail[0], "injected failure")
-        owner._record("grpc", request, headers)
+        owner._record("grpc", request, _admit_grpc(owner, context))
         return owner._response()
 
 
@@ -146,14 +152,7 @@ class _LogsServicer(ls_grpc.LogsServiceServicer):
 
     def Export(self, request, context):  # noqa: N802 - gRPC method name
         owner = self.owner
-        headers = {k.lower(): (v if isinstance(v, str) else v.decode("latin-1"))
-                   for k, v in context.invocation_metadata()}
-        owner._arrived()
-        if owner.delay_s:
-            time.sleep(owner.delay_s)
-        if owner.fail is not None:
-            context.abort(owner.fail[0], "injected failure")
-        owner._record_logs("grpc", request, headers)
+        owner._record_logs("grpc", request, _admit_grpc(owner, context))
         return ls_pb2.ExportLogsServiceResponse()
 
 
