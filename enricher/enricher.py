@@ -16,7 +16,9 @@ included) and must not count an ``EnricherLost`` as its own loss: it is already 
 turned off with ``forward_lost=False``. Other non-record items found in the input (e.g. markers an upstream
 stage wrote) are passed through unchanged.
 
-The enricher is the single writer of its output ring.
+The enricher is the single writer of its output ring. Without an input ring (``input_ring=None``) it has no
+thread: the agent's reader threads call :meth:`Enricher.process` on each batch themselves
+(``retina_exporter/pipeline.py``), and ``output_ring`` is only informational.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class Enricher(Worker):
     def __init__(
         self,
         cache: IPCache,
-        input_ring: Ring,
+        input_ring: Ring | None,
         output_ring: Ring,
         telemetry: Any = None,
         *,
@@ -84,7 +86,7 @@ class Enricher(Worker):
         self.batch_size = batch_size
         self.wait_s = wait_s
         self.forward_lost = forward_lost
-        self._reader = input_ring.reader(start)
+        self._reader = input_ring.reader(start) if input_ring is not None else None
         self._drain_to = 0  # input sequence number stop() asked to drain up to
         self.records = 0
         self.lost = 0
@@ -93,20 +95,28 @@ class Enricher(Worker):
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
 
+    def start(self) -> None:
+        """Start the thread (needs an input ring)."""
+        if self.input is None:
+            raise RuntimeError("an enricher without an input ring has no thread: call process() with each batch")
+        super().start()
+
     def stop(self, timeout_s: float = 5.0) -> bool:
         """Ask the thread to finish: it enriches and forwards what was in the input ring when ``stop`` was called
         (records written later are left), then exits. Waits up to ``timeout_s`` seconds; returns True if the thread
         has ended."""
-        self._drain_to = self.input.total_written
+        if self.input is not None:
+            self._drain_to = self.input.total_written
         return super().stop(timeout_s)
 
     def _wake_thread(self) -> None:
-        self.input.notify_all()  # wake the reader if it waits; other readers just return early once
+        if self.input is not None:
+            self.input.notify_all()  # wake the reader if it waits; other readers just return early once
 
     @property
     def lag(self) -> int:
         """Input records written but not yet read by the enricher."""
-        return self._reader.lag
+        return self._reader.lag if self._reader is not None else 0
 
     # -- work ---------------------------------------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
 """The metrics module: follows the output ring, feeds the advanced metrics, and serves every family for /metrics.
 
-``MetricsModule`` owns a reader thread with its own :class:`~retina_core.ring.RingReader` (Retina's metrics
-module follows the enricher's output ring the same way). Records the reader lost because the writer overtook it
+``MetricsModule`` either follows a ring with a reader thread of its own (:class:`~retina_core.ring.RingReader`,
+as Retina's metrics module follows the enricher's output), or -- as the agent runs it, ``ring=None`` -- is fed by
+the callers of :meth:`MetricsModule.process` (the plugin readers, through ``retina_exporter/pipeline.py``) and its
+thread only runs the TTL sweeps. Records the reader lost because the writer overtook it
 are counted in ``controlplane_networkobservability_lost_events_counter{type="buffered_channel",
 reason="metricModule"}``. The thread also runs the TTL sweeps.
 
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 
 LOST_TYPE = "buffered_channel"
 LOST_REASON = "metricModule"
+#: Seconds between checks for due TTL sweeps (and the longest a ring read waits).
+SWEEP_POLL_S = 0.5
 
 
 class MetricsModule(Worker):
@@ -117,10 +121,11 @@ class MetricsModule(Worker):
             self.records_processed += len(records)
 
     def start(self) -> None:
-        """Start the reader thread (no-op without a ring or when already running)."""
-        if self.ring is None or self.alive():
+        """Start the thread (no-op when already running): it follows the ring, or -- without a ring, when the
+        agent's reader threads call :meth:`process` themselves -- only runs the TTL sweeps."""
+        if self.alive():
             return
-        self._reader = self.ring.reader("oldest")
+        self._reader = self.ring.reader("oldest") if self.ring is not None else None
         super().start()
 
     def _wake_thread(self) -> None:
@@ -132,7 +137,11 @@ class MetricsModule(Worker):
         stop = self._stop
         while not stop.is_set():
             try:
-                batch = reader.next_batch(self.batch_size, timeout_s=0.5)
+                if reader is None:
+                    stop.wait(SWEEP_POLL_S)
+                    self.advanced.sweep(self.clock(), due_only=True)
+                    continue
+                batch = reader.next_batch(self.batch_size, timeout_s=SWEEP_POLL_S)
                 if batch:
                     self.process(batch)
                 self.advanced.sweep(self.clock(), due_only=True)

@@ -16,6 +16,7 @@ from retina_exporter.errors import StartupError
 from retina_exporter.plugins.base import Plugin, PluginContext
 from retina_exporter.plugins.manager import PluginManager
 from retina_core.ring import Ring
+from retina_exporter.pipeline import FlowPipeline
 from retina_exporter.server.http import (AgentHTTPServer, check_params, json_response, parse_ip, parse_last,
                                          parse_since)
 from retina_exporter.datapath.sysfs import ensure_bpffs, missing_capabilities
@@ -79,8 +80,10 @@ def build_plugins(cfg: Config) -> list[Plugin]:
 class Agent:
     """The assembled agent.
 
-    Pipeline: plugins -> (enrichment on: input ring -> enricher -> ) output ring -> metrics module (advanced
-    metrics) and /debug/flows. Enrichment runs when ``enablePodLevel`` is on or ``enrichment.source`` is set.
+    Pipeline: each plugin reader thread enriches, counts and publishes its batches itself
+    (:class:`~retina_exporter.pipeline.FlowPipeline`: enricher -> metrics module -> output ring); the output ring
+    feeds Hubble, flow logs and /debug/flows. Enrichment runs when ``enablePodLevel`` is on or
+    ``enrichment.source`` is set.
     """
 
     def __init__(self, cfg: Config, plugins: list[Plugin] | None = None, config_path: str | None = None) -> None:
@@ -99,7 +102,6 @@ class Agent:
         self.cache = None
         self.source = None
         self.enricher = None
-        flow_sink = self.ring
         if self.enrichment_on:
             from enricher import Enricher, IPCache, make_source
 
@@ -109,9 +111,7 @@ class Agent:
                     self.source = make_source(cfg.enrichment, cfg.node_name, self.telemetry)
                 except ConfigError as exc:
                     raise StartupError(str(exc)) from exc
-            self.input_ring = Ring(cfg.output_ring_capacity)
-            self.enricher = Enricher(self.cache, self.input_ring, self.ring, self.telemetry)
-            flow_sink = self.input_ring
+            self.enricher = Enricher(self.cache, None, self.ring, self.telemetry)  # no thread: FlowPipeline calls it
 
         # Advanced (pod-level) metrics.
         self.metrics_module = None
@@ -121,13 +121,14 @@ class Agent:
             mcfg = cfg.metrics_configuration
             for warning in mcfg.warnings if mcfg is not None else ():
                 log.warning("metricsConfiguration: %s", warning)
-            self.metrics_module = MetricsModule(
-                self.ring, self.telemetry, mcfg, cfg.node_name, bool(cfg.host_interfaces),
+            self.metrics_module = MetricsModule(  # no ring: FlowPipeline counts; its thread only sweeps
+                None, self.telemetry, mcfg, cfg.node_name, bool(cfg.host_interfaces),
                 remote_context=cfg.remote_context, registry=self.metrics,
             )
         self.config_reloads = 0
         self.config_reload_errors = 0
-        self.ctx = PluginContext(config=cfg, flow_sink=flow_sink, telemetry=self.telemetry,
+        self.pipeline = FlowPipeline(self.ring, self.enricher, self.metrics_module)
+        self.ctx = PluginContext(config=cfg, flow_sink=self.pipeline, telemetry=self.telemetry,
                                  metrics=self.metrics)
         self.manager = PluginManager(self.plugins, self.ctx)
         # Kubernetes control loop (MetricsConfiguration resources, or annotation opt-in): needs API access, i.e.
@@ -251,7 +252,7 @@ class Agent:
             self.debug_http.stop()
 
     def _healthz(self, _q, _h):
-        alive = self.manager.readers_alive() and (self.enricher is None or self.enricher.alive())
+        alive = self.manager.readers_alive()
         if alive:
             return 200, "text/plain", b"ok\n"
         return 503, "text/plain", b"event readers not running\n"
@@ -261,8 +262,6 @@ class Agent:
         if self.source is not None and not self.cache.loaded:
             err = self.source.status().get("error")
             reasons.append(f"enrichment source {self.cfg.enrichment.source} not loaded" + (f": {err}" if err else ""))
-        if self.enricher is not None and not self.enricher.alive():
-            reasons.append("enricher not running")
         if self.kube_control is not None:
             reasons += self.kube_control.not_ready_reasons()
         return reasons
@@ -417,8 +416,6 @@ class Agent:
                 ) from None
         if self.source is not None:
             self.source.start(self.cache)
-        if self.enricher is not None:
-            self.enricher.start()
         if self.kube_control is not None:
             self.kube_control.start()  # before the metrics module reads: annotation mode starts observing nothing
         if self.metrics_module is not None:
@@ -451,8 +448,6 @@ class Agent:
     def _stop_pipeline(self) -> None:
         if self.kube_control is not None:
             self.kube_control.stop()
-        if self.enricher is not None:
-            self.enricher.stop()
         if self.metrics_module is not None:
             self.metrics_module.stop()
         if self.source is not None:

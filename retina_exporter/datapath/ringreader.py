@@ -123,3 +123,14 @@ class BpfRingReader(Worker):
         shutdown)."""
         self._bpf.ring_buffer_consume()
         self._flush()
+
+
+def close_ring_consumers(bpf: Any) -> None:
+    """Forget every callback bcc has opened on ``bpf``'s ring buffers (bcc keeps one consumer per BPF object and
+    has no API to remove a callback), so that a new reader can open the same ring buffer: for a program handed
+    from one user to the next (tests, benchmarks). Events still in the ring stay there for the next reader."""
+    from bcc import lib
+
+    if getattr(bpf, "_ringbuf_manager", None):
+        lib.bpf_free_ringbuf(bpf._ringbuf_manager)
+        bpf._ringbuf_manager = None
