@@ -117,8 +117,12 @@ class MetricsModule(Worker):
             if self.telemetry is not None:
                 self.telemetry.add_lost(LOST_TYPE, LOST_REASON, lost)
         if records:
-            self.advanced.process(records, self.clock())
-            self.records_processed += len(records)
+            self.count(records)
+
+    def count(self, records: list) -> None:
+        """Feed one batch of flow records only (no :class:`LostMarker`: a plugin reader's batch)."""
+        self.advanced.process(records, self.clock())
+        self.records_processed += len(records)
 
     def start(self) -> None:
         """Start the thread (no-op when already running): it follows the ring, or -- without a ring, when the

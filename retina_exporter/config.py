@@ -117,6 +117,9 @@ class Config:
     """Entries in the kernel conntrack LRU hash."""
     ring_buffer_size: int = 8 * 1024 * 1024
     """Size of the packetparser BPF ring buffer, in bytes (a power of two)."""
+    merge_queued_events: bool = False
+    """packetparser: merge events of the same flow that wait in the ring buffer together (counts stay exact;
+    Hubble and flow logs then see one flow for them)."""
     enable_tcx: str = "auto"
     """``"auto"``: attach with TCX where the kernel has it (>= 6.6), else clsact; ``"off"``: always clsact."""
     host_interfaces: tuple[str, ...] = ()
@@ -272,6 +275,7 @@ TOP_LEVEL = Section("", Config, (
     Key("enableAnnotations", "enable_annotations", boolean, BOOL_ACCEPTED),
     Key("bypassLookupIPOfInterest", "bypass_lookup_ip_of_interest", boolean, BOOL_ACCEPTED),
     Key("filterMapMaxEntries", "filter_map_max_entries", int_range(1, 1048576), "an integer from 1 to 1048576"),
+    Key("mergeQueuedEvents", "merge_queued_events", boolean, BOOL_ACCEPTED),
 ))
 # The metricsConfiguration key: read as a mapping here, parsed into a MetricsConfiguration once in load_config
 # (the parse depends on remoteContext).

@@ -6,7 +6,7 @@ own thread.
 
 1. **enrich**: :meth:`enricher.Enricher.process` stamps ``source``/``destination`` from one IP-cache snapshot
    (two ``dict.get`` per record);
-2. **count**: :meth:`metrics_module.MetricsModule.process` adds the batch to the adv_* series (under the advanced
+2. **count**: :meth:`metrics_module.MetricsModule.count` adds the batch to the adv_* series (under the advanced
    metrics' one lock; several plugin readers may call concurrently);
 3. **publish**: the batch goes to the output ring for Hubble, ``/debug/flows``, the file export and flow logs.
 
@@ -18,8 +18,8 @@ under overload. Only the output ring's readers (Hubble, flow logs, ``/debug/flow
 report it (``LostMarker`` → Hubble ``LostEvent``, lost-event counters). It also saves two thread hops and two
 ring passes per record, which on one GIL is the pipeline's main cost.
 
-A batch whose enrichment or counting raises is logged and still published (unenriched records are counted as
-world by nobody: the error count says so); the reader thread never dies of it.
+A batch whose enrichment or counting raises is logged, counted in ``errors`` and still published; the reader
+thread never dies of it.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class FlowPipeline:
             if self.enricher is not None:
                 batch = self.enricher.process(batch)
             if self.metrics is not None:
-                self.metrics.process(batch)
+                self.metrics.count(batch)
         except Exception:
             self.errors += 1
             log.exception("flow pipeline: a batch could not be enriched or counted; publishing it as is")

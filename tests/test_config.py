@@ -165,6 +165,7 @@ ENV_ALL = {
     "RETINA_CONNTRACKREPORTINTERVAL": "2s",
     "RETINA_CONNTRACKMAPSIZE": "16777216",
     "RETINA_PACKETPARSERRINGBUFFERSIZE": "1073741824",
+    "RETINA_MERGEQUEUEDEVENTS": "true",
     "RETINA_ENABLETCX": "false",
     "RETINA_HOSTINTERFACES": "eth1",
     "RETINA_NODENAME": "from-env",
@@ -245,6 +246,7 @@ def test_every_key_from_env() -> None:
         conntrack_report_interval_ns=2 * S,
         conntrack_map_size=16777216,
         ring_buffer_size=1 << 30,
+        merge_queued_events=True,
         enable_tcx="off",
         host_interfaces=("eth1",),
         node_name="from-env",
@@ -663,7 +665,7 @@ def test_unknown_key_without_match_lists_known_keys(tmp_path: pathlib.Path) -> N
         "dataSamplingRate, conntrackReportInterval, conntrackMapSize, packetParserRingBufferSize, enableTCX, "
         "hostInterfaces, nodeName, nodeIP, logLevel, outputRingCapacity, bpfPinPath, remoteContext, "
         "metricsIntervalDuration, enableConntrackMetrics, enableAnnotations, bypassLookupIPOfInterest, "
-        "filterMapMaxEntries, metricsConfiguration, apiServer, debugServer, enrichment, hubble, dropReason, "
+        "filterMapMaxEntries, mergeQueuedEvents, metricsConfiguration, apiServer, debugServer, enrichment, hubble, dropReason, "
         "tcpRetrans, otlp, metricsInterval"
     )
     assert error_of(tmp_path, "apiServer: {zzz: 1}\n").endswith(
@@ -811,6 +813,7 @@ def test_to_dict_defaults() -> None:
         "conntrackReportInterval": "30s",
         "conntrackMapSize": 262144,
         "packetParserRingBufferSize": 8388608,
+        "mergeQueuedEvents": False,
         "enableTCX": "auto",
         "hostInterfaces": [],
         "nodeName": "n",

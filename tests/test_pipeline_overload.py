@@ -63,7 +63,7 @@ def inventory(lab) -> dict:
     return inv
 
 
-def start_agent(lab, program, tmp_path: Path, level: str):
+def start_agent(lab, program, tmp_path: Path, level: str, merge: bool):
     from retina_exporter.agent import Agent
     from retina_exporter.config import load_config
     from retina_exporter.plugins.packetparser.plugin import PacketParserPlugin
@@ -76,6 +76,8 @@ def start_agent(lab, program, tmp_path: Path, level: str):
         "enabledPlugin": ["packetparser"],
         "enablePodLevel": True,
         "dataAggregationLevel": level,
+        "mergeQueuedEvents": merge,
+        "outputRingCapacity": 63,  # small, so that the stalled Hubble client is surely overtaken
         "conntrackReportInterval": "1s",
         "nodeName": lab.node_name,
         "enrichment": {"source": "inventory", "inventoryFile": str(inv_path)},
@@ -161,8 +163,8 @@ def flood(program, lab, packets: list[tuple[str, int, bytes]]) -> dict[tuple[str
     return want
 
 
-@pytest.mark.parametrize("level", ["low", "high"])
-def test_pod_counts_exact_when_the_reader_is_flooded(lab, pp_program_low, tmp_path, level):
+@pytest.mark.parametrize("level,merge", [("low", False), ("high", False), ("low", True)])
+def test_pod_counts_exact_when_the_reader_is_flooded(lab, pp_program_low, tmp_path, level, merge):
     import socket
 
     program = pp_program_low
@@ -176,7 +178,7 @@ def test_pod_counts_exact_when_the_reader_is_flooded(lab, pp_program_low, tmp_pa
         pkt = frame(A, B, port, 80, flags, 100 * i)
         packets += [("retina_from_ep", veth_a, pkt), ("retina_to_ep", veth_b, pkt)]
     close_ring_consumers(program.bpf)  # the session's program: another test's reader may have opened its ring
-    agent = start_agent(lab, program, tmp_path, level)
+    agent = start_agent(lab, program, tmp_path, level, merge)
     hubble = None
     try:
         assert agent.cache is not None
@@ -209,6 +211,7 @@ def test_pod_counts_exact_when_the_reader_is_flooded(lab, pp_program_low, tmp_pa
             got = pod_counts(agent)
         assert got == want
         assert agent.pipeline.errors == 0
+        assert (plugin.reader.events_merged > 0) == merge
 
         hubble.go_on.set()
         written = agent.ring.total_written - written0
@@ -224,3 +227,42 @@ def test_pod_counts_exact_when_the_reader_is_flooded(lab, pp_program_low, tmp_pa
         close_ring_consumers(program.bpf)
         program.conntrack.clear()
         program.configure(LoadOptions())
+
+
+def test_merged_events_sum_exactly_and_only_identical_ones_merge(pp_program_low):
+    """mergeQueuedEvents: queued events equal but for time and bytes become one record with the sums; a
+    different flag set or flow stays a record of its own."""
+    from retina_exporter.plugins.packetparser.reader import EventDecoder, RingBufferReader
+
+    program = pp_program_low
+    close_ring_consumers(program.bpf)
+    program.configure(LoadOptions())
+    program.conntrack.clear()
+    records = []
+
+    class Sink:
+        def write_batch(self, batch):
+            records.extend(batch)
+
+    events = []
+    reader = RingBufferReader(program.bpf, "events", EventDecoder("n"), Sink(), merge=True, on_batch=events.append)
+    try:
+        reader.drain()
+        records.clear()
+        events.clear()
+        push = frame(A, B, 41000, 80, TCP_ACK | TCP_PSH, 100)
+        ack = frame(A, B, 41000, 80, TCP_ACK, 100)
+        other = frame(A, B, 41001, 80, TCP_ACK | TCP_PSH, 100)
+        for pkt, n in ((push, 50), (ack, 30), (other, 40), (push, 10)):
+            assert prog_test_run(program.prog_fd("retina_from_ep"), pkt, repeat=n).retval == -1
+        reader.drain()
+        got = sorted((r.src_port, r.tcp_flags, r.packets, r.bytes, r.flag_counts[3], r.flag_counts[4])
+                     for r in records)
+        assert got == [(41000, TCP_ACK, 30, 30 * len(ack), 0, 30),
+                       (41000, TCP_ACK | TCP_PSH, 60, 60 * len(push), 60, 60),
+                       (41001, TCP_ACK | TCP_PSH, 40, 40 * len(other), 40, 40)]
+        assert reader.events_merged == 130 - 3
+        assert sum(events) == 130  # on_batch (the parsed-events counter) counts events, not records
+    finally:
+        close_ring_consumers(program.bpf)
+        program.conntrack.clear()

@@ -71,7 +71,7 @@ class BpfRingReader(Worker):
     # --- runs on the reader thread (inside ring_buffer_poll) ------------------------------------------------
     def _callback(self, _ctx, data, size) -> int:
         """bcc ring-buffer callback: one record -> one decoded item in the batch. Returns -1 to stop bcc's
-        consume loop once :meth:`stop` has been requested."""
+        consume loop once :meth:`stop` has been requested (checked when a full batch is handed on)."""
         event_size = self._event_size
         if size < event_size:
             self.decode_errors += 1
@@ -80,7 +80,8 @@ class BpfRingReader(Worker):
         batch.append(self._decode(ct.string_at(data, event_size)))
         if len(batch) >= self._batch_size:
             self._flush()
-        return -1 if self._stop.is_set() else 0
+            return -1 if self._stop.is_set() else 0  # checked per batch, not per event
+        return 0
 
     def _flush(self) -> None:
         """Hand the current batch on (no-op when empty)."""

@@ -60,7 +60,8 @@ class PacketParserPlugin(TcRingBufferPlugin):
 
     def make_reader(self, ctx: PluginContext) -> RingBufferReader:
         decoder = EventDecoder(ctx.config.node_name, self.ifnames)
-        return RingBufferReader(self.program.bpf, "events", decoder, ctx.flow_sink, on_batch=ctx.telemetry.add_parsed)
+        return RingBufferReader(self.program.bpf, "events", decoder, ctx.flow_sink, on_batch=ctx.telemetry.add_parsed,
+                                merge=bool(getattr(ctx.config, "merge_queued_events", False)))
 
     def lost_events(self, program: PacketParserProgram) -> int:
         return program.lost_counts()["ringbuf_full"]

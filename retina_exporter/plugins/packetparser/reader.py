@@ -7,6 +7,8 @@ work is one ``struct.unpack_from`` and one slotted-object construction (measured
 
 from __future__ import annotations
 
+import ctypes as ct
+import struct
 import time
 from typing import Callable, Protocol
 
@@ -49,9 +51,25 @@ class EventDecoder:
         )
 
 
+#: Where a ``struct packet_event`` stops varying between two reports of the same packets: ``ts_ns`` (0..8) and
+#: ``bytes`` (8..16) come first; everything after them (addresses, packets, ifindex, the last packet's size,
+#: ports, flags, protocol, observation point, direction, reason, ICMP, per-flag counts) is the merge key.
+MERGE_KEY_OFFSET = 16
+_BYTES = struct.Struct("=Q")
+
+
 class RingBufferReader(BpfRingReader):
     """Owns the thread that polls one bcc ring buffer and feeds decoded records to ``sink.write_batch``
-    (see :class:`~retina_exporter.datapath.ringreader.BpfRingReader`); ``on_batch(n)`` after each batch of ``n``."""
+    (see :class:`~retina_exporter.datapath.ringreader.BpfRingReader`); ``on_batch(n)`` after each batch, ``n``
+    the events it holds.
+
+    ``merge``: events that are byte-for-byte equal except for their time and byte count (the same connection,
+    observation point, flags and packet size: in ``low`` aggregation, a flow's back-to-back full-size segments)
+    and that wait in the ring together are merged into one record whose ``packets``, ``bytes`` and
+    ``flag_counts`` are their sums and whose time is the newest one's. Counts stay exact; the flow consumers
+    (Hubble, flow logs) see one flow for them. This only happens when the reader is behind (a batch holds what
+    was queued), and ``events_merged`` counts the events folded into another.
+    """
 
     def __init__(
         self,
@@ -61,9 +79,59 @@ class RingBufferReader(BpfRingReader):
         sink: BatchSink,
         batch_size: int = 256,
         on_batch: Callable[[int], None] | None = None,
+        *,
+        merge: bool = False,
     ) -> None:
         super().__init__(bpf, sink.write_batch, name="packetparser", batch_size=batch_size, on_batch=on_batch,
                          decode=decoder.decode, event_size=EVENT_SIZE)
         self._decoder = decoder
         self._sink = sink
-        bpf[map_name.encode()].open_ring_buffer(self._callback)
+        self._pending: dict[bytes, list] = {}  # merge key -> [newest raw event, events, bytes]
+        self._pending_events = 0
+        self.events_merged = 0
+        bpf[map_name.encode()].open_ring_buffer(self._merge_callback if merge else self._callback)
+
+    def _merge_callback(self, _ctx, data, size) -> int:
+        if size < EVENT_SIZE:
+            self.decode_errors += 1
+            return 0
+        raw = ct.string_at(data, EVENT_SIZE)
+        key = raw[MERGE_KEY_OFFSET:]
+        m = self._pending.get(key)
+        if m is None:
+            self._pending[key] = [raw, 1, _BYTES.unpack_from(raw, 8)[0]]
+        else:
+            m[0] = raw
+            m[1] += 1
+            m[2] += _BYTES.unpack_from(raw, 8)[0]
+        self._pending_events += 1
+        if self._pending_events >= self._batch_size:
+            self._flush()
+            return -1 if self._stop.is_set() else 0
+        return 0
+
+    def _flush(self) -> None:
+        pending = self._pending
+        if pending:
+            decode = self._decoder.decode
+            batch = self._batch
+            merged = 0
+            for raw, n, nbytes in pending.values():
+                rec = decode(raw)
+                if n > 1:
+                    merged += n - 1
+                    rec.packets *= n
+                    rec.bytes = nbytes
+                    if rec.flag_counts is not None:
+                        rec.flag_counts = tuple(f * n for f in rec.flag_counts)
+                batch.append(rec)
+            self.events_merged += merged
+            self._pending = {}
+            self._pending_events = 0
+            self._on_merged(merged)
+        super()._flush()
+
+    def _on_merged(self, merged: int) -> None:
+        """``on_batch`` counts events, not records: add the events folded into another record."""
+        if merged and self._on_batch is not None:
+            self._on_batch(merged)
