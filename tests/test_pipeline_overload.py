@@ -77,7 +77,7 @@ def start_agent(lab, program, tmp_path: Path, level: str, merge: bool):
         "enablePodLevel": True,
         "dataAggregationLevel": level,
         "mergeQueuedEvents": merge,
-        "outputRingCapacity": 63,  # small, so that the stalled Hubble client is surely overtaken
+        "outputRingCapacity": 7,  # small, so that the stalled Hubble client is surely overtaken
         "conntrackReportInterval": "1s",
         "nodeName": lab.node_name,
         "enrichment": {"source": "inventory", "inventoryFile": str(inv_path)},
