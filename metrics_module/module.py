@@ -2,10 +2,10 @@
 
 ``MetricsModule`` either follows a ring with a reader thread of its own (:class:`~retina_core.ring.RingReader`,
 as Retina's metrics module follows the enricher's output), or -- as the agent runs it, ``ring=None`` -- is fed by
-the callers of :meth:`MetricsModule.process` (the plugin readers, through ``retina_exporter/pipeline.py``) and its
-thread only runs the TTL sweeps. Records the reader lost because the writer overtook it
-are counted in ``controlplane_networkobservability_lost_events_counter{type="buffered_channel",
-reason="metricModule"}``. The thread also runs the TTL sweeps.
+the callers of :meth:`MetricsModule.count` (the plugin readers, through ``retina_exporter/pipeline.py``). Records
+a ring reader lost because the writer overtook it are counted in
+``controlplane_networkobservability_lost_events_counter{type="buffered_channel", reason="metricModule"}``. The
+thread also runs the TTL sweeps (with ``ring=None``, that is all it does).
 
 :meth:`MetricsModule.families` yields, in order: node-level families published by plugins through
 :meth:`MetricsModule.register` (a :class:`~metrics_module.registry.FamilyRegistry`: the agent's, shared with the
@@ -126,7 +126,7 @@ class MetricsModule(Worker):
 
     def start(self) -> None:
         """Start the thread (no-op when already running): it follows the ring, or -- without a ring, when the
-        agent's reader threads call :meth:`process` themselves -- only runs the TTL sweeps."""
+        agent's reader threads call :meth:`count` themselves -- only runs the TTL sweeps."""
         if self.alive():
             return
         self._reader = self.ring.reader("oldest") if self.ring is not None else None
