@@ -13,7 +13,8 @@ competes for the ring). Every consumer drains the same fill from the same compil
   module thread, back-pressured so that no ring is ever lapped (its zero-loss capacity);
 * ``pipeline`` (the agent's topology, ``retina_exporter/pipeline.py``): the real reader thread decodes, enriches,
   counts and publishes each batch in one pass;
-* ``merged``: ``pipeline`` with ``mergeQueuedEvents`` (events of one flow queued together become one record).
+* ``merged``: ``pipeline`` with ``mergeQueuedEvents`` (events of one flow queued together, within a window of
+  4096 events, become one record).
 
 The real enricher (10k-entry IP cache) and metrics module (``ip``/``namespace``/``podname``/``workload`` context,
 adv_forward_count, adv_forward_bytes, adv_tcpflags_count) are checked afterwards: every consumer must have counted
