@@ -212,6 +212,9 @@ def test_pod_counts_exact_when_the_reader_is_flooded(lab, pp_program_low, tmp_pa
         assert got == want
         assert agent.pipeline.errors == 0
         assert (plugin.reader.events_merged > 0) == merge
+        merged = [v for name, _t, _h, samples in agent.metrics.families() for _l, v in samples
+                  if name == "controlplane_networkobservability_packetparser_merged_events_counter"]
+        assert merged == ([plugin.reader.events_merged] if merge else [])  # visible where it happens
 
         hubble.go_on.set()
         written = agent.ring.total_written - written0

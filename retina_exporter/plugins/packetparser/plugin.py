@@ -16,7 +16,7 @@ from retina_exporter.plugins.packetparser.loader import LoadOptions, PacketParse
 from retina_exporter.plugins.packetparser.reader import EventDecoder, RingBufferReader
 from retina_exporter.plugins.packetparser.sweeper import ConntrackSweeper
 from retina_exporter.plugins.tcattach import TcRingBufferPlugin
-from retina_core.telemetry import METRIC_PREFIX
+from retina_core.telemetry import CONTROL_PLANE_PREFIX, METRIC_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ class PacketParserPlugin(TcRingBufferPlugin):
     def __init__(self, program: PacketParserProgram | None = None) -> None:
         super().__init__(program)  # tests may hand in a program compiled once per session
         self.sweeper: ConntrackSweeper | None = None
+        self._merge_registry = None  # where merge_families is registered (mergeQueuedEvents), until stop
+        self._merging_reader: RingBufferReader | None = None
 
     # --- RingBufferPlugin hooks -----------------------------------------------------------------------------
     def load_program(self, ctx: PluginContext) -> PacketParserProgram:
@@ -60,8 +62,29 @@ class PacketParserPlugin(TcRingBufferPlugin):
 
     def make_reader(self, ctx: PluginContext) -> RingBufferReader:
         decoder = EventDecoder(ctx.config.node_name, self.ifnames)
-        return RingBufferReader(self.program.bpf, "events", decoder, ctx.flow_sink, on_batch=ctx.telemetry.add_parsed,
-                                merge=bool(getattr(ctx.config, "merge_queued_events", False)))
+        merge = bool(getattr(ctx.config, "merge_queued_events", False))
+        reader = RingBufferReader(self.program.bpf, "events", decoder, ctx.flow_sink,
+                                  on_batch=ctx.telemetry.add_parsed, merge=merge)
+        if merge and ctx.metrics is not None:
+            self._merging_reader = reader
+            ctx.metrics.register(self.merge_families)
+            self._merge_registry = ctx.metrics
+        return reader
+
+    def merge_families(self):
+        """``mergeQueuedEvents``: events folded into another event's record (the flows Hubble and flow logs see
+        fewer of; their counts are in the record they were folded into)."""
+        merged = self._merging_reader.events_merged if self._merging_reader is not None else 0
+        return [(CONTROL_PLANE_PREFIX + "packetparser_merged_events_counter", "counter",
+                 "packetparser events merged into another event's flow record (mergeQueuedEvents)",
+                 [((), merged)])]
+
+    def release(self) -> None:
+        super().release()
+        if self._merge_registry is not None:
+            self._merge_registry.unregister(self.merge_families)
+            self._merge_registry = None
+        self._merging_reader = None
 
     def lost_events(self, program: PacketParserProgram) -> int:
         return program.lost_counts()["ringbuf_full"]
@@ -114,4 +137,5 @@ class PacketParserPlugin(TcRingBufferPlugin):
             "events_read": self.reader.events_read if self.reader else 0,
             "lost": self.program.lost_counts() if self.program else {},
             "sweeps": self.sweeper.sweeps if self.sweeper else 0,
+            "events_merged": self.reader.events_merged if self.reader else 0,
         }
