@@ -1,0 +1,235 @@
+"""Pinned BPF objects in bpffs, so that a restarted agent takes over its attachments and in-kernel state.
+
+Layout (``root`` is the ``bpfPinPath`` config key, default ``/sys/fs/bpf/retina``)::
+
+    <root>/<plugin>/<stamp>/maps/<map name>           conntrack, ring buffer, counters ... (per plugin)
+    <root>/<plugin>/<stamp>/links/<ifindex>-<direction>   one TCX link per hook
+
+``stamp`` (:func:`layout_stamp`) is a hash of the program's C source, every header in its directory and the
+compile-time defines that size its maps: a program whose map layout may have changed gets a new directory, and
+:meth:`PinStore.open` removes every other stamp's directory of the plugin (detaching its links) before anything
+is reused, so an upgrade never hands an old map to a new program. A regular file cannot live in bpffs, hence
+the stamp is a directory name.
+
+Maps: bcc creates a plugin's maps when it compiles, and writes their fds into the programs' instructions when it
+loads them. :meth:`PinStore.adopt_maps` runs in between: a pinned map is opened (``BPF_OBJ_GET``) and
+``dup2``'ed onto the fd number bcc created, so bcc's tables *and* the programs loaded afterwards use the pinned
+map; a map not pinned yet is pinned (``BPF_OBJ_PIN``). A ring buffer keeps its consumer position in the map, so
+the records the kernel wrote while no agent ran are read by the next one.
+
+Links: :class:`~retina_exporter.datapath.tc.TcAttacher` pins each TCX link it creates and, on the next start,
+opens the pin and swaps its program with ``BPF_LINK_UPDATE`` (no detach/attach gap, one attachment per hook).
+A link survives its agent, even a SIGKILL, so observation continues in the kernel while no agent runs.
+
+:func:`remove_pins` (``retina-exporter cleanup --pins``) detaches every pinned link and removes the pins.
+
+Kernel minimums: pinning maps >= 4.4, links >= 5.7, TCX links and their update >= 6.6.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import hashlib
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from retina_exporter.datapath import syscall as bpfsys
+from retina_exporter.datapath.syscall import BpfError
+from retina_exporter.datapath.sysfs import BPFFS, ensure_bpffs
+from retina_exporter.errors import StartupError
+
+__all__ = ["PinError", "PinStore", "bpffs_mount_of", "layout_stamp", "open_pins", "remove_pins"]
+
+log = logging.getLogger(__name__)
+
+MAPS = "maps"
+LINKS = "links"
+
+
+class PinError(StartupError):
+    """The pin directory cannot be used; the message names ``bpfPinPath`` and the fix (the agent exits 2)."""
+
+
+def layout_stamp(source: str | os.PathLike, defines: Mapping[str, int | str] | None = None) -> str:
+    """16 hex digits of SHA-256 over ``source``, every ``*.h`` next to it (sorted) and ``defines`` (in order)."""
+    src = Path(source)
+    h = hashlib.sha256()
+    for path in [src, *sorted(src.parent.glob("*.h"))]:
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for name, value in (defines or {}).items():
+        h.update(f"-D{name}={value}\0".encode())
+    return h.hexdigest()[:16]
+
+
+def bpffs_mount_of(path: str | os.PathLike, mounts: str = "/proc/self/mounts") -> str | None:
+    """The bpffs mount point that holds ``path`` (the longest mount point above it is a bpffs), else None."""
+    target = os.path.realpath(path)
+    best, best_type = "", ""
+    with open(mounts) as f:
+        for line in f:
+            fields = line.split()
+            point = fields[1].replace("\\040", " ")
+            if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+                best, best_type = point, fields[2]
+    return best if best_type == "bpf" else None
+
+
+def _ensure_on_bpffs(root: str) -> None:
+    if bpffs_mount_of(root) is None and (root == BPFFS or root.startswith(BPFFS + "/")):
+        ensure_bpffs()
+    if bpffs_mount_of(root) is None:
+        raise PinError(
+            f"bpfPinPath {root!r} is not on a bpffs mount: use a path under {BPFFS} (mounted by the agent when "
+            "missing; in a pod, mount the host's /sys/fs/bpf) or mount one there with `mount -t bpf bpf DIR`"
+        )
+
+
+def _link_pin_name(ifindex: int, direction: str) -> str:
+    return f"{ifindex}-{direction}"
+
+
+def _remove_tree(path: Path) -> tuple[int, int]:
+    """Detach every link pinned under ``path`` and remove the tree; ``(links detached, pins removed)``."""
+    links = pins = 0
+    if not path.exists():
+        return 0, 0
+    for dirpath, dirnames, filenames in os.walk(path, topdown=False):
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            if os.path.basename(dirpath) == LINKS:
+                try:
+                    fd = bpfsys.obj_get(full)
+                except BpfError as e:
+                    log.warning("cannot open pinned link %s: %s", full, e)
+                else:
+                    try:
+                        bpfsys.link_detach(fd)
+                        links += 1
+                    except BpfError as e:
+                        if e.errno not in (_errno.ENOLINK, _errno.ENOENT, _errno.EINVAL):
+                            raise
+                    finally:
+                        os.close(fd)
+            os.unlink(full)
+            pins += 1
+        for name in dirnames:
+            os.rmdir(os.path.join(dirpath, name))
+    os.rmdir(path)
+    return links, pins
+
+
+def remove_pins(root: str | os.PathLike, plugin: str | None = None) -> tuple[int, int]:
+    """Detach the links pinned under ``root`` (one plugin's, or every plugin's) and remove the pins and
+    directories; ``(links detached, pins removed)``. A missing ``root`` is nothing to do."""
+    root = Path(root)
+    if not root.exists():
+        return 0, 0
+    _ensure_on_bpffs(str(root))
+    targets = [root / plugin] if plugin else [root]
+    links = pins = 0
+    for target in targets:
+        n_links, n_pins = _remove_tree(target)
+        links += n_links
+        pins += n_pins
+    return links, pins
+
+
+def open_pins(root: str | os.PathLike | None, plugin: str, source: str | os.PathLike,
+              defines: Mapping[str, int | str] | None = None) -> "PinStore | None":
+    """The opened :class:`PinStore` of ``plugin`` for this program and its defines, or None without ``root``."""
+    if root is None:
+        return None
+    return PinStore(root, plugin, layout_stamp(source, defines)).open()
+
+
+class PinStore:
+    """The pins of one plugin under ``<root>/<plugin>/<stamp>/`` (see the module docstring)."""
+
+    def __init__(self, root: str | os.PathLike, plugin: str, stamp: str) -> None:
+        self.root = Path(root)
+        self.plugin = plugin
+        self.stamp = stamp
+        self.dir = self.root / plugin / stamp
+        self.reused = False  # the directory was there from an earlier run with the same stamp
+
+    def open(self) -> "PinStore":
+        """Make sure the directory exists on a bpffs, after removing the plugin's directories of other stamps."""
+        _ensure_on_bpffs(str(self.root))
+        base = self.root / self.plugin
+        if base.is_dir():
+            for other in sorted(base.iterdir()):
+                if other.name != self.stamp:
+                    links, pins = _remove_tree(other)
+                    log.warning("%s: pinned objects of another program layout (%s) replaced: %d links detached, "
+                                "%d pins removed", self.plugin, other.name, links, pins)
+        self.reused = (self.dir / MAPS).is_dir()
+        for sub in (MAPS, LINKS):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        self._drop_defunct_links()
+        return self
+
+    def _drop_defunct_links(self) -> None:
+        """Remove the pins of links whose device went away while no agent ran (the kernel detached them)."""
+        for path in (self.dir / LINKS).iterdir():
+            fd = bpfsys.obj_get(str(path))
+            try:
+                defunct = bpfsys.link_get_info(fd).ifindex == 0
+            except BpfError:
+                defunct = True
+            finally:
+                os.close(fd)
+            if defunct:
+                path.unlink(missing_ok=True)
+                log.info("%s: removed the pin of link %s (its device is gone)", self.plugin, path.name)
+
+    # --- maps ------------------------------------------------------------------------------------------------
+    def adopt_maps(self, bpf, names: Iterable[str]) -> list[str]:
+        """For each map ``name`` of the compiled, not yet loaded ``bpf``: use the pinned map (``dup2`` onto
+        bcc's fd) or pin bcc's. Call after compiling and before loading any program. Returns the reused names."""
+        reused = []
+        for name in names:
+            fd = bpf[name.encode()].map_fd
+            path = str(self.dir / MAPS / name)
+            if os.path.exists(path):
+                pinned = bpfsys.obj_get(path)
+                try:
+                    os.dup2(pinned, fd, inheritable=False)
+                finally:
+                    os.close(pinned)
+                reused.append(name)
+            else:
+                bpfsys.obj_pin(fd, path)
+        if reused:
+            log.info("%s: reusing pinned maps %s from %s", self.plugin, ", ".join(reused), self.dir / MAPS)
+        return reused
+
+    # --- links -----------------------------------------------------------------------------------------------
+    def link_path(self, ifindex: int, direction: str) -> Path:
+        return self.dir / LINKS / _link_pin_name(ifindex, direction)
+
+    def open_link(self, ifindex: int, direction: str) -> int | None:
+        """A new fd on the link pinned for this hook when it is still attached there, else None (a pin of a
+        link whose device went away is removed)."""
+        path = self.link_path(ifindex, direction)
+        if not path.exists():
+            return None
+        fd = bpfsys.obj_get(str(path))
+        try:
+            alive = bpfsys.link_get_info(fd).ifindex == ifindex
+        except BpfError:
+            alive = False
+        if alive:
+            return fd
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        return None
+
+    def pin_link(self, link_fd: int, ifindex: int, direction: str) -> None:
+        path = self.link_path(ifindex, direction)
+        path.unlink(missing_ok=True)  # a dead link's pin (its device went away and the ifindex came back)
+        bpfsys.obj_pin(link_fd, str(path))
+
+    def unpin_link(self, ifindex: int, direction: str) -> None:
+        self.link_path(ifindex, direction).unlink(missing_ok=True)
