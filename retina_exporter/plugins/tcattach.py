@@ -36,6 +36,11 @@ def interface_index(name: str, *, error: type[Exception] = StartupError,
         ) from None
 
 
+def pin_root(cfg) -> str | None:
+    """``bpfPinPath`` when ``bpfPinning`` is on (the plugin's links and maps outlive the agent), else None."""
+    return cfg.bpf_pin_path if getattr(cfg, "bpf_pinning", False) else None
+
+
 def attach_programs(attacher: TcAttacher, ifindex: int, programs) -> list:
     """Attach ``programs`` (``(direction, prog_fd, prog_name)`` each) to ``ifindex``, all or none: when one fails,
     those already attached are detached again and the error is raised."""
@@ -85,9 +90,13 @@ class TcRingBufferPlugin(RingBufferPlugin):
 
     def prepare(self, ctx: PluginContext) -> None:
         self.attacher = TcAttacher(prefix=self.program_prefix, enable_tcx=getattr(ctx.config, "enable_tcx", "auto"),
-                                   priority=self.tc_priority, handle=self.tc_handle)
+                                   priority=self.tc_priority, handle=self.tc_handle, pins=self.program.pins)
 
     def attach(self) -> None:
+        if self.attacher is not None and self.attacher.pins is not None:
+            # records the pinned ring buffer kept from before this run are read before the watcher names the
+            # veths they came from: name every interface of the namespace now
+            self.ifnames.update(socket.if_nameindex())
         for name in self.host_interfaces:
             index = interface_index(name)
             try:
@@ -97,7 +106,7 @@ class TcRingBufferPlugin(RingBufferPlugin):
 
     def detach(self) -> None:
         if self.attacher is not None:
-            self.attacher.detach_all()
+            self.attacher.release()  # pinned: left attached for the next run
             self.attached.clear()
 
     def make_watcher(self):

@@ -38,7 +38,7 @@ from retina_exporter.plugins.linuxutil.poller import Poller, metrics_interval_s
 from retina_exporter.plugins.packetforward import loader
 from retina_exporter.plugins.packetforward.loader import PacketForwardError, PacketForwardProgram
 from retina_exporter.datapath.tc import AttachError, TcAttacher
-from retina_exporter.plugins.tcattach import attach_programs, interface_index
+from retina_exporter.plugins.tcattach import attach_programs, interface_index, pin_root
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +132,10 @@ class PacketForwardPlugin(Plugin):
         for name in names:  # fail before loading anything
             _ifindex(name)
         self.interfaces = names
-        self.program = self._given_program or PacketForwardProgram()
+        self.program = self._given_program or PacketForwardProgram(pin_root=pin_root(cfg))
         try:
             self.attacher = TcAttacher(prefix=loader.PROGRAM_PREFIX, enable_tcx=getattr(cfg, "enable_tcx", "auto"),
-                                       priority=CLSACT_PRIORITY, handle=CLSACT_HANDLE)
+                                       priority=CLSACT_PRIORITY, handle=CLSACT_HANDLE, pins=self.program.pins)
         except (AttachError, ValueError) as exc:
             raise PacketForwardError(f"packetforward: {exc}") from exc
         self.poller = Poller(self.name, self.read_once, metrics_interval_s(cfg))
@@ -165,7 +165,7 @@ class PacketForwardPlugin(Plugin):
             self.poller.stop()
         if self.attacher is not None:
             try:
-                self.attacher.close()  # detaches everything it attached (and a clsact qdisc it added)
+                self.attacher.close()  # detaches everything it attached (and a clsact qdisc it added); pinned: kept
             finally:
                 self.attacher = None
                 self.attached.clear()
