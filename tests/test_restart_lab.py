@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -259,3 +260,58 @@ def test_cleanup_removes_links_and_pins(lab, pin_root):
     finally:
         if first is not None:
             first.close()
+
+
+def conntrack_gauges(agent: AgentProcess) -> dict[str, int]:
+    status, body = agent.get("/metrics")
+    assert status == 200
+    return {m.group(1): int(float(m.group(2))) for m in re.finditer(
+        r'^networkobservability_conntrack_(packets_tx|packets_rx|total_connections) (\S+)$', body.decode(), re.M)}
+
+
+def sweeps(agent: AgentProcess) -> int:
+    status, body = agent.get("/debug/plugins")
+    assert status == 200
+    return json.loads(body)["packetparser"]["sweeps"]
+
+
+@needs_tcx
+def test_traffic_through_a_sigkill(lab, pin_root):
+    """A paced UDP stream runs while the agent is killed and another one starts. Kernel-held totals are exact:
+    packetforward's counters and the conntrack totals equal the interfaces' counters. Per record: nothing is
+    reported twice (the old agent's last look + the new agent's reports <= the packets sent), and every packet
+    after the old agent died is reported by the new one; only records the old agent read after its last look
+    can be missing (docs/architecture.md, "Restarts")."""
+    veth = lab.pods[0].host_ifname
+    v0, u0 = quiet_stats(lab, veth), quiet_stats(lab, lab.uplink)
+    cfg = config(lab, pin_root, enableConntrackMetrics=True)
+    first, second = AgentProcess(lab.node_ns, cfg), AgentProcess(lab.node_ns, cfg)
+    stream = {}
+    sender = threading.Thread(target=lambda: stream.update(r=traffic.udp_burst(
+        lab, lab.pods[0], "world", count=600, payload_size=100, sport=PORT - 1, dport=PORT, interval=0.01)))
+    try:
+        first.start()
+        sender.start()
+        wait_for("the stream at the first agent", lambda: pod_packets(first, veth) > 0, True, first)
+        last_look = pod_packets(first, veth)
+        first.stop(signal.SIGKILL)
+        v_kill = lab.link_stats(lab.node_ns, veth)["rx_packets"] - v0["rx_packets"]
+        second.start()
+        sender.join(timeout=TIMEOUT_S)
+        assert stream["r"].received == 600, stream
+        assert v_kill < 600, "the stream ended before the agent was killed: make it longer"
+        v1, u1 = quiet_stats(lab, veth), quiet_stats(lab, lab.uplink)
+        sent = v1["rx_packets"] - v0["rx_packets"]
+        assert sent == 600 == u1["tx_packets"] - u0["tx_packets"]
+        want = {"ingress": u1["rx_packets"] - u0["rx_packets"], "egress": sent}
+        wait_for("packetforward's counters", lambda: forward_counts(second), want, second)
+        done = sweeps(second) + 3  # quiet for > conntrackReportInterval: a sweep harvests everything
+        wait_for("three more sweeps", lambda: sweeps(second) >= done, True, second)
+        # one entry per interface the stream crossed (the pod's veth, the uplink), each counting every packet
+        assert conntrack_gauges(second) == {"packets_tx": 2 * sent, "packets_rx": 0, "total_connections": 2}
+        reported = pod_packets(second, veth)
+        assert last_look + reported <= sent
+        assert reported >= sent - v_kill
+    finally:
+        first.close()
+        second.close()
