@@ -4,7 +4,8 @@ veth pair, 2-instruction programs, a private bpffs mount.
 A released attacher leaves its pinned link attached; the next attacher adopts it and swaps the program
 (``BPF_LINK_UPDATE``: same link id, one attachment); a link whose device went away while nobody held it loses its
 pin at the next open; another stamp's directory is removed with its links detached; :func:`remove_pins` detaches
-and removes everything; a path outside bpffs is an error naming ``bpfPinPath``.
+and removes everything of ours (nothing else); a path outside bpffs, or a bpffs mount point itself, is an error
+naming ``bpfPinPath``.
 """
 
 from __future__ import annotations
@@ -97,13 +98,19 @@ def test_detach_unpins_and_remove_pins_detaches(pin_root, netns, progs):
     finally:
         att.close()
     assert len(chain(netns)) == 1
+    (root / "foreign").mkdir()
+    bpfsys.obj_pin(progs[2], str(root / "foreign" / "prog"))  # not ours: left alone
     assert remove_pins(root) == (2, 2)  # cleanup --pins: both links detached, both pins removed
-    assert chain(netns) == [] and not root.exists()
+    assert chain(netns) == [] and os.listdir(root) == ["foreign"] and os.listdir(root / "foreign") == ["prog"]
+    os.unlink(root / "foreign" / "prog")
 
 
-def test_pin_path_outside_bpffs_names_the_key(tmp_path):
+def test_pin_path_outside_bpffs_or_at_its_mount_point_names_the_key(tmp_path, pin_root):
     with pytest.raises(PinError, match=r"bpfPinPath '.*' is not on a bpffs mount"):
         PinStore(tmp_path / "root", "plug", "s1").open()
+    mount_point = os.path.dirname(pin_root)  # shared with other software: never ours to clean
+    with pytest.raises(PinError, match=r"bpfPinPath '.*' is a bpffs mount point.*e\.g\. .*/retina"):
+        remove_pins(mount_point)
 
 
 def test_layout_stamp_follows_source_headers_and_defines(tmp_path):

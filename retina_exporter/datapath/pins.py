@@ -79,30 +79,46 @@ def bpffs_mount_of(path: str | os.PathLike, mounts: str = "/proc/self/mounts") -
 def _ensure_on_bpffs(root: str) -> None:
     if bpffs_mount_of(root) is None and (root == BPFFS or root.startswith(BPFFS + "/")):
         ensure_bpffs()
-    if bpffs_mount_of(root) is None:
+    mount = bpffs_mount_of(root)
+    if mount is None:
         raise PinError(
             f"bpfPinPath {root!r} is not on a bpffs mount: use a path under {BPFFS} (mounted by the agent when "
             "missing; in a pod, mount the host's /sys/fs/bpf) or mount one there with `mount -t bpf bpf DIR`"
         )
+    if os.path.realpath(root) == mount:
+        raise PinError(f"bpfPinPath {root!r} is a bpffs mount point, shared with other software: use a directory "
+                       f"of its own below it, e.g. {os.path.join(root, 'retina')}")
 
 
 def _link_pin_name(ifindex: int, direction: str) -> str:
     return f"{ifindex}-{direction}"
 
 
-def _remove_tree(path: Path) -> tuple[int, int]:
-    """Detach every link pinned under ``path`` and remove the tree; ``(links detached, pins removed)``."""
+def _rmdir_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        if e.errno != _errno.ENOTEMPTY:
+            raise
+        log.warning("left %s in place: it holds something that is not ours", path)
+
+
+def _remove_stamp(path: Path) -> tuple[int, int]:
+    """Detach the links pinned in one ``<plugin>/<stamp>`` directory, remove its pins (only our ``maps/`` and
+    ``links/`` layout: nothing else is touched) and the directory; ``(links detached, pins removed)``."""
     links = pins = 0
-    if not path.exists():
-        return 0, 0
-    for dirpath, dirnames, filenames in os.walk(path, topdown=False):
-        for name in filenames:
-            full = os.path.join(dirpath, name)
-            if os.path.basename(dirpath) == LINKS:
+    for sub in (LINKS, MAPS):
+        d = path / sub
+        if not d.is_dir():
+            continue
+        for entry in sorted(d.iterdir()):
+            if sub == LINKS:
                 try:
-                    fd = bpfsys.obj_get(full)
+                    fd = bpfsys.obj_get(str(entry))
                 except BpfError as e:
-                    log.warning("cannot open pinned link %s: %s", full, e)
+                    log.warning("cannot open pinned link %s: %s", entry, e)
                 else:
                     try:
                         bpfsys.link_detach(fd)
@@ -112,27 +128,31 @@ def _remove_tree(path: Path) -> tuple[int, int]:
                             raise
                     finally:
                         os.close(fd)
-            os.unlink(full)
+            entry.unlink()
             pins += 1
-        for name in dirnames:
-            os.rmdir(os.path.join(dirpath, name))
-    os.rmdir(path)
+        _rmdir_if_empty(d)
+    _rmdir_if_empty(path)
     return links, pins
 
 
 def remove_pins(root: str | os.PathLike, plugin: str | None = None) -> tuple[int, int]:
-    """Detach the links pinned under ``root`` (one plugin's, or every plugin's) and remove the pins and
+    """Detach the links pinned under ``root`` (one plugin's, or every plugin's) and remove the pins and our
     directories; ``(links detached, pins removed)``. A missing ``root`` is nothing to do."""
     root = Path(root)
     if not root.exists():
         return 0, 0
     _ensure_on_bpffs(str(root))
-    targets = [root / plugin] if plugin else [root]
     links = pins = 0
-    for target in targets:
-        n_links, n_pins = _remove_tree(target)
-        links += n_links
-        pins += n_pins
+    for plugin_dir in [root / plugin] if plugin else sorted(p for p in root.iterdir() if p.is_dir()):
+        if not plugin_dir.is_dir():
+            continue
+        for stamp_dir in sorted(p for p in plugin_dir.iterdir() if p.is_dir()):
+            n_links, n_pins = _remove_stamp(stamp_dir)
+            links += n_links
+            pins += n_pins
+        _rmdir_if_empty(plugin_dir)
+    if not plugin:
+        _rmdir_if_empty(root)
     return links, pins
 
 
@@ -160,8 +180,8 @@ class PinStore:
         base = self.root / self.plugin
         if base.is_dir():
             for other in sorted(base.iterdir()):
-                if other.name != self.stamp:
-                    links, pins = _remove_tree(other)
+                if other.is_dir() and other.name != self.stamp:
+                    links, pins = _remove_stamp(other)
                     log.warning("%s: pinned objects of another program layout (%s) replaced: %d links detached, "
                                 "%d pins removed", self.plugin, other.name, links, pins)
         self.reused = (self.dir / MAPS).is_dir()
