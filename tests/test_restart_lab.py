@@ -37,12 +37,11 @@ from retina_exporter.datapath.pins import remove_pins
 from retina_exporter.lab import traffic
 from retina_exporter.lab.agent_process import ROOT, AgentProcess
 from retina_exporter.lab.topology import Lab, in_netns
+from tests.support.restartlab import PORT, TIMEOUT_S, config, forward_counts, pod_packets, quiet_stats, wait_for
 
 HAS_TCX = bpfsys.kernel_has_tcx()
 needs_tcx = pytest.mark.skipif(not HAS_TCX, reason="TCX links need kernel >= 6.6")
 PACKETS = (40, 25, 30)  # before, while down, after the restart
-PORT = 9411
-TIMEOUT_S = 60
 
 
 @pytest.fixture(scope="module")
@@ -57,19 +56,6 @@ def clean_hooks(lab):
     yield
     for ifname in interfaces(lab):
         subprocess.run(["tc", "-n", lab.node_ns, "qdisc", "del", "dev", ifname, "clsact"], capture_output=True)
-
-
-def config(lab: Lab, root: str, level: str = "high", **extra) -> dict:
-    return {
-        "enabledPlugin": ["packetparser", "packetforward"],
-        "hostInterfaces": [lab.uplink],
-        "dataAggregationLevel": level,
-        "conntrackReportInterval": "1s",
-        "metricsIntervalDuration": "200ms",
-        "bpfPinning": True,
-        "bpfPinPath": root,
-        **extra,
-    }
 
 
 def interfaces(lab: Lab) -> list[str]:
@@ -106,46 +92,10 @@ def expected_names(lab: Lab, mode: str) -> dict:
     return want
 
 
-def pod_packets(agent: AgentProcess, ifname: str) -> int:
-    """Packets of our UDP flow that packetparser reported at the pod's veth (records + previously observed)."""
-    n = 0
-    for f in agent.flows(4095):
-        if f.get("interface", {}).get("name") != ifname or f.get("l4", {}).get("UDP", {}).get("destination_port") != PORT:
-            continue
-        n += 1 + int(f.get("extensions", {}).get("value", {}).get("previously_observed_packets", 0))
-    return n
-
-
-def wait_for(what: str, fn, want, agent: AgentProcess):
-    deadline = time.monotonic() + TIMEOUT_S
-    while (got := fn()) != want:
-        assert time.monotonic() < deadline, (f"{what}: {got} != {want}\n{agent.get('/debug/plugins')[1].decode()}\n"
-                                             f"{agent.log()[-6000:]}")
-        time.sleep(0.1)
-    return got
-
-
-def forward_counts(agent: AgentProcess) -> dict[str, int]:
-    status, body = agent.get("/metrics")
-    assert status == 200
-    return {m.group(1): int(m.group(2)) for m in re.finditer(
-        r'^networkobservability_forward_count\{direction="(\w+)"\} (\d+)$', body.decode(), re.M)}
-
-
 def send(lab: Lab, count: int) -> None:
     p0 = lab.pods[0]
     res = traffic.udp_burst(lab, p0, "world", count=count, payload_size=100, sport=PORT - 1, dport=PORT)
     assert res.received == count, res
-
-
-def quiet_stats(lab: Lab, ifname: str) -> dict[str, int]:
-    last = lab.link_stats(lab.node_ns, ifname)
-    while True:
-        time.sleep(0.3)
-        now = lab.link_stats(lab.node_ns, ifname)
-        if now == last:
-            return now
-        last = now
 
 
 def start_first(lab: Lab, root: str, level: str = "high", mode: str = "tcx", **extra):
