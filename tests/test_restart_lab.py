@@ -27,13 +27,11 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
 from retina_exporter.datapath import syscall as bpfsys
 from retina_exporter.datapath.tc import TcAttacher
-from retina_exporter.datapath.pins import remove_pins
 from retina_exporter.lab import traffic
 from retina_exporter.lab.agent_process import ROOT, AgentProcess
 from retina_exporter.lab.topology import Lab, in_netns
