@@ -32,9 +32,8 @@ from typing import Iterator
 
 from retina_core.netns import enter_netns
 from retina_exporter.datapath import syscall as bpfsys
-from retina_exporter.datapath.syscall import BpfError
-
 from retina_exporter.datapath.pins import PinStore
+from retina_exporter.datapath.syscall import BpfError
 
 from . import tcx
 from .clsact import CLSACT_PARENT, Clsact, patch_pyroute2_cls_bpf
@@ -259,8 +258,10 @@ class TcAttacher:
         try:
             self.pins.pin_link(att.link_fd, att.ifindex, att.direction)
         except (BpfError, OSError) as e:
-            tcx.detach_link(att.link_fd)
-            os.close(att.link_fd)
+            try:
+                tcx.detach_link(att.link_fd)
+            finally:
+                os.close(att.link_fd)
             raise self._wrap(e, f"pinning the TCX link of {att.prog_name} in {self.pins.dir}", att.ifname) from e
 
     def _adopt_pinned(self, ifindex: int, ifname: str) -> None:

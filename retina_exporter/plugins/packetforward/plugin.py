@@ -3,8 +3,9 @@
 Families (prefix ``networkobservability_``, gauges, Retina's names and labels):
 
 ``forward_count{direction}``
-    Packets seen on the host interfaces since the plugin loaded: ``direction="ingress"`` received (TC ingress),
-    ``"egress"`` sent (TC egress), summed over all host interfaces.
+    Packets seen on the host interfaces since the plugin loaded (with ``bpfPinning``: since the counters were first
+    pinned, across restarts): ``direction="ingress"`` received (TC ingress), ``"egress"`` sent (TC egress), summed
+    over all host interfaces.
 ``forward_bytes{direction}``
     The same packets' bytes: frame length from the Ethernet header on, without FCS (``skb->len`` at the hook), as
     the interface rx_bytes/tx_bytes counters count them.
