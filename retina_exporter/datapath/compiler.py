@@ -166,3 +166,5 @@ class BccProgram:
         bpf, self.bpf = self.bpf, None
         if bpf is not None:
             bpf.cleanup()
+        if self.pins is not None:
+            self.pins.close()

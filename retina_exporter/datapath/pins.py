@@ -23,12 +23,17 @@ A link survives its agent, even a SIGKILL, so observation continues in the kerne
 
 :func:`remove_pins` (``retina-exporter cleanup --pins``) detaches every pinned link and removes the pins.
 
+One agent at a time: :meth:`PinStore.open` takes an exclusive ``flock`` on ``<root>/<plugin>`` (held until
+:meth:`PinStore.close` or the process ends, SIGKILL included), so a second agent on the same ``bpfPinPath`` stops
+with an error instead of sharing the ring buffer and the links.
+
 Kernel minimums: pinning maps >= 4.4, links >= 5.7, TCX links and their update >= 6.6.
 """
 
 from __future__ import annotations
 
 import errno as _errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -135,6 +140,18 @@ def _remove_stamp(path: Path) -> tuple[int, int]:
     return links, pins
 
 
+def _lock_plugin_dir(root: Path, base: Path) -> int:
+    """An fd holding the exclusive ``flock`` of a plugin's pin directory; :class:`PinError` when an agent has it."""
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise PinError(f"bpfPinPath {str(root)!r}: another agent holds the pins of {base.name} ({base}); stop it "
+                       "first, or give this agent another bpfPinPath") from None
+    return fd
+
+
 def remove_pins(root: str | os.PathLike, plugin: str | None = None) -> tuple[int, int]:
     """Detach the links pinned under ``root`` (one plugin's, or every plugin's) and remove the pins and our
     directories; ``(links detached, pins removed)``. A missing ``root`` is nothing to do."""
@@ -146,11 +163,15 @@ def remove_pins(root: str | os.PathLike, plugin: str | None = None) -> tuple[int
     for plugin_dir in [root / plugin] if plugin else sorted(p for p in root.iterdir() if p.is_dir()):
         if not plugin_dir.is_dir():
             continue
-        for stamp_dir in sorted(p for p in plugin_dir.iterdir() if p.is_dir()):
-            n_links, n_pins = _remove_stamp(stamp_dir)
-            links += n_links
-            pins += n_pins
-        _rmdir_if_empty(plugin_dir)
+        lock = _lock_plugin_dir(root, plugin_dir)  # not under a running agent
+        try:
+            for stamp_dir in sorted(p for p in plugin_dir.iterdir() if p.is_dir()):
+                n_links, n_pins = _remove_stamp(stamp_dir)
+                links += n_links
+                pins += n_pins
+            _rmdir_if_empty(plugin_dir)
+        finally:
+            os.close(lock)
     if not plugin:
         _rmdir_if_empty(root)
     return links, pins
@@ -173,22 +194,35 @@ class PinStore:
         self.stamp = stamp
         self.dir = self.root / plugin / stamp
         self.reused = False  # the directory was there from an earlier run with the same stamp
+        self._lock_fd = -1
 
     def open(self) -> "PinStore":
-        """Make sure the directory exists on a bpffs, after removing the plugin's directories of other stamps."""
+        """Lock the plugin's directory, remove its directories of other stamps and make sure ours exists."""
         _ensure_on_bpffs(str(self.root))
         base = self.root / self.plugin
-        if base.is_dir():
-            for other in sorted(base.iterdir()):
-                if other.is_dir() and other.name != self.stamp:
-                    links, pins = _remove_stamp(other)
-                    log.warning("%s: pinned objects of another program layout (%s) replaced: %d links detached, "
-                                "%d pins removed", self.plugin, other.name, links, pins)
+        base.mkdir(parents=True, exist_ok=True)
+        self._lock(base)
+        for other in sorted(base.iterdir()):
+            if other.is_dir() and other.name != self.stamp:
+                links, pins = _remove_stamp(other)
+                log.warning("%s: pinned objects of another program layout (%s) replaced: %d links detached, "
+                            "%d pins removed", self.plugin, other.name, links, pins)
         self.reused = (self.dir / MAPS).is_dir()
         for sub in (MAPS, LINKS):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         self._drop_defunct_links()
         return self
+
+    def _lock(self, base: Path) -> None:
+        fd = _lock_plugin_dir(self.root, base)
+        self.close()
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        """Let another agent take the pins over (they stay)."""
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def _drop_defunct_links(self) -> None:
         """Remove the pins of links whose device went away while no agent ran (the kernel detached them)."""
