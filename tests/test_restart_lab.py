@@ -40,6 +40,7 @@ from tests.support.restartlab import PORT, TIMEOUT_S, config, forward_counts, po
 HAS_TCX = bpfsys.kernel_has_tcx()
 needs_tcx = pytest.mark.skipif(not HAS_TCX, reason="TCX links need kernel >= 6.6")
 PACKETS = (40, 25, 30)  # before, while down, after the restart
+STREAM = 1000  # packets of the paced stream through a restart (at least 10 s)
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +237,7 @@ def test_traffic_through_a_sigkill(lab, pin_root):
     first, second = AgentProcess(lab.node_ns, cfg), AgentProcess(lab.node_ns, cfg)
     stream = {}
     sender = threading.Thread(target=lambda: stream.update(r=traffic.udp_burst(
-        lab, lab.pods[0], "world", count=600, payload_size=100, sport=PORT - 1, dport=PORT, interval=0.01)))
+        lab, lab.pods[0], "world", count=STREAM, payload_size=100, sport=PORT - 1, dport=PORT, interval=0.01)))
     try:
         first.start()
         sender.start()
@@ -246,11 +247,11 @@ def test_traffic_through_a_sigkill(lab, pin_root):
         v_kill = lab.link_stats(lab.node_ns, veth)["rx_packets"] - v0["rx_packets"]
         second.start()
         sender.join(timeout=TIMEOUT_S)
-        assert stream["r"].received == 600, stream
-        assert v_kill < 600, "the stream ended before the agent was killed: make it longer"
+        assert stream["r"].received == STREAM, stream
+        assert v_kill < STREAM, "the stream ended before the agent was killed: make it longer"
         v1, u1 = quiet_stats(lab, veth), quiet_stats(lab, lab.uplink)
         sent = v1["rx_packets"] - v0["rx_packets"]
-        assert sent == 600 == u1["tx_packets"] - u0["tx_packets"]
+        assert sent == STREAM == u1["tx_packets"] - u0["tx_packets"]
         want = {"ingress": u1["rx_packets"] - u0["rx_packets"], "egress": sent}
         wait_for("packetforward's counters", lambda: forward_counts(second), want, second)
         done = sweeps(second) + 3  # quiet for > conntrackReportInterval: a sweep harvests everything
