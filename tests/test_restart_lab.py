@@ -264,3 +264,25 @@ def test_traffic_through_a_sigkill(lab, pin_root):
     finally:
         first.close()
         second.close()
+
+
+@needs_tcx
+def test_switching_pinning_off_removes_the_pins(lab, pin_root):
+    """An agent with bpfPinning off finds the pins a pinned run left (SIGKILL) at its bpfPinPath: it detaches those
+    links and removes the pins, attaches as usual (one of ours per hook), and its stop leaves nothing behind."""
+    unpinned = AgentProcess(lab.node_ns, config(lab, pin_root, bpfPinning=False))
+    first = None
+    try:
+        first, before, _ = start_first(lab, pin_root)
+        first.stop(signal.SIGKILL)
+        assert hooks(lab) == before
+        unpinned.start()
+        assert names(hooks(lab)) == expected_names(lab, "tcx")
+        assert os.listdir(pin_root) == []
+        assert "bpfPinning is off: removed the pins" in unpinned.log()
+        assert unpinned.stop(signal.SIGTERM) == 0
+        assert all(progs == [] for progs in hooks(lab).values())
+    finally:
+        if first is not None:
+            first.close()
+        unpinned.close()

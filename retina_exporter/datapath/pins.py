@@ -45,7 +45,7 @@ from retina_exporter.datapath.syscall import BpfError
 from retina_exporter.datapath.sysfs import BPFFS, ensure_bpffs
 from retina_exporter.errors import StartupError
 
-__all__ = ["PinError", "PinStore", "bpffs_mount_of", "layout_stamp", "open_pins", "remove_pins"]
+__all__ = ["PinError", "PinStore", "bpffs_mount_of", "drop_pins", "layout_stamp", "open_pins", "remove_pins"]
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,21 @@ def remove_pins(root: str | os.PathLike, plugin: str | None = None) -> tuple[int
     if not plugin:
         _rmdir_if_empty(root)
     return links, pins
+
+
+def drop_pins(root: str | os.PathLike, plugin: str) -> None:
+    """``bpfPinning`` off: remove what a run with it left for ``plugin`` under ``root`` (links detached), logged. A
+    ``root`` without such pins is nothing to do; one that cannot be cleaned is a warning, not an error."""
+    path = Path(root) / plugin
+    if not path.is_dir():
+        return
+    try:
+        links, pins = remove_pins(root, plugin)
+    except (PinError, OSError) as e:
+        log.warning("%s: bpfPinning is off, but the pins in %s stay: %s", plugin, path, e)
+        return
+    log.info("%s: bpfPinning is off: removed the pins an earlier run left in %s (%d links detached, %d pins)",
+             plugin, path, links, pins)
 
 
 def open_pins(root: str | os.PathLike | None, plugin: str, source: str | os.PathLike,

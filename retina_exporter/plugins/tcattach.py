@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 
+from retina_exporter.datapath.pins import drop_pins
 from retina_exporter.datapath.tc import AttachError, TcAttacher
 from retina_exporter.datapath.vethwatch import VethWatcher
 from retina_exporter.errors import StartupError
@@ -36,9 +37,15 @@ def interface_index(name: str, *, error: type[Exception] = StartupError,
         ) from None
 
 
-def pin_root(cfg) -> str | None:
-    """``bpfPinPath`` when ``bpfPinning`` is on (the plugin's links and maps outlive the agent), else None."""
-    return cfg.bpf_pin_path if getattr(cfg, "bpf_pinning", False) else None
+def pin_root(cfg, plugin: str) -> str | None:
+    """``bpfPinPath`` when ``bpfPinning`` is on (the plugin's links and maps outlive the agent). Off: None, after
+    removing the pins an earlier run with it left for ``plugin`` (:func:`drop_pins`): switching it off cleans up."""
+    root = getattr(cfg, "bpf_pin_path", None)
+    if getattr(cfg, "bpf_pinning", False):
+        return root
+    if root:
+        drop_pins(root, plugin)
+    return None
 
 
 def attach_programs(attacher: TcAttacher, ifindex: int, programs) -> list:

@@ -133,7 +133,7 @@ class PacketForwardPlugin(Plugin):
         for name in names:  # fail before loading anything
             _ifindex(name)
         self.interfaces = names
-        self.program = self._given_program or PacketForwardProgram(pin_root=pin_root(cfg))
+        self.program = self._given_program or PacketForwardProgram(pin_root=pin_root(cfg, self.name))
         try:
             self.attacher = TcAttacher(prefix=loader.PROGRAM_PREFIX, enable_tcx=getattr(cfg, "enable_tcx", "auto"),
                                        priority=CLSACT_PRIORITY, handle=CLSACT_HANDLE, pins=self.program.pins)

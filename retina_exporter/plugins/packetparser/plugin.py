@@ -49,7 +49,7 @@ class PacketParserPlugin(TcRingBufferPlugin):
 
     # --- RingBufferPlugin hooks -----------------------------------------------------------------------------
     def load_program(self, ctx: PluginContext) -> PacketParserProgram:
-        return PacketParserProgram(load_options_from(ctx.config), pin_root=pin_root(ctx.config))
+        return PacketParserProgram(load_options_from(ctx.config), pin_root=pin_root(ctx.config, self.name))
 
     def adopt_program(self, program: PacketParserProgram, ctx: PluginContext) -> None:
         program.configure(load_options_from(ctx.config))
