@@ -73,6 +73,27 @@ def cmd_agent(args) -> int:
     return 0
 
 
+def cmd_cleanup(args) -> int:
+    """``cleanup --pins``: detach the links pinned under ``bpfPinPath`` (``--bpf-pin-path``, else the config's) and
+    remove the pins, e.g. on uninstall; the agent must not be running."""
+    if not args.pins:
+        return _die("cleanup: nothing to do: give --pins (detach the pinned links, remove the pins)")
+    from retina_exporter.config import ConfigError, load_config
+
+    try:
+        root = args.bpf_pin_path or load_config(args.config).bpf_pin_path
+    except (ConfigError, ValueError) as exc:
+        return _die(str(exc))
+    from retina_exporter.datapath.pins import PinError, remove_pins
+
+    try:
+        links, pins = remove_pins(root)
+    except (PinError, OSError) as exc:
+        return _die(f"cleanup --pins of {root}: {exc}")
+    print(f"{root}: {links} pinned links detached, {pins} pins removed")
+    return 0
+
+
 def cmd_lab(args) -> int:
     from retina_exporter.lab.cli import main_lab
 
@@ -115,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_text, add_help=False)
         p.add_argument("client_args", nargs=argparse.REMAINDER)
         p.set_defaults(func=_hubble_client(name))
+    p = sub.add_parser("cleanup", help="remove what a stopped agent left in the kernel on purpose (--pins)")
+    p.add_argument("--pins", action="store_true", help="detach the pinned links and remove the pins (bpfPinning)")
+    p.add_argument("--bpf-pin-path", help="the pin directory (default: bpfPinPath of --config, or its default)")
+    p.add_argument("--config", help="YAML config file (docs/config.md)")
+    p.set_defaults(func=cmd_cleanup)
     p = sub.add_parser("lab", help="local lab of network namespaces: lab up|down", add_help=False)
     p.add_argument("lab_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_lab)

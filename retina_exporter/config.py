@@ -133,7 +133,10 @@ class Config:
     output_ring_capacity: int = 4095
     """Slots in the in-process flow ring (2^n - 1)."""
     bpf_pin_path: str = "/sys/fs/bpf/retina"
-    """bpffs directory where maps are pinned."""
+    """bpffs directory where maps and links are pinned (with ``bpf_pinning``)."""
+    bpf_pinning: bool = False
+    """Keep packetparser's and packetforward's TCX links, conntrack, ring buffer and counters pinned under
+    ``bpf_pin_path`` so a restarted agent takes them over (``retina-exporter cleanup --pins`` removes them)."""
     remote_context: bool = False
     """Advanced metrics with ``source_``/``destination_`` labels (remote context) instead of local context."""
     metrics_interval_ns: int = 10 * NS_PER_S
@@ -267,6 +270,7 @@ TOP_LEVEL = Section("", Config, (
     Key("outputRingCapacity", "output_ring_capacity", _ring_capacity,
         "one less than a power of two, 2^n - 1 with 1 <= n <= 20 (1, 3, 7, ... 4095, ... 1048575)"),
     Key("bpfPinPath", "bpf_pin_path", abs_path, "an absolute path"),
+    Key("bpfPinning", "bpf_pinning", boolean, BOOL_ACCEPTED),
     Key("remoteContext", "remote_context", boolean, BOOL_ACCEPTED),
     Key("metricsIntervalDuration", "metrics_interval_ns", duration_at_least(NS_PER_S // 10),
         "a duration of at least 100ms such as '10s' (Retina's deprecated metricsInterval, in seconds, also works)",

@@ -114,6 +114,7 @@ nodeName: node-7
 logLevel: DEBUG
 outputRingCapacity: 1023
 bpfPinPath: /sys/fs/bpf/test
+bpfPinning: true
 remoteContext: true
 enrichment:
   source: inventory
@@ -143,6 +144,7 @@ def test_every_key_from_file(tmp_path: pathlib.Path) -> None:
         log_level="debug",
         output_ring_capacity=1023,
         bpf_pin_path="/sys/fs/bpf/test",
+        bpf_pinning=True,
         remote_context=True,
         metrics_configuration=parse_metrics_configuration(
             {"contextOptions": [{"metricName": "forward_count", "sourceLabels": ["ip", "podname"]}],
@@ -173,6 +175,7 @@ ENV_ALL = {
     "RETINA_LOGLEVEL": "error",
     "RETINA_OUTPUTRINGCAPACITY": "1048575",
     "RETINA_BPFPINPATH": "/run/bpf",
+    "RETINA_BPFPINNING": "yes",
     "RETINA_REMOTECONTEXT": "1",
     "RETINA_ENRICHMENT_SOURCE": "netns",
     "RETINA_ENRICHMENT_INVENTORYFILE": "/tmp/inv.yaml",
@@ -254,6 +257,7 @@ def test_every_key_from_env() -> None:
         log_level="error",
         output_ring_capacity=1048575,
         bpf_pin_path="/run/bpf",
+        bpf_pinning=True,
         remote_context=True,
         metrics_interval_ns=2 * S,
         enable_conntrack_metrics=True,
@@ -663,7 +667,8 @@ def test_unknown_key_without_match_lists_known_keys(tmp_path: pathlib.Path) -> N
     assert message.endswith(
         ": unknown key 'zzz'; known keys: enabledPlugin, enablePodLevel, dataAggregationLevel, "
         "dataSamplingRate, conntrackReportInterval, conntrackMapSize, packetParserRingBufferSize, enableTCX, "
-        "hostInterfaces, nodeName, nodeIP, logLevel, outputRingCapacity, bpfPinPath, remoteContext, "
+        "hostInterfaces, nodeName, nodeIP, logLevel, outputRingCapacity, bpfPinPath, bpfPinning, "
+        "remoteContext, "
         "metricsIntervalDuration, enableConntrackMetrics, enableAnnotations, bypassLookupIPOfInterest, "
         "filterMapMaxEntries, mergeQueuedEvents, metricsConfiguration, apiServer, debugServer, enrichment, hubble, dropReason, "
         "tcpRetrans, otlp, metricsInterval"
@@ -821,6 +826,7 @@ def test_to_dict_defaults() -> None:
         "logLevel": "info",
         "outputRingCapacity": 4095,
         "bpfPinPath": "/sys/fs/bpf/retina",
+        "bpfPinning": False,
         "remoteContext": False,
         "enrichment": {"source": "none", "inventoryFile": "", "inventoryPollInterval": "1s", "netnsNamespace": "netns",
                        "netnsFilter": ["*"], "netnsProcesses": False, "netnsPollInterval": "2s",

@@ -139,7 +139,7 @@ def test_verifier_rejection_is_isolated_by_the_manager(tmp_path, monkeypatch):
     with pytest.raises(PacketForwardError, match="kernel rejected BPF program rpfwd_ingress"):
         PacketForwardProgram(bad)
 
-    monkeypatch.setattr(pf, "PacketForwardProgram", lambda: PacketForwardProgram(bad))
+    monkeypatch.setattr(pf, "PacketForwardProgram", lambda **kw: PacketForwardProgram(bad, **kw))
     lo_ctx = ctx_for(host_interfaces=("lo",))
     util = LinuxUtilPlugin(proc_root=str(FIXTURES / "node1"), sys_root=str(tmp_path), use_ethtool=False)
     (tmp_path / "class" / "net").mkdir(parents=True)

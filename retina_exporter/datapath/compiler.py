@@ -126,6 +126,8 @@ class BccProgram:
     """
 
     bpf = None
+    #: The plugin's :class:`~retina_exporter.datapath.pins.PinStore` when its objects are pinned, else None.
+    pins = None
     _ring_handler = None
     _ring_open = False
 
@@ -164,3 +166,5 @@ class BccProgram:
         bpf, self.bpf = self.bpf, None
         if bpf is not None:
             bpf.cleanup()
+        if self.pins is not None:
+            self.pins.close()

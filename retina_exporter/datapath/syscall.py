@@ -50,6 +50,7 @@ __all__ = [
     "bpf",
     "link_create_tcx",
     "link_detach",
+    "link_update",
     "link_get_fd_by_id",
     "link_get_info",
     "prog_query",
@@ -87,6 +88,7 @@ BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_PROG_QUERY = 16
 BPF_LINK_CREATE = 28
+BPF_LINK_UPDATE = 29
 BPF_LINK_GET_FD_BY_ID = 30
 BPF_LINK_DETACH = 34
 
@@ -101,6 +103,7 @@ _CMD_NAMES = {
     BPF_OBJ_GET_INFO_BY_FD: "BPF_OBJ_GET_INFO_BY_FD",
     BPF_PROG_QUERY: "BPF_PROG_QUERY",
     BPF_LINK_CREATE: "BPF_LINK_CREATE",
+    BPF_LINK_UPDATE: "BPF_LINK_UPDATE",
     BPF_LINK_GET_FD_BY_ID: "BPF_LINK_GET_FD_BY_ID",
     BPF_LINK_DETACH: "BPF_LINK_DETACH",
 }
@@ -224,6 +227,19 @@ def link_detach(link_fd: int) -> None:
     a = _attr(4)
     struct.pack_into("=I", a, 0, link_fd)
     bpf(BPF_LINK_DETACH, a, detail=f"link fd {link_fd}")
+
+
+def link_update(link_fd: int, new_prog_fd: int) -> None:
+    """Atomically replace the program of a link (kernel >= 5.7; TCX links >= 6.6): packets before the call run
+    the old program, packets after it the new one, and the hook is never empty (no detach/attach gap).
+
+    attr (``link_update``): link_fd u32 @0, new_prog_fd u32 @4, flags u32 @8, old_prog_fd u32 @12 (unused:
+    no ``BPF_F_REPLACE``). Errors: EINVAL (program type or attach type differs from the link's), ENOLINK
+    (the link was detached, e.g. its device is gone).
+    """
+    a = _attr(16)
+    struct.pack_into("=II", a, 0, link_fd, new_prog_fd)
+    bpf(BPF_LINK_UPDATE, a, detail=f"link fd {link_fd}, prog fd {new_prog_fd}")
 
 
 def link_get_fd_by_id(link_id: int) -> int:

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 
+from retina_exporter.datapath.pins import drop_pins
 from retina_exporter.datapath.tc import AttachError, TcAttacher
 from retina_exporter.datapath.vethwatch import VethWatcher
 from retina_exporter.errors import StartupError
@@ -34,6 +35,17 @@ def interface_index(name: str, *, error: type[Exception] = StartupError,
             f"{what} {name!r} does not exist in this network namespace (pid {os.getpid()}); "
             "fix the hostInterfaces config key or create the interface"
         ) from None
+
+
+def pin_root(cfg, plugin: str) -> str | None:
+    """``bpfPinPath`` when ``bpfPinning`` is on (the plugin's links and maps outlive the agent). Off: None, after
+    removing the pins an earlier run with it left for ``plugin`` (:func:`drop_pins`): switching it off cleans up."""
+    root = getattr(cfg, "bpf_pin_path", None)
+    if getattr(cfg, "bpf_pinning", False):
+        return root
+    if root:
+        drop_pins(root, plugin)
+    return None
 
 
 def attach_programs(attacher: TcAttacher, ifindex: int, programs) -> list:
@@ -85,9 +97,13 @@ class TcRingBufferPlugin(RingBufferPlugin):
 
     def prepare(self, ctx: PluginContext) -> None:
         self.attacher = TcAttacher(prefix=self.program_prefix, enable_tcx=getattr(ctx.config, "enable_tcx", "auto"),
-                                   priority=self.tc_priority, handle=self.tc_handle)
+                                   priority=self.tc_priority, handle=self.tc_handle, pins=self.program.pins)
 
     def attach(self) -> None:
+        if self.attacher is not None and self.attacher.pins is not None:
+            # records the pinned ring buffer kept from before this run are read before the watcher names the
+            # veths they came from: name every interface of the namespace now
+            self.ifnames.update(socket.if_nameindex())
         for name in self.host_interfaces:
             index = interface_index(name)
             try:
@@ -97,7 +113,7 @@ class TcRingBufferPlugin(RingBufferPlugin):
 
     def detach(self) -> None:
         if self.attacher is not None:
-            self.attacher.detach_all()
+            self.attacher.release()  # pinned: left attached for the next run
             self.attached.clear()
 
     def make_watcher(self):

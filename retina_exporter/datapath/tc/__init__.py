@@ -29,7 +29,10 @@ characters, the kernel keeps only 15 characters of a program name). :meth:`TcAtt
   bpffs by an older run); link-less ones (``BPF_PROG_ATTACH``) are removed with ``BPF_PROG_DETACH``.
 
 Attachments made by this attacher itself are never treated as stale. So after any restart there is exactly
-one of our programs per hook. :meth:`TcAttacher.detach` / :meth:`TcAttacher.detach_all` remove exactly
+one of our programs per hook. With a pin store (``pins``, :mod:`retina_exporter.datapath.pins`) the attacher pins
+its TCX links, and a link pinned by an earlier run is not stale: it is adopted and gets the new program with
+``BPF_LINK_UPDATE`` (no gap); clsact filters in our slot are replaced in place; :meth:`TcAttacher.release` (and
+``close``) then leave everything attached for the next run. :meth:`TcAttacher.detach` / :meth:`TcAttacher.detach_all` remove exactly
 what was added: link fds are detached and closed, our filters deleted, and the clsact qdisc deleted only if
 we created it and no filter at all is left on it.
 

@@ -10,7 +10,11 @@ Owns the policy over the two mechanisms (:mod:`.tcx`, :mod:`.clsact`):
   and no filter at all is left on it);
 * stale cleanup (:meth:`~TcAttacher.remove_stale`): programs named with our prefix that this attacher did
   not make, left behind by a crashed run, in either mode;
-* the namespace binding (every operation runs in it, under one lock) and the wording of every error.
+* the namespace binding (every operation runs in it, under one lock) and the wording of every error;
+* with a :class:`~retina_exporter.datapath.pins.PinStore` (``pins``): every TCX link it creates is pinned, a link
+  pinned by an earlier run on the same hook is adopted and gets the new program with ``BPF_LINK_UPDATE`` (no
+  gap, one attachment per hook), a clsact filter in our (priority, handle) slot is replaced in place, and
+  :meth:`~TcAttacher.release` leaves pinned links and our filters attached for the next run.
 
 Kernel minimums: TCX mode >= 6.6, clsact mode >= 4.5 (see those modules); program names, used to recognise
 our programs, >= 4.15 (the kernel keeps 15 characters of them, hence the prefix limit).
@@ -28,10 +32,11 @@ from typing import Iterator
 
 from retina_core.netns import enter_netns
 from retina_exporter.datapath import syscall as bpfsys
+from retina_exporter.datapath.pins import PinStore
 from retina_exporter.datapath.syscall import BpfError
 
 from . import tcx
-from .clsact import Clsact, patch_pyroute2_cls_bpf
+from .clsact import CLSACT_PARENT, Clsact, patch_pyroute2_cls_bpf
 from .errors import PERM_HINT, AttachError, err_code
 from .netns import open_described
 from .records import DIRECTIONS, ETH_P_ALL, Attachment, AttachmentInfo
@@ -71,6 +76,7 @@ class TcAttacher:
         netns: str | int | None = None,
         priority: int = 1,
         handle: int = 1,
+        pins: PinStore | None = None,
     ):
         if not prefix or len(prefix) >= bpfsys.BPF_OBJ_NAME_LEN:
             raise ValueError("prefix must be 1..15 characters (the kernel keeps 15 characters of a program name)")
@@ -84,6 +90,7 @@ class TcAttacher:
             raise ValueError("priority must be 1..65535 and handle non-zero")
         self.prefix = prefix
         self.enable_tcx = enable_tcx
+        self.pins = pins
         self.priority = priority
         self.handle = handle
         self._ns_fd, self._ns_desc = open_described(netns)
@@ -103,10 +110,10 @@ class TcAttacher:
         self.close()
 
     def close(self) -> None:
-        """Detach everything and release the netlink socket and namespace fd."""
+        """Detach everything (with ``pins``: :meth:`release`) and release the netlink socket and namespace fd."""
         with self._lock:
             try:
-                self.detach_all()
+                self.release()
             finally:
                 self._clsact.close()
                 if self._ns_fd >= 0:
@@ -197,7 +204,7 @@ class TcAttacher:
         with self._ns():
             ifindex, ifname = self._resolve(iface)
             for a in list(self._attachments):
-                if a.active and a.ifindex == ifindex and a.direction == direction:
+                if a.active and not a.adopted and a.ifindex == ifindex and a.direction == direction:
                     if self._alive(a):
                         raise AttachError(f"{ifname} {direction} already has our program {a.prog_name!r}; detach it first")
                     self.detach(a)  # its interface went away (and the ifindex was reused): just forget it
@@ -216,6 +223,10 @@ class TcAttacher:
                     info.name, prog_name, self.prefix,
                 )  # fmt: skip
             mode = self._mode()
+            if self.pins is not None and mode == "tcx":
+                adopted = self._take_pinned(ifindex, ifname, direction, prog_fd, prog_name, info.id)
+                if adopted is not None:
+                    return adopted
             # both hooks: a crashed run's qdisc can only be recognised (and removed) once all of its filters are gone
             self.remove_stale(ifindex)
             att = None
@@ -223,6 +234,8 @@ class TcAttacher:
                 att = self._attach_tcx(ifindex, ifname, direction, prog_fd, prog_name, info.id)
             if att is None:
                 att = self._attach_clsact(ifindex, ifname, direction, prog_fd, prog_name, info.id)
+            elif self.pins is not None:
+                self._pin(att)
             self._attachments.append(att)
             log.info("attached %s to %s %s (%s, prog id %d)", prog_name, ifname, direction, att.mode, att.prog_id)
             return att
@@ -240,6 +253,60 @@ class TcAttacher:
         link_id = tcx.link_id(link_fd)
         return Attachment(ifindex, ifname, direction, "tcx", prog_name, prog_id, link_fd=link_fd, link_id=link_id)
 
+    # --- pinned links -----------------------------------------------------------------------------------
+    def _pin(self, att: Attachment) -> None:
+        try:
+            self.pins.pin_link(att.link_fd, att.ifindex, att.direction)
+        except (BpfError, OSError) as e:
+            try:
+                tcx.detach_link(att.link_fd)
+            finally:
+                os.close(att.link_fd)
+            raise self._wrap(e, f"pinning the TCX link of {att.prog_name} in {self.pins.dir}", att.ifname) from e
+
+    def _adopt_pinned(self, ifindex: int, ifname: str) -> None:
+        """Open the links an earlier run pinned on the interface's hooks (still attached there) and hold them as
+        ours, so :meth:`remove_stale` keeps them; :meth:`attach` then gives them the new program."""
+        held = {a.direction for a in self._attachments if a.active and a.ifindex == ifindex}
+        for d in DIRECTIONS:
+            if d in held:
+                continue
+            try:
+                fd = self.pins.open_link(ifindex, d)
+            except (BpfError, OSError) as e:
+                raise self._wrap(e, f"opening the pinned TCX link in {self.pins.dir}", ifname) from e
+            if fd is None:
+                continue
+            info = bpfsys.link_get_info(fd)
+            self._attachments.append(Attachment(ifindex, ifname, d, "tcx", _prog_name_by_id(info.prog_id),
+                                                info.prog_id, link_fd=fd, link_id=info.id, adopted=True))
+            log.info("adopted the pinned TCX link %d on %s %s (prog id %d)", info.id, ifname, d, info.prog_id)
+
+    def _take_pinned(self, ifindex, ifname, direction, prog_fd, prog_name, prog_id) -> Attachment | None:
+        """The adopted link of this hook, now running ``prog_fd`` (``BPF_LINK_UPDATE``), or None."""
+        self._adopt_pinned(ifindex, ifname)
+        att = next((a for a in self._attachments
+                    if a.active and a.adopted and a.ifindex == ifindex and a.direction == direction), None)
+        if att is None:
+            return None
+        try:
+            bpfsys.link_update(att.link_fd, prog_fd)
+        except BpfError as e:
+            raise self._wrap(e, f"replacing the program of pinned TCX link {att.link_id} with {prog_name}", ifname) from e
+        log.info("pinned TCX link %d on %s %s: program %s (id %d) replaced by %s (id %d)", att.link_id, ifname,
+                 direction, att.prog_name, att.prog_id, prog_name, prog_id)
+        att.prog_name, att.prog_id, att.adopted = prog_name, prog_id, False
+        return att
+
+    def _slot_is_ours(self, ifindex: int, direction: str) -> bool:
+        """Is the cls_bpf filter in our (priority, handle) slot, if any, one of ours (by name)? Only then is it
+        replaced in place; a foreign one makes the add fail with the error naming it."""
+        for f in self._clsact.filters(ifindex, direction):
+            if (f.priority, f.handle) == (self.priority, self.handle):
+                kname = _prog_name_by_id(f.prog_id) if f.prog_id else ""
+                return f.kind == "bpf" and (f.name.startswith(self.prefix) or kname.startswith(self.prefix))
+        return True
+
     def _attach_clsact(self, ifindex, ifname, direction, prog_fd, prog_name, prog_id) -> Attachment:
         from pyroute2.netlink.exceptions import NetlinkError
 
@@ -251,7 +318,8 @@ class TcAttacher:
             self._our_qdiscs.add(ifindex)
         try:
             parent = self._clsact.add_filter(
-                ifindex, direction, prog_fd, prog_name, priority=self.priority, handle=self.handle, protocol=ETH_P_ALL
+                ifindex, direction, prog_fd, prog_name, priority=self.priority, handle=self.handle, protocol=ETH_P_ALL,
+                replace=self.pins is not None and self._slot_is_ours(ifindex, direction),
             )
         except NetlinkError as e:
             if created:
@@ -307,6 +375,8 @@ class TcAttacher:
         with self._ns():
             ifindex, ifname = self._resolve(iface)
             removed = 0
+            if self.pins is not None and self._tcx_supported():
+                self._adopt_pinned(ifindex, ifname)  # pinned links of ours are not stale: they get the new program
             # TCX programs (only where the kernel has TCX; the query is the same whatever our mode is)
             if self._tcx_supported():
                 removed += self._remove_stale_tcx(ifindex, ifname, directions)
@@ -356,6 +426,8 @@ class TcAttacher:
         own_filters = {
             (a.parent, a.priority, a.handle) for a in self._attachments if a.active and a.mode == "clsact" and a.ifindex == ifindex
         }
+        if self.pins is not None:  # our slot: the next attach replaces its filter in place (no gap)
+            own_filters |= {(CLSACT_PARENT[d], self.priority, self.handle) for d in directions}
         removed = 0
         for d in directions:
             for f in self._clsact.filters(ifindex, d):
@@ -386,6 +458,8 @@ class TcAttacher:
             if not att.active:
                 return
             if att.mode == "tcx":
+                if self.pins is not None:
+                    self.pins.unpin_link(att.ifindex, att.direction)
                 try:
                     tcx.detach_link(att.link_fd)
                 except BpfError as e:
@@ -430,6 +504,24 @@ class TcAttacher:
                     first = first or e
         if first is not None:
             raise first
+
+    def release(self) -> None:
+        """Stop holding our attachments. Without ``pins`` this is :meth:`detach_all`; with them, every TCX link
+        stays attached (pinned) and every cls_bpf filter stays in place, for the next run to take over: only our
+        fds are closed."""
+        if self.pins is None:
+            self.detach_all()
+            return
+        with self._lock:
+            for att in self._attachments:
+                if att.mode == "tcx" and att.link_fd >= 0:
+                    os.close(att.link_fd)
+                    att.link_fd = -1
+                att.active = False
+            kept = len(self._attachments)
+            self._attachments = []
+            self._our_qdiscs.clear()
+        log.info("left %d attachment(s) in place for the next run (pins in %s)", kept, self.pins.dir)
 
     # --- inspection ---------------------------------------------------------------------------------------
     def list_attachments(self, iface: str | int, direction: str) -> list[AttachmentInfo]:

@@ -118,11 +118,12 @@ class Clsact:
 
     # --- filters ----------------------------------------------------------------------------------------
     def add_filter(self, ifindex: int, direction: str, prog_fd: int, prog_name: str, *, priority: int,
-                   handle: int, protocol: int) -> int:
-        """Add a direct-action cls_bpf filter running ``prog_fd``; returns its parent."""
+                   handle: int, protocol: int, replace: bool = False) -> int:
+        """Add a direct-action cls_bpf filter running ``prog_fd`` (``replace``: or replace the filter in the same
+        slot in place, ``NLM_F_REPLACE``: the hook never runs without one); returns its parent."""
         parent = CLSACT_PARENT[direction]
         self.rt.tc(
-            "add-filter",
+            "replace-filter" if replace else "add-filter",
             "bpf",
             ifindex,
             handle=handle,

@@ -40,6 +40,7 @@ class Attachment:
     protocol: int = ETH_P_ALL
     handle: int = 0
     active: bool = True
+    adopted: bool = False  # tcx: a link pinned by an earlier run, held until attach() gives it our program
 
     @property
     def info(self) -> int:

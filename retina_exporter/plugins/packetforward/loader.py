@@ -10,6 +10,7 @@ import ctypes as ct
 import os
 
 from retina_exporter.datapath.compiler import BPF_DIR, BccProgram, compile_program, load_functions
+from retina_exporter.datapath.pins import open_pins
 from retina_exporter.bpf import packetforward as layout
 
 SOURCE = BPF_DIR / "packetforward.bpf.c"
@@ -36,11 +37,15 @@ class PacketForwardError(RuntimeError):
 class PacketForwardProgram(BccProgram):
     """The loaded BPF object: the two classifiers' fds and the per-CPU counter array.
 
-    ``source`` is for tests (e.g. a program the verifier rejects)."""
+    ``source`` is for tests (e.g. a program the verifier rejects). ``pin_root``: keep the counters pinned under it
+    (``bpfPinPath``), so they continue across restarts (:mod:`retina_exporter.datapath.pins`)."""
 
-    def __init__(self, source: str | os.PathLike = SOURCE) -> None:
+    def __init__(self, source: str | os.PathLike = SOURCE, pin_root: str | None = None) -> None:
         self.bpf = compile_program("packetforward", source, error=PacketForwardError)
         try:
+            self.pins = open_pins(pin_root, "packetforward", source)  # after compiling: the shortest gap
+            if self.pins is not None:
+                self.pins.adopt_maps(self.bpf, (MAP_NAME,))
             self.functions = load_functions(self.bpf, PROGRAMS.values(), source, error=PacketForwardError)
             self.metrics = self.bpf[MAP_NAME.encode()]
         except BaseException:

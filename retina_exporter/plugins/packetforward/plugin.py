@@ -3,8 +3,9 @@
 Families (prefix ``networkobservability_``, gauges, Retina's names and labels):
 
 ``forward_count{direction}``
-    Packets seen on the host interfaces since the plugin loaded: ``direction="ingress"`` received (TC ingress),
-    ``"egress"`` sent (TC egress), summed over all host interfaces.
+    Packets seen on the host interfaces since the plugin loaded (with ``bpfPinning``: since the counters were first
+    pinned, across restarts): ``direction="ingress"`` received (TC ingress), ``"egress"`` sent (TC egress), summed
+    over all host interfaces.
 ``forward_bytes{direction}``
     The same packets' bytes: frame length from the Ethernet header on, without FCS (``skb->len`` at the hook), as
     the interface rx_bytes/tx_bytes counters count them.
@@ -38,7 +39,7 @@ from retina_exporter.plugins.linuxutil.poller import Poller, metrics_interval_s
 from retina_exporter.plugins.packetforward import loader
 from retina_exporter.plugins.packetforward.loader import PacketForwardError, PacketForwardProgram
 from retina_exporter.datapath.tc import AttachError, TcAttacher
-from retina_exporter.plugins.tcattach import attach_programs, interface_index
+from retina_exporter.plugins.tcattach import attach_programs, interface_index, pin_root
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +133,10 @@ class PacketForwardPlugin(Plugin):
         for name in names:  # fail before loading anything
             _ifindex(name)
         self.interfaces = names
-        self.program = self._given_program or PacketForwardProgram()
+        self.program = self._given_program or PacketForwardProgram(pin_root=pin_root(cfg, self.name))
         try:
             self.attacher = TcAttacher(prefix=loader.PROGRAM_PREFIX, enable_tcx=getattr(cfg, "enable_tcx", "auto"),
-                                       priority=CLSACT_PRIORITY, handle=CLSACT_HANDLE)
+                                       priority=CLSACT_PRIORITY, handle=CLSACT_HANDLE, pins=self.program.pins)
         except (AttachError, ValueError) as exc:
             raise PacketForwardError(f"packetforward: {exc}") from exc
         self.poller = Poller(self.name, self.read_once, metrics_interval_s(cfg))
@@ -165,7 +166,7 @@ class PacketForwardPlugin(Plugin):
             self.poller.stop()
         if self.attacher is not None:
             try:
-                self.attacher.close()  # detaches everything it attached (and a clsact qdisc it added)
+                self.attacher.close()  # detaches everything it attached (and a clsact qdisc it added); pinned: kept
             finally:
                 self.attacher = None
                 self.attached.clear()

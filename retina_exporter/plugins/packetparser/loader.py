@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 
 from retina_exporter.datapath.compiler import BPF_DIR, BccProgram, compile_program, load_functions, ring_pages
+from retina_exporter.datapath.pins import open_pins
 from retina_exporter.bpf import packetparser as layout
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,9 @@ FROM_NETWORK = "retina_from_net"  # host interface, TC ingress
 TO_NETWORK = "retina_to_net"  # host interface, TC egress
 CLASSIFIERS = (FROM_ENDPOINT, TO_ENDPOINT, FROM_NETWORK, TO_NETWORK)
 SWEEP_PROGRAM = "retina_ct_sweep"
+# Maps kept in bpffs across restarts (bpfPinning): the unreported counts, the records not read yet, the kernel's
+# lost counters. config and retina_filter are written by every start.
+PINNED_MAPS = ("conntrack", "events", "lost")
 
 
 @dataclass(frozen=True)
@@ -48,14 +52,20 @@ class LoadOptions:
 
 
 class PacketParserProgram(BccProgram):
-    """The loaded BPF object: program fds by name, and the maps ``events``, ``conntrack``, ``config``, ``lost``."""
+    """The loaded BPF object: program fds by name, and the maps ``events``, ``conntrack``, ``config``, ``lost``.
 
-    def __init__(self, options: LoadOptions) -> None:
+    ``pin_root``: keep :data:`PINNED_MAPS` pinned under it (``bpfPinPath``), reusing the pins of an earlier run of
+    the same layout (:mod:`retina_exporter.datapath.pins`)."""
+
+    def __init__(self, options: LoadOptions, pin_root: str | None = None) -> None:
         self.options = options
         pages = ring_pages(options.ring_buffer_bytes, "packetParserRingBufferSize")
         defines = {"CT_MAP_SIZE": options.ct_map_size, "RINGBUF_PAGES": pages,
                    "FILTER_MAP_SIZE": options.filter_map_size}
         self.bpf = compile_program("packetparser", SOURCE, defines)
+        self.pins = open_pins(pin_root, "packetparser", SOURCE, defines)  # after compiling: the shortest gap
+        if self.pins is not None:
+            self.pins.adopt_maps(self.bpf, PINNED_MAPS)
         self.functions = load_functions(self.bpf, CLASSIFIERS + (SWEEP_PROGRAM,), SOURCE)
         self.events = self.bpf[b"events"]
         self.conntrack = self.bpf[b"conntrack"]

@@ -15,7 +15,7 @@ from retina_exporter.plugins.packetparser import loader
 from retina_exporter.plugins.packetparser.loader import LoadOptions, PacketParserProgram
 from retina_exporter.plugins.packetparser.reader import EventDecoder, RingBufferReader
 from retina_exporter.plugins.packetparser.sweeper import ConntrackSweeper
-from retina_exporter.plugins.tcattach import TcRingBufferPlugin
+from retina_exporter.plugins.tcattach import TcRingBufferPlugin, pin_root
 from retina_core.telemetry import CONTROL_PLANE_PREFIX, METRIC_PREFIX
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class PacketParserPlugin(TcRingBufferPlugin):
 
     # --- RingBufferPlugin hooks -----------------------------------------------------------------------------
     def load_program(self, ctx: PluginContext) -> PacketParserProgram:
-        return PacketParserProgram(load_options_from(ctx.config))
+        return PacketParserProgram(load_options_from(ctx.config), pin_root=pin_root(ctx.config, self.name))
 
     def adopt_program(self, program: PacketParserProgram, ctx: PluginContext) -> None:
         program.configure(load_options_from(ctx.config))
@@ -98,6 +98,8 @@ class PacketParserPlugin(TcRingBufferPlugin):
     def stop_helpers(self) -> None:
         if self.sweeper is not None:
             self.sweeper.stop()
+            if self.program is not None and self.program.pins is not None:
+                return  # unreported counts stay in the pinned conntrack: the next run reports them
             try:
                 self.flush()  # nothing counted is left behind in the map
             except Exception:
