@@ -62,8 +62,10 @@ from typing import Any
 
 from retina_core.metricsconfig import (
     KIND_DNS,
+    KIND_DNS_LATENCY,
     KIND_DROP,
     KIND_FORWARD,
+    KIND_INTERZONE,
     KIND_TCPFLAGS,
     KIND_TCPRETRANS,
     ContextOption,
@@ -71,7 +73,10 @@ from retina_core.metricsconfig import (
     family_names,
     sanitize_pod_label_key,
 )
+from metrics_module.dnslatency import DnsLatencyMetrics
 from metrics_module.exposition import escape_label_value
+from metrics_module.interzone import InterzoneMetrics
+from retina_core.dns.latency import DEFAULT_BUCKETS_S
 from retina_core.addr import ip_text_cached
 from retina_core.record import (
     DIR_EGRESS,
@@ -121,7 +126,13 @@ _HELP = {
     "adv_tcpretrans_count": "Total number of TCP retransmitted packets",
     "adv_dns_request_count": "Total number of DNS query packets",
     "adv_dns_response_count": "Total number of DNS response packets",
+    "adv_dns_latency_seconds": "DNS query to response time as seen on the node, in seconds",
+    "adv_dns_unanswered_queries": "Total number of DNS queries without a response within the timeout",
+    "adv_interzone_bytes": "Total number of bytes sent from a pod of this node to another zone",
+    "adv_interzone_count": "Total number of packets sent from a pod of this node to another zone",
 }
+_MTYPE = {"adv_dns_latency_seconds": "histogram", "adv_dns_unanswered_queries": "counter",
+          "adv_interzone_bytes": "counter", "adv_interzone_count": "counter"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -219,7 +230,7 @@ class AdvMetric:
         self.full_name = METRIC_PREFIX + name
         self.help = _HELP[name]
         self.kind = option.kind
-        self.mtype = "counter" if self.kind == KIND_DNS else "gauge"  # as Retina
+        self.mtype = _MTYPE.get(name) or ("counter" if self.kind == KIND_DNS else "gauge")  # as Retina
         self.is_bytes = name.endswith("_bytes")
         self.is_reply = option.is_reply
         self.ttl_s = option.ttl_ns / 1e9
@@ -237,12 +248,21 @@ class AdvMetric:
             self.dst = (side_spec("destination_", option.destination_labels, pod_label_keys)
                         if option.destination_labels else None)
             ctx_names = (self.src.names if self.src else ()) + (self.dst.names if self.dst else ())
+        if self.kind == KIND_INTERZONE:
+            ctx_names = ()
+            self.side = self.src = self.dst = None
         if self.kind == KIND_FORWARD or self.kind == KIND_TCPRETRANS:
             fixed: tuple[str, ...] = ("direction",)
         elif self.kind == KIND_TCPFLAGS:
             fixed = ("flag",)
         elif self.kind == KIND_DROP:
             fixed = ("reason", "direction")
+        elif self.kind == KIND_INTERZONE:
+            fixed = ("source_zone", "destination_zone")
+        elif name == "adv_dns_latency_seconds":
+            fixed = ("query_type", "return_code")
+        elif name == "adv_dns_unanswered_queries":
+            fixed = ("query_type",)
         elif name == "adv_dns_request_count":
             fixed = ("query_type", "query")
         else:
@@ -508,6 +528,10 @@ class AdvancedMetrics:
         self.metrics: list[AdvMetric] = []
         self._pipelines: dict[int, _Pipeline] = {}
         self._dns: list[AdvMetric] = []
+        self._dnslat: DnsLatencyMetrics | None = None
+        self._interzone: InterzoneMetrics | None = None
+        self.dns_latency_buckets: tuple[float, ...] = DEFAULT_BUCKETS_S
+        """Bucket bounds of adv_dns_latency_seconds (seconds; the agent sets dnsLatency.buckets)."""
         self.pod_allowed: Callable[[str, str], bool] = lambda ns, pod: True
         self.apply(config)
 
@@ -553,6 +577,15 @@ class AdvancedMetrics:
                     by_verdict.setdefault(VERDICT_TCP_RETRANSMISSION, []).append(m)
                 elif m.kind == KIND_DNS:
                     dns.append(m)
+            dnslat = [m for m in metrics if m.kind == KIND_DNS_LATENCY]
+            interzone = [m for m in metrics if m.kind == KIND_INTERZONE]
+            if self._dnslat is not None and dnslat:  # queries awaiting their outcome carry over
+                waiting = self._dnslat.waiting
+                self._dnslat = DnsLatencyMetrics(self, dnslat)
+                self._dnslat.waiting = waiting
+            else:
+                self._dnslat = DnsLatencyMetrics(self, dnslat) if dnslat else None
+            self._interzone = InterzoneMetrics(self, interzone) if interzone else None
             self.config = config
             self.pod_allowed = config.pod_allowed if config is not None else (lambda ns, pod: True)
             self.metrics = metrics
@@ -581,6 +614,8 @@ class AdvancedMetrics:
             pipelines = self._pipelines
             fwd = pipelines.get(VERDICT_FORWARDED)
             dns = self._dns
+            dnslat = self._dnslat
+            interzone = self._interzone
             for rec in records:
                 try:
                     v = rec.verdict
@@ -589,35 +624,44 @@ class AdvancedMetrics:
                 if v == VERDICT_FORWARDED:
                     if fwd is not None:
                         fwd.add(rec, now)
+                    if interzone is not None:
+                        interzone.add(rec, now)
                 elif v == VERDICT_DNS:
                     if dns:
                         self._add_dns(rec, now)
+                    if dnslat is not None:
+                        dnslat.add(rec, now)
                 else:
                     p = pipelines.get(v)
                     if p is not None:
                         p.add(rec, now)
 
-    def _add_dns(self, rec: Any, now: float) -> None:
-        info = rec.l7
-        if info is None:
-            return
+    def dns_side(self, rec: Any) -> int | None:
+        """Which side a DNS record counts for (local context: 0 = source pod, 1 = destination pod; remote: -1), or
+        None when it does not count (no admitted pod)."""
         allowed = self.pod_allowed
         src, dst = rec.source, rec.destination
         if self.local:
             src_ok = _local_pod(src, allowed)
             dst_ok = _local_pod(dst, allowed)
             if src_ok and dst_ok:  # Retina: the destination for INGRESS flows, else the source
-                side = 1 if rec.direction == DIR_INGRESS else 0
-            elif src_ok:
-                side = 0
-            elif dst_ok:
-                side = 1
-            else:
-                return
-        else:
-            if not (_pod_in(src, allowed) or _pod_in(dst, allowed)):
-                return
-            side = -1
+                return 1 if rec.direction == DIR_INGRESS else 0
+            if src_ok:
+                return 0
+            return 1 if dst_ok else None
+        return -1 if _pod_in(src, allowed) or _pod_in(dst, allowed) else None
+
+    def count_overflow(self, name: str) -> None:
+        """One update of family ``name`` dropped at its series cap."""
+        self.overflow[name] = self.overflow.get(name, 0) + 1
+
+    def _add_dns(self, rec: Any, now: float) -> None:
+        info = rec.l7
+        if info is None:
+            return
+        side = self.dns_side(rec)
+        if side is None:
+            return
         for m in self._dns:
             if m.name == "adv_dns_request_count":
                 if info.is_response:
@@ -646,6 +690,8 @@ class AdvancedMetrics:
             now = self.clock()
         removed = 0
         with self.lock:
+            if self._dnslat is not None:
+                self._dnslat.poll(now)
             for m in self.metrics:
                 if m.ttl_s <= 0 or (due_only and now < m.next_sweep):
                     continue
@@ -661,6 +707,8 @@ class AdvancedMetrics:
             if removed:
                 for p in self._pipelines.values():
                     p.plans.clear()
+                if self._interzone is not None:
+                    self._interzone.forget()
         return removed
 
     # -- export -----------------------------------------------------------------------------------------------
@@ -672,7 +720,8 @@ class AdvancedMetrics:
         """The adv_* families. Samples are ``(labels, value)`` with labels as ``((name, value), …)``, or with
         ``prerendered=True`` as the exposition's pre-rendered ``{name="value",…}`` text (fast path for render)."""
         with self.lock:  # a dict copy is one C-level operation: cheap, and no per-series objects
-            snap = [(m, m.series.copy()) for m in self.metrics]
+            snap = [(m, m.series.copy() if m.mtype != "histogram" else
+                     {k: [e[0].value(), e[1], e[2]] for k, e in m.series.items()}) for m in self.metrics]
         out = []
         for m, series in snap:
             if prerendered:

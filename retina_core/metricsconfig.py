@@ -70,6 +70,11 @@ ACCEPTED_METRIC_NAMES: tuple[str, ...] = (
     "node_apiserver_latency",
     "node_apiserver_handshake_latency",
     "node_apiserver_no_response",
+    # ours (issue 14)
+    "dns_latency_seconds",
+    "dns_unanswered_queries",
+    "interzone_bytes",
+    "interzone_count",
 )
 
 #: Context label options, in the fixed order their labels appear in (Retina's ``ContextOptions.getLabels``).
@@ -85,6 +90,8 @@ KIND_TCPFLAGS = "tcpflags"
 KIND_TCPRETRANS = "tcpretrans"
 KIND_DNS = "dns"
 KIND_APISERVER = "apiserver"
+KIND_DNS_LATENCY = "dns_latency"  # ours: adv_dns_latency_seconds, adv_dns_unanswered_queries
+KIND_INTERZONE = "interzone"  # ours: adv_interzone_bytes, adv_interzone_count
 
 _SPEC_KEYS = ("contextOptions", "namespaces", "podLabelKeys", "maxSeriesPerMetric")
 _CR_KEYS = ("apiVersion", "kind", "metadata", "spec", "status")
@@ -110,6 +117,10 @@ def metric_kind(metric_name: str) -> str | None:
         return KIND_TCPRETRANS
     if "node_apiserver" in name:
         return KIND_APISERVER
+    if "interzone" in name:
+        return KIND_INTERZONE
+    if "dns" in name and ("latency" in name or "unanswered" in name):
+        return KIND_DNS_LATENCY
     if "dns" in name:
         return KIND_DNS
     return None
@@ -130,6 +141,10 @@ def family_names(metric_name: str) -> tuple[str, ...]:
         return ("adv_tcpretrans_count",)
     if kind == KIND_DNS:
         return ("adv_dns_response_count",) if "response" in name else ("adv_dns_request_count",)
+    if kind == KIND_DNS_LATENCY:
+        return ("adv_dns_unanswered_queries",) if "unanswered" in name else ("adv_dns_latency_seconds",)
+    if kind == KIND_INTERZONE:
+        return ("adv_interzone_bytes",) if "bytes" in name else ("adv_interzone_count",)
     return ()
 
 

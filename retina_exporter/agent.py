@@ -125,6 +125,7 @@ class Agent:
                 self.ring, self.telemetry, mcfg, cfg.node_name, bool(cfg.host_interfaces),
                 remote_context=cfg.remote_context, registry=self.metrics,
             )
+            self.metrics_module.advanced.dns_latency_buckets = cfg.dns_latency.buckets
         self.config_reloads = 0
         self.config_reload_errors = 0
         self.ctx = PluginContext(config=cfg, flow_sink=flow_sink, telemetry=self.telemetry,

@@ -205,6 +205,10 @@ def test_dispatch_by_substring():
         "node_apiserver_latency": ("apiserver", ()),
         "node_apiserver_handshake_latency": ("apiserver", ()),
         "node_apiserver_no_response": ("apiserver", ()),
+        "dns_latency_seconds": ("dns_latency", ("adv_dns_latency_seconds",)),
+        "dns_unanswered_queries": ("dns_latency", ("adv_dns_unanswered_queries",)),
+        "interzone_bytes": ("interzone", ("adv_interzone_bytes",)),
+        "interzone_count": ("interzone", ("adv_interzone_count",)),
     }
     for name in ACCEPTED_METRIC_NAMES:
         kind, families = expected.get(name, (None, ()))

@@ -23,13 +23,23 @@ connection we join in the middle (opened before the agent started) is treated th
 continues a long message may count as a parse error, or -- when its bytes happen to look like a DNS header and
 question -- as a message. Retransmitted UDP
 queries are new messages and count again, as on the wire.
+
+Latency (``latency``, a :class:`DnsLatencyConfig` with ``enabled``): every query and response goes through a
+:class:`~retina_core.dns.latency.QueryTracker` (matching, the observation point used, timeouts and limits are
+described there): ``networkobservability_dns_latency_seconds{query_type, return_code}`` (histogram) and
+``networkobservability_dns_unanswered_queries{query_type}`` (counter). The reader calls :meth:`expire` after
+every poll (at least every 100 ms), so an unanswered query is counted at most about 100 ms after its timeout.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
-from typing import Callable
+from typing import Any, Callable
+
+from retina_core.dns.latency import QueryTracker, query_type_label, return_code_label
+from retina_core.histogram import Histogram
 
 from retina_core.dns.parser import ParseError, parse, split_tcp_stream
 from retina_core.dns.record import VERDICT_DNS, DnsRecord
@@ -52,7 +62,7 @@ class DnsProcessor:
     """Single-threaded (the ring-buffer reader's thread); counters are read by scrapes without locks (ints)."""
 
     def __init__(self, node_name: str = "", ifnames: dict[int, str] | None = None, pod_level: bool = True,
-                 emit: Callable[[FlowRecord], None] | None = None) -> None:
+                 emit: Callable[[FlowRecord], None] | None = None, latency: Any = None) -> None:
         self.node_name = node_name
         self.ifnames = ifnames if ifnames is not None else {}
         self.pod_level = pod_level
@@ -66,6 +76,15 @@ class DnsProcessor:
         self.incomplete = 0  # messages parsed from a cut-off capture
         self._tcp: OrderedDict[tuple, int] = OrderedDict()
         self._unpack = EVENT_HEADER.unpack_from
+        self.latency_buckets: tuple[float, ...] = ()
+        self.latency: dict[tuple[str, str], Histogram] = {}  # (query_type, return_code) -> histogram
+        self.unanswered: dict[str, int] = {}  # query_type -> count
+        self._latency_lock = threading.Lock()  # observe (reader thread) vs. scrape snapshots
+        self.tracker: QueryTracker | None = None
+        if latency is not None and latency.enabled:
+            self.latency_buckets = latency.buckets
+            self.tracker = QueryTracker(self._answered, self._unanswered, timeout_ns=latency.unanswered_timeout_ns,
+                                        max_pending=latency.max_pending)
 
     @property
     def parse_errors_total(self) -> int:
@@ -99,8 +118,16 @@ class DnsProcessor:
                 self.requests += 1
             if not msg.complete:
                 self.incomplete += 1
-            if self.pod_level and self.emit is not None:
-                self.emit(self._record(ts, ipv, src, dst, proto, sport, dport, obs, ifindex, skb_len, msg))
+            emit = self.pod_level and self.emit is not None
+            if emit or self.tracker is not None:
+                info = DnsRecord.from_message(msg)
+                if self.tracker is not None:
+                    if info.qr:
+                        self.tracker.response((proto, dst, src, dport, sport, info.id), ts, info)
+                    else:
+                        self.tracker.query((proto, src, dst, sport, dport, info.id), ts, info)
+                if emit:
+                    self.emit(self._record(ts, ipv, src, dst, proto, sport, dport, obs, ifindex, skb_len, info))
 
     def _tcp_messages(self, key: tuple, seq: int, payload: bytes, seg_len: int, tcp_flags: int) -> list:
         if tcp_flags & _TCP_SYN:
@@ -144,8 +171,33 @@ class DnsProcessor:
         if len(tcp) > TCP_STATE_MAX:
             tcp.popitem(last=False)
 
-    def _record(self, ts, ipv, src, dst, proto, sport, dport, obs, ifindex, skb_len, msg) -> FlowRecord:
-        info = DnsRecord.from_message(msg)
+    # --- latency (reader thread) ---------------------------------------------------------------------------------
+    def _answered(self, info: DnsRecord, latency_s: float) -> None:
+        key = (query_type_label(info), return_code_label(info))
+        with self._latency_lock:
+            h = self.latency.get(key)
+            if h is None:
+                h = self.latency[key] = Histogram(self.latency_buckets)
+            h.observe(latency_s)
+
+    def _unanswered(self, info: DnsRecord) -> None:
+        qtype = query_type_label(info)
+        with self._latency_lock:
+            self.unanswered[qtype] = self.unanswered.get(qtype, 0) + 1
+
+    def expire(self, now_boot_ns: int | None = None) -> None:
+        """Count queries past their timeout as unanswered (``now_boot_ns``: CLOCK_BOOTTIME, the kernel's)."""
+        if self.tracker is not None and self.tracker.pending:
+            self.tracker.expire(time.clock_gettime_ns(time.CLOCK_BOOTTIME) if now_boot_ns is None else now_boot_ns)
+
+    def latency_samples(self) -> tuple[list, list]:
+        """(latency histogram samples, unanswered counter samples) for the exposition, label-sorted."""
+        with self._latency_lock:
+            hist = [((("query_type", q), ("return_code", r)), h.value()) for (q, r), h in sorted(self.latency.items())]
+            unanswered = [((("query_type", q),), n) for q, n in sorted(self.unanswered.items())]
+        return hist, unanswered
+
+    def _record(self, ts, ipv, src, dst, proto, sport, dport, obs, ifindex, skb_len, info: DnsRecord) -> FlowRecord:
         qr = info.qr
         rec = FlowRecord(
             ts + self.offset_ns, ipv, src, dst, proto, sport, dport,
@@ -165,5 +217,8 @@ class DnsProcessor:
             "tcp_segments_skipped": self.tcp_skipped,
             "incomplete_messages": self.incomplete,
             "tcp_directions_tracked": len(self._tcp),
+            **({"latency_pending": len(t.pending), "latency_overflow": t.overflow,
+                "latency_duplicates": t.duplicates, "latency_unmatched_responses": t.unmatched_responses}
+               if (t := self.tracker) is not None else {}),
         }
 
