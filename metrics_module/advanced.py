@@ -248,9 +248,6 @@ class AdvMetric:
             self.dst = (side_spec("destination_", option.destination_labels, pod_label_keys)
                         if option.destination_labels else None)
             ctx_names = (self.src.names if self.src else ()) + (self.dst.names if self.dst else ())
-        if self.kind == KIND_INTERZONE:
-            ctx_names = ()
-            self.side = self.src = self.dst = None
         if self.kind == KIND_FORWARD or self.kind == KIND_TCPRETRANS:
             fixed: tuple[str, ...] = ("direction",)
         elif self.kind == KIND_TCPFLAGS:

@@ -23,7 +23,8 @@ Things Retina accepts but that have no effect here give a warning in :attr:`Metr
 
 Metric names are dispatched by substring as in Retina's metrics module (``forward`` → adv_forward_*, ``drop`` →
 adv_drop_*, ``tcp``+``flag`` → adv_tcpflags_count, ``tcp``+``retrans`` → adv_tcpretrans_count, ``dns`` →
-adv_dns_*, ``node_apiserver`` → API-server latency). The API-server latency metrics are **not implemented yet**:
+adv_dns_*, ``node_apiserver`` → API-server latency; ours: ``interzone`` → adv_interzone_*, ``dns`` with ``latency`` or
+``unanswered`` → adv_dns_latency_seconds / adv_dns_unanswered_queries). The API-server latency metrics are **not implemented yet**:
 they are accepted with a warning (not an error), so that Retina's default metric set (what ``enableAnnotations``
 uses) loads unchanged. The other accepted names (``tcp_state``, ``udp_connection_stats`` …) produce nothing in
 Retina either: accepted with a warning.
@@ -319,6 +320,10 @@ def _parse_option(raw: Any, path: str, warnings: list[str], remote_context: bool
 
     source = _context_labels(raw.get("sourceLabels"), f"{path}.sourceLabels")
     destination = _context_labels(raw.get("destinationLabels"), f"{path}.destinationLabels")
+    if kind == KIND_INTERZONE and (source or destination):
+        warnings.append(f"{path}: interzone metrics have only source_zone and destination_zone labels; "
+                        "sourceLabels and destinationLabels are ignored")
+        source = destination = ()
     if destination and remote_context is False:
         warnings.append(
             f"{path}.destinationLabels: ignored in local context (remoteContext: false): labels describe the pod "

@@ -257,3 +257,41 @@ def test_metrics_configuration_reload_at_run_time(lab):
         assert agent.proc.poll() is None
     finally:
         agent.close()
+
+
+def test_interzone_bytes_equal_the_senders_veth_counters(lab, tmp_path):
+    """Pod 1 placed on a node of another zone (inventory): everything pod 0 sends goes to pod 1, so the inter-zone
+    bytes and packets zone a -> zone b equal pod 0's veth rx deltas exactly; pod 1's packets are counted by its
+    own node (not here)."""
+    data = lab.inventory()
+    data["endpoints"][1]["node"] = "node-b"
+    data["nodes"].append({"name": "node-b", "zone": "lab-zone-b"})
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text(yaml.safe_dump(data))
+    options = [{"metricName": "interzone_bytes"}, {"metricName": "interzone_count"}]
+    cfg = agent_config(lab, "high", options)
+    cfg["enrichment"]["inventoryFile"] = str(inv)
+    agent = AgentProcess(lab.node_ns, cfg)
+    p0 = lab.pods[0]
+    zones = {"source_zone": "lab-zone-a", "destination_zone": "lab-zone-b"}
+    try:
+        agent.start()
+        time.sleep(2.5 * REPORT_INTERVAL_S)
+        before_m = scrape(agent)
+        before_c = lab.host_stats(p0)
+        run_traffic(lab, ipv6=False)
+        after_c = lab.host_stats(p0)
+        want = (after_c["rx_packets"] - before_c["rx_packets"], after_c["rx_bytes"] - before_c["rx_bytes"])
+
+        def read():
+            m = scrape(agent)
+            return tuple(int(total(m[f], **zones) - total(before_m[f], **zones))
+                         for f in ("networkobservability_adv_interzone_count", "networkobservability_adv_interzone_bytes"))
+
+        assert wait_equal(read, want, 2 * REPORT_INTERVAL_S + 4) == want
+        assert want[0] >= 100, want
+        m = scrape(agent)
+        assert {tuple(sorted(lbl.items())) for lbl, _ in m["networkobservability_adv_interzone_bytes"]} == {
+            tuple(sorted(zones.items()))}
+    finally:
+        agent.close()
