@@ -51,6 +51,9 @@ Series lifetime: ``ttl`` per contextOption (series not updated within it are rem
 in ``controlplane_networkobservability_expired_metrics_counter{metric}``); at most ``maxSeriesPerMetric`` series
 per metric (updates that would create more are dropped and counted in
 ``controlplane_networkobservability_metrics_series_overflow_counter{metric}``; existing series keep counting).
+Series of a pod that left the IP cache go ``podDeletionGrace`` later (:meth:`pods_left`,
+:mod:`metrics_module.departures`). Our own families: :mod:`metrics_module.dnslatency` (adv_dns_latency_seconds,
+adv_dns_unanswered_queries) and :mod:`metrics_module.interzone` (adv_interzone_*).
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ from retina_core.metricsconfig import (
     family_names,
     sanitize_pod_label_key,
 )
+from metrics_module.departures import departed_series
 from metrics_module.dnslatency import DnsLatencyMetrics
 from metrics_module.exposition import escape_label_value
 from metrics_module.interzone import InterzoneMetrics
@@ -220,7 +224,7 @@ class AdvMetric:
 
     __slots__ = ("option", "name", "full_name", "help", "mtype", "kind", "is_bytes", "is_reply", "fixed_names",
                  "label_names", "label_template", "series", "ttl_s", "cap", "local", "side", "src", "dst", "next_sweep",
-                 "owner")
+                 "owner", "departed")
 
     def __init__(self, option: ContextOption, name: str, local: bool, pod_label_keys: tuple[str, ...],
                  cap: int, owner: AdvancedMetrics,
@@ -268,12 +272,24 @@ class AdvMetric:
         self.label_names = fixed + ctx_names + (("is_reply",) if self.is_reply else ())
         self.label_template = "{" + ",".join(f'{n}="%s"' for n in self.label_names) + "}"
         self.series: dict[tuple[str, ...], list] = {}
+        self.departed: dict[tuple[str, ...], tuple[float, tuple]] = {}
+        """Series of pods that left the IP cache -> (when they are removed, the departed identity objects); see
+        :mod:`metrics_module.departures`."""
 
     def sides(self) -> tuple[SideSpec, ...]:
         return tuple(s for s in (self.side, self.src, self.dst) if s is not None)
 
-    def entry(self, labels: tuple[str, ...], now: float) -> list | None:
-        """The series for ``labels``, created if the cap allows; None otherwise (the caller counts the overflow)."""
+    def entry(self, labels: tuple[str, ...], now: float, owners: tuple = ()) -> list | None:
+        """The series for ``labels``, created if the cap allows; None otherwise (the caller counts the overflow).
+
+        ``owners``: the record's identity objects. A series of a departed pod keeps counting for records of that
+        pod (still in flight); for any other record with its labels (a new pod reusing the address or name) it is
+        replaced by a new series."""
+        if self.departed:
+            d = self.departed.get(labels)
+            if d is not None and not any(o is g for o in owners for g in d[1]):
+                del self.departed[labels]
+                self.series.pop(labels, None)
         e = self.series.get(labels)
         if e is None:
             if len(self.series) >= self.cap:
@@ -388,13 +404,13 @@ class _Pipeline:
         if plan[4]:
             fc = rec.flag_counts
             if fc is not None:
-                self._add_flags(plan[4], fc, now)
+                self._add_flags(plan[4], fc, now, (plan[0], plan[1]))
         if plan[5]:
             overflow = self.owner.overflow
             for name in plan[5]:
                 overflow[name] = overflow.get(name, 0) + 1
 
-    def _add_flags(self, groups: list, fc: tuple[int, ...], now: float) -> None:
+    def _add_flags(self, groups: list, fc: tuple[int, ...], now: float, owners: tuple) -> None:
         nonzero = _FLAG_CACHE.get(fc)
         if nonzero is None:
             nonzero = _nonzero_flags(fc)
@@ -404,7 +420,7 @@ class _Pipeline:
                 e = slots[i]
                 if e is None:
                     m = group[0]
-                    e = m.entry((FLAG_LABELS[i],) + group[1], now)
+                    e = m.entry((FLAG_LABELS[i],) + group[1], now, owners)
                     if e is None:
                         overflow = self.owner.overflow
                         overflow[m.name] = overflow.get(m.name, 0) + 1
@@ -454,7 +470,7 @@ class _Pipeline:
                         labels = (direction,) + ctx + (reply,)
                     else:
                         labels = (direction,) + ctx
-                    e = m.entry(labels, now)
+                    e = m.entry(labels, now, plan[:2])
                     if e is None:
                         plan[5].append(m.name)
                     elif m.is_bytes:
@@ -521,6 +537,9 @@ class AdvancedMetrics:
         """Series removed by TTL, by family name without prefix (``adv_forward_count``)."""
         self.overflow: dict[str, int] = {}
         """Updates dropped because the family was at its series cap."""
+        self.departed_removed: dict[str, int] = {}
+        """Series removed because their pod left the IP cache (``podDeletionGrace``), by family name."""
+        self.pod_deletion_grace_s = 0.0
         self.config: MetricsConfiguration | None = None
         self.metrics: list[AdvMetric] = []
         self._pipelines: dict[int, _Pipeline] = {}
@@ -559,6 +578,7 @@ class AdvancedMetrics:
                 prev = old.get(m.name)
                 if prev is not None and prev.label_names == m.label_names:
                     m.series = prev.series
+                    m.departed = prev.departed
                     m.next_sweep = prev.next_sweep
                 self.overflow.setdefault(m.name, 0)
                 if m.ttl_s > 0:
@@ -584,6 +604,7 @@ class AdvancedMetrics:
                 self._dnslat = DnsLatencyMetrics(self, dnslat) if dnslat else None
             self._interzone = InterzoneMetrics(self, interzone) if interzone else None
             self.config = config
+            self.pod_deletion_grace_s = config.pod_deletion_grace_ns / 1e9 if config is not None else 0.0
             self.pod_allowed = config.pod_allowed if config is not None else (lambda ns, pod: True)
             self.metrics = metrics
             self._dns = dns
@@ -659,6 +680,7 @@ class AdvancedMetrics:
         side = self.dns_side(rec)
         if side is None:
             return
+        src, dst = rec.source, rec.destination
         for m in self._dns:
             if m.name == "adv_dns_request_count":
                 if info.is_response:
@@ -669,7 +691,7 @@ class AdvancedMetrics:
                     continue
                 rcode = DNS_RCODES[info.rcode] if 0 <= info.rcode < len(DNS_RCODES) else str(info.rcode)
                 fixed = (rcode, ",".join(info.qtypes), info.query, ",".join(info.ips), str(info.num_answers))
-            e = m.entry(fixed + m.context_values(rec, side), now)
+            e = m.entry(fixed + m.context_values(rec, side), now, (src, dst))
             if e is None:
                 self.overflow[m.name] = self.overflow.get(m.name, 0) + 1
             else:
@@ -677,6 +699,28 @@ class AdvancedMetrics:
                 e[1] = now
 
     # -- lifetime ---------------------------------------------------------------------------------------------
+
+    def pods_left(self, gone: dict, now: float | None = None) -> int:
+        """Pods left the IP cache (``{(namespace, pod name, ip): their identity object}``): their series are removed
+        by the first :meth:`sweep` ``podDeletionGrace`` later (nothing with a grace of 0: they wait for their ttl).
+        Returns how many series were marked."""
+        if now is None:
+            now = self.clock()
+        marked = 0
+        with self.lock:
+            grace = self.pod_deletion_grace_s
+            if grace <= 0 or not gone:
+                return 0
+            idents = tuple(gone.values())
+            for m in self.metrics:
+                for labels in departed_series(m.label_names, list(m.series), set(gone)):
+                    if labels not in m.departed:
+                        m.departed[labels] = (now + grace, idents)
+                        marked += 1
+            if marked:  # plans hold entries: rebuilt on the next records, through entry()
+                for p in self._pipelines.values():
+                    p.plans.clear()
+        return marked
 
     def sweep(self, now: float | None = None, *, due_only: bool = False) -> int:
         """Remove series not updated within their metric's ttl; return how many were removed.
@@ -690,6 +734,13 @@ class AdvancedMetrics:
             if self._dnslat is not None:
                 self._dnslat.poll(now)
             for m in self.metrics:
+                if m.departed:
+                    due = [k for k, (t, _owners) in m.departed.items() if t <= now]
+                    for k in due:
+                        del m.departed[k]
+                        if m.series.pop(k, None) is not None:
+                            self.departed_removed[m.name] = self.departed_removed.get(m.name, 0) + 1
+                            removed += 1
                 if m.ttl_s <= 0 or (due_only and now < m.next_sweep):
                     continue
                 m.next_sweep = now + min(max(m.ttl_s / 4, 1.0), 60.0)
@@ -699,6 +750,7 @@ class AdvancedMetrics:
                     series = m.series
                     for k in dead:
                         del series[k]
+                        m.departed.pop(k, None)
                     self.expired[m.name] = self.expired.get(m.name, 0) + len(dead)
                     removed += len(dead)
             if removed:

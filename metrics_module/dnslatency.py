@@ -38,7 +38,7 @@ class DnsLatencyMetrics:
         self.owner = owner
         self.latency = next((m for m in metrics if m.name == LATENCY), None)
         self.unanswered = next((m for m in metrics if m.name == UNANSWERED), None)
-        self.waiting: deque[tuple[Any, Any]] = deque()  # (query DnsRecord, context label values), arrival order
+        self.waiting: deque[tuple[Any, Any, tuple]] = deque()  # (query DnsRecord, context labels, identities)
 
     def add(self, rec: Any, now: float) -> None:
         info = rec.l7
@@ -51,7 +51,8 @@ class DnsLatencyMetrics:
             side = self.owner.dns_side(rec)
             if side is None:
                 return
-            e = m.entry((query_type_label(info), return_code_label(info)) + m.context_values(rec, side), now)
+            e = m.entry((query_type_label(info), return_code_label(info)) + m.context_values(rec, side), now,
+                        (rec.source, rec.destination))
             if e is None:
                 self.owner.count_overflow(m.name)
                 return
@@ -69,21 +70,21 @@ class DnsLatencyMetrics:
         if len(self.waiting) >= MAX_WAITING:
             self.owner.count_overflow(m.name)
             return
-        self.waiting.append((info, m.context_values(rec, side)))
+        self.waiting.append((info, m.context_values(rec, side), (rec.source, rec.destination)))
 
     def poll(self, now: float) -> None:
         """Count the waiting queries that were decided unanswered; forget the decided ones (oldest first)."""
         m = self.unanswered
         waiting = self.waiting
         while waiting:
-            info, ctx = waiting[0]
+            info, ctx, owners = waiting[0]
             outcome = info.outcome
             if outcome == OUTCOME_PENDING:
                 break
             waiting.popleft()
             if outcome != OUTCOME_UNANSWERED or m is None:
                 continue
-            e = m.entry((query_type_label(info),) + ctx, now)
+            e = m.entry((query_type_label(info),) + ctx, now, owners)
             if e is None:
                 self.owner.count_overflow(m.name)
                 continue

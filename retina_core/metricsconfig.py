@@ -13,6 +13,7 @@ Shape (the CRD's ``spec``, ``retina.sh/v1alpha1``, exactly as Retina; see docs/m
     # ours, not in Retina's CRD:
     podLabelKeys: [app.kubernetes.io/name]   # pod labels copied into metric labels (label_app_kubernetes_io_name)
     maxSeriesPerMetric: 100000               # series cap per metric
+    podDeletionGrace: 30s                    # series of a pod that left the IP cache go after this; 0 = at ttl
 
 A whole ``MetricsConfiguration`` object (``apiVersion``/``kind``/``metadata``/``spec``) is accepted too; only its
 ``spec`` is used.
@@ -82,6 +83,7 @@ ACCEPTED_METRIC_NAMES: tuple[str, ...] = (
 ACCEPTED_CONTEXT_LABELS: tuple[str, ...] = ("ip", "namespace", "podname", "workload", "service", "port", "zone")
 
 DEFAULT_MAX_SERIES_PER_METRIC = 100_000
+DEFAULT_POD_DELETION_GRACE_NS = 30_000_000_000
 MAX_MAX_SERIES_PER_METRIC = 10_000_000
 
 # Metric kinds (what a metricName dispatches to).
@@ -94,7 +96,7 @@ KIND_APISERVER = "apiserver"
 KIND_DNS_LATENCY = "dns_latency"  # ours: adv_dns_latency_seconds, adv_dns_unanswered_queries
 KIND_INTERZONE = "interzone"  # ours: adv_interzone_bytes, adv_interzone_count
 
-_SPEC_KEYS = ("contextOptions", "namespaces", "podLabelKeys", "maxSeriesPerMetric")
+_SPEC_KEYS = ("contextOptions", "namespaces", "podLabelKeys", "maxSeriesPerMetric", "podDeletionGrace")
 _CR_KEYS = ("apiVersion", "kind", "metadata", "spec", "status")
 _OPTION_KEYS = ("metricName", "sourceLabels", "destinationLabels", "additionalLabels", "ttl")
 _NAMESPACE_KEYS = ("include", "exclude")
@@ -201,6 +203,9 @@ class MetricsConfiguration:
     """Pod label keys to copy (ours); the metric label is :func:`sanitize_pod_label_key` of each."""
     max_series_per_metric: int = DEFAULT_MAX_SERIES_PER_METRIC
     """New series beyond this many per metric are not created (ours)."""
+    pod_deletion_grace_ns: int = DEFAULT_POD_DELETION_GRACE_NS
+    """Series of a pod that left the IP cache are removed this long after (one scrape interval, so the last
+    value is scraped); 0 = they stay until their ttl (ours)."""
     pods_include: frozenset[tuple[str, str]] = frozenset()
     """(namespace, pod name) pairs counted whatever the namespace rule says: pods opted in one by one with the
     ``retina.sh: observe`` annotation (set by the Kubernetes control loop; not part of the spec, not in to_dict)."""
@@ -229,6 +234,8 @@ class MetricsConfiguration:
             out["podLabelKeys"] = list(self.pod_label_keys)
         if self.max_series_per_metric != DEFAULT_MAX_SERIES_PER_METRIC:
             out["maxSeriesPerMetric"] = self.max_series_per_metric
+        if self.pod_deletion_grace_ns != DEFAULT_POD_DELETION_GRACE_NS:
+            out["podDeletionGrace"] = format_duration(self.pod_deletion_grace_ns)
         return out
 
 
@@ -468,11 +475,20 @@ def parse_metrics_configuration(
                               f"{MAX_MAX_SERIES_PER_METRIC}")
         max_series = ms_raw
 
+    grace_ns = DEFAULT_POD_DELETION_GRACE_NS
+    grace_raw = raw.get("podDeletionGrace")
+    if grace_raw is not None and grace_raw != "":
+        try:
+            grace_ns = parse_duration(grace_raw)
+        except ConfigError as e:
+            raise ConfigError(f"{path}.podDeletionGrace: {e}") from None
+
     return MetricsConfiguration(
         context_options=tuple(options),
         namespaces_include=include,
         namespaces_exclude=exclude,
         pod_label_keys=pod_keys,
         max_series_per_metric=max_series,
+        pod_deletion_grace_ns=grace_ns,
         warnings=tuple(warnings),
     )

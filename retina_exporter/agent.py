@@ -124,6 +124,7 @@ class Agent:
             self.metrics_module = MetricsModule(
                 self.ring, self.telemetry, mcfg, cfg.node_name, bool(cfg.host_interfaces),
                 remote_context=cfg.remote_context, registry=self.metrics,
+                ipcache=lambda cache=self.cache: (cache.version, cache.view()),
             )
             self.metrics_module.advanced.dns_latency_buckets = cfg.dns_latency.buckets
         self.config_reloads = 0

@@ -295,3 +295,49 @@ def test_interzone_bytes_equal_the_senders_veth_counters(lab, tmp_path):
             tuple(sorted(zones.items()))}
     finally:
         agent.close()
+
+
+def test_series_leave_with_their_pod_and_a_reused_address_starts_from_zero(lab, tmp_path):
+    """Inventory source: pod 1 removed from the inventory takes its series with it after podDeletionGrace; a new
+    pod given pod 1's addresses counts exactly its own packets (its veth's counters since it appeared), nothing of
+    the old pod's."""
+    inv = tmp_path / "inventory.yaml"
+    data = lab.inventory()
+    inv.write_text(yaml.safe_dump(data))
+    cfg = agent_config(lab, "low", [{"metricName": "forward_count", "sourceLabels": ["ip"]}])
+    cfg["metricsConfiguration"]["podDeletionGrace"] = "1s"
+    cfg["enrichment"]["inventoryFile"] = str(inv)
+    agent = AgentProcess(lab.node_ns, cfg)
+    p0, p1 = lab.pods
+
+    def count(ip, direction):
+        return int(total(scrape(agent)["networkobservability_adv_forward_count"], ip=ip, direction=direction))
+
+    def has_series(ip):
+        return any(lbl["ip"] == ip for lbl, _ in scrape(agent)["networkobservability_adv_forward_count"])
+
+    def ipcache_name(ip):
+        return json.loads(agent.get("/debug/ipcache")[1])["ips"].get(ip, {}).get("pod_name")
+
+    try:
+        agent.start()
+        before = lab.host_stats(p1)
+        traffic.udp_burst(lab, p0, p1, count=40, payload_size=60, dport=9310)
+        want_old = lab.host_stats(p1)["tx_packets"] - before["tx_packets"]
+        assert wait_equal(lambda: count(p1.ipv4, "ingress"), want_old, 10) == want_old >= 40
+        egress0 = count(p0.ipv4, "egress")
+
+        removed = {**data, "endpoints": [data["endpoints"][0]]}
+        inv.write_text(yaml.safe_dump(removed))
+        assert wait_equal(lambda: has_series(p1.ipv4), False, 15) is False
+        assert count(p0.ipv4, "egress") == egress0  # the other pod's series stay
+
+        reused = {**data, "endpoints": [data["endpoints"][0], {**data["endpoints"][1], "podName": "newcomer-0"}]}
+        inv.write_text(yaml.safe_dump(reused))
+        assert wait_equal(lambda: ipcache_name(p1.ipv4), "newcomer-0", 10) == "newcomer-0"
+        before = lab.host_stats(p1)
+        traffic.udp_burst(lab, p0, p1, count=25, payload_size=60, dport=9311)
+        want_new = lab.host_stats(p1)["tx_packets"] - before["tx_packets"]
+        assert wait_equal(lambda: count(p1.ipv4, "ingress"), want_new, 10) == want_new >= 25
+    finally:
+        agent.close()
