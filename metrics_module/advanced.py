@@ -642,7 +642,7 @@ class AdvancedMetrics:
                 if v == VERDICT_FORWARDED:
                     if fwd is not None:
                         fwd.add(rec, now)
-                    if interzone is not None:
+                    if interzone is not None and rec.obs_point == OBS_FROM_ENDPOINT:  # its only point
                         interzone.add(rec, now)
                 elif v == VERDICT_DNS:
                     if dns:

@@ -14,7 +14,10 @@ from typing import Any
 
 from retina_core.record import OBS_FROM_ENDPOINT
 
-__all__ = ["BYTES", "COUNT", "InterzoneMetrics"]
+__all__ = ["BYTES", "COUNT", "InterzoneMetrics", "PLAN_CACHE_MAX"]
+
+#: Cached (source, destination) pairs before the cache is emptied (it refills on the next records).
+PLAN_CACHE_MAX = 200_000
 
 BYTES = "adv_interzone_bytes"
 COUNT = "adv_interzone_count"
@@ -28,29 +31,43 @@ class InterzoneMetrics:
         self.owner = owner
         self.bytes = next((m for m in metrics if m.name == BYTES), None)
         self.count = next((m for m in metrics if m.name == COUNT), None)
-        self._entries: dict[tuple[str, str], tuple[list | None, list | None]] = {}
+        # (id(source), id(destination)) -> [source, destination, bytes entry, count entry]; entries None when the
+        # pair does not count. Identity objects are kept and checked with ``is`` (id() reuse safe).
+        self._plans: dict[tuple[int, int], list] = {}
 
     def add(self, rec: Any, now: float) -> None:
         if rec.obs_point != OBS_FROM_ENDPOINT:
             return
         src, dst = rec.source, rec.destination
-        if src is None or dst is None or src.kind != "pod" or src.node_name != self.owner.node_name:
+        if src is None or dst is None:
             return
         a, b = src.zone, dst.zone
-        if not a or not b or a == b or not self.owner.pod_allowed(src.namespace, src.pod_name):
+        if a == b or not a or not b:  # the common case, decided without the plan cache
             return
-        entries = self._entries.get((a, b))
-        if entries is None:
-            entries = (self._entry(self.bytes, a, b, now), self._entry(self.count, a, b, now))
-            if (entries[0] is None) == (self.bytes is None) and (entries[1] is None) == (self.count is None):
-                self._entries[(a, b)] = entries  # cached only when every configured series exists
-        eb, ec = entries
+        plan = self._plans.get((id(src), id(dst)))
+        if plan is None or plan[0] is not src or plan[1] is not dst:
+            plan = self._plan(src, dst, now)
+        eb = plan[2]
         if eb is not None:
             eb[0] += rec.bytes
             eb[1] = now
+        ec = plan[3]
         if ec is not None:
             ec[0] += rec.packets
             ec[1] = now
+
+    def _plan(self, src: Any, dst: Any, now: float) -> list:
+        plan = [src, dst, None, None]
+        if (src.kind == "pod" and src.node_name == self.owner.node_name
+                and self.owner.pod_allowed(src.namespace, src.pod_name)):
+            plan[2] = self._entry(self.bytes, src.zone, dst.zone, now)
+            plan[3] = self._entry(self.count, src.zone, dst.zone, now)
+            if (plan[2] is None) != (self.bytes is None) or (plan[3] is None) != (self.count is None):
+                return plan  # at the series cap: not cached, retried (and counted) on the next record
+        if len(self._plans) >= PLAN_CACHE_MAX:
+            self._plans.clear()
+        self._plans[(id(src), id(dst))] = plan
+        return plan
 
     def _entry(self, m: Any, a: str, b: str, now: float) -> list | None:
         if m is None:
@@ -61,5 +78,5 @@ class InterzoneMetrics:
         return e
 
     def forget(self) -> None:
-        """Drop cached series entries (after series were removed)."""
-        self._entries.clear()
+        """Drop the cached plans (after series were removed, or the configuration changed)."""
+        self._plans.clear()
