@@ -740,7 +740,7 @@ def expand(template: str, labels: dict[str, str], value: float) -> str:
 LBL = {"cluster": "prod", "instance": "node-a:10093", "job": "retina-exporter"}
 SEL = 'cluster="prod", instance="node-a:10093", job="retina-exporter"'
 SEL_B = 'cluster="prod", instance="node-b:10093", job="retina-exporter"'
-DNS_BOUNDS = ("0.1", "0.25", "0.5", "1", "2.5", "+Inf")
+DNS_BOUNDS = ("0.1", "0.25", "0.5", "1.0", "2.5", "+Inf")  # le as the agent renders it
 
 
 def _dns_latency_series(instance: str, slow_le: str, per_minute: int = 600) -> list[tuple[str, str]]:

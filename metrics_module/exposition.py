@@ -81,7 +81,8 @@ def _histogram_samples(out: list[str], name: str, labels: str, h: HistogramValue
     cum = 0
     for bound, n in zip(h.bounds + (math.inf,), h.counts):
         cum += n
-        out.append(f'{name}_bucket{{{inner}le="{_fmt(float(bound))}"}} {cum}\n')
+        le = "+Inf" if bound == math.inf else repr(float(bound))  # as prometheus_client: 1.0, 0.25, +Inf
+        out.append(f'{name}_bucket{{{inner}le="{le}"}} {cum}\n')
     out.append(f"{name}_sum{labels} {_fmt(float(h.sum))}\n{name}_count{labels} {h.count}\n")
 
 

@@ -141,7 +141,7 @@ def test_exposition_renders_the_node_histogram():
     assert text.splitlines()[2:] == [
         'networkobservability_dns_latency_seconds_bucket{query_type="A",return_code="NOERROR",le="0.01"} 0',
         'networkobservability_dns_latency_seconds_bucket{query_type="A",return_code="NOERROR",le="0.1"} 1',
-        'networkobservability_dns_latency_seconds_bucket{query_type="A",return_code="NOERROR",le="1"} 1',
+        'networkobservability_dns_latency_seconds_bucket{query_type="A",return_code="NOERROR",le="1.0"} 1',
         'networkobservability_dns_latency_seconds_bucket{query_type="A",return_code="NOERROR",le="+Inf"} 1',
         'networkobservability_dns_latency_seconds_sum{query_type="A",return_code="NOERROR"} 0.02',
         'networkobservability_dns_latency_seconds_count{query_type="A",return_code="NOERROR"} 1',
