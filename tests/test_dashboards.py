@@ -279,11 +279,11 @@ def test_catalog_sources_are_agent_plugins():
 
 
 def _records():
-    """One record of each verdict the adv metrics count, between two pods (and a DNS query and response: an
-    unanswered query and a response that answered another one), and one to a pod of another zone."""
+    """One record of each verdict the adv metrics count, between two pods (and a DNS query with the response that
+    answered it, and an unanswered query), and one to a pod of another zone."""
     from retina_core.identity import Identity
     from retina_core.dns import DnsRecord
-    from retina_core.dns.latency import OUTCOME_UNANSWERED
+    from retina_core.dns.latency import OUTCOME_ANSWERED, OUTCOME_UNANSWERED
     from retina_core.record import (DIR_EGRESS, DIR_INGRESS, OBS_FROM_ENDPOINT, VERDICT_DNS,
                                     VERDICT_TCP_RETRANSMISSION, FlowRecord)
 
@@ -305,8 +305,14 @@ def _records():
         r.source, r.destination = a, b
         if dns is not None:
             r.l7 = dns
-            dns.outcome, dns.latency_ns = (OUTCOME_UNANSWERED, 0) if not dns.qr else (0, 20_000_000)
         out.append(r)
+    query, response = out[3].l7, out[4].l7  # the query was answered by the response, 20 ms later
+    response.latency_ns, query.answer, query.outcome = 20_000_000, response, OUTCOME_ANSWERED
+    r = FlowRecord(0, 4, ip("10.0.0.5"), ip("10.0.0.6"), 17, 40001, 53, obs_point=OBS_FROM_ENDPOINT,
+                   direction=DIR_EGRESS, verdict=VERDICT_DNS)
+    r.source, r.destination, r.l7 = a, b, DnsRecord(False, "gone.", ("AAAA",))
+    r.l7.outcome = OUTCOME_UNANSWERED
+    out.append(r)
     r = FlowRecord(0, 4, ip("10.0.0.5"), ip("10.0.1.7"), 6, 40000, 80, obs_point=OBS_FROM_ENDPOINT, bytes=60)
     r.source = a
     r.destination = Identity("pod", namespace="shop", pod_name="api-0", node_name="m", zone="z2", ip="10.0.1.7")

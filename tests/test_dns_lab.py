@@ -335,3 +335,42 @@ def test_latency_buckets_and_unanswered_exact(lab, agent, servers, where):
         ((("query_type", "A"), ("return_code", "NOERROR"), ("podname", client.name)), (0, 3, 2, 0))]
     assert sorted(fams["networkobservability_adv_dns_unanswered_queries"]) == [
         ((("query_type", "A"), ("podname", client.name)), 1), ((("query_type", "AAAA"), ("podname", client.name)), 1)]
+
+
+def test_latency_through_a_service_vip_and_snat(lab, agent, servers):
+    """A pod queries a Service-like VIP that the node DNATs to the world server, SNATed on the uplink (nftables in
+    the node namespace): the response arrives on the uplink from the real server to the node's address (its
+    counted observation matches no query), and is reported again, latency only, at the pod's veth from the VIP:
+    each query still lands in its bucket, the counts are unchanged, and the response flows carry latency_ns."""
+    vip = "10.96.0.10"
+    rules = f"""table ip rxdnslat {{
+  chain pre {{ type nat hook prerouting priority dstnat; policy accept; ip daddr {vip} udp dport 53 dnat to {lab.world_ipv4}; }}
+  chain post {{ type nat hook postrouting priority srcnat; policy accept; oifname "{lab.uplink}" ip daddr {lab.world_ipv4} masquerade; }}
+}}
+"""
+    lab.run("node", ["nft", "-f", "-"], input=rules)
+    try:
+        agent.sink.take()
+        hist0, unanswered0 = latency_state(agent)
+        before_counts = snapshot(agent)
+        latency_before = hist0.pop(("A", "NOERROR"), (0, 0, 0, 0))
+        queries = [["slow20.example", "A"], ["slow200.example", "A"], ["silent.example", "A"]]
+        got = dns_client(lab, lab.pods[0], {"server": vip, "proto": "udp", "queries": queries,
+                                            "silent": ["silent.example"]})
+        assert got["received"] == 2
+
+        def grown():
+            hist, unanswered = latency_state(agent)
+            return hist if unanswered.get("A", 0) - unanswered0.get("A", 0) == 1 else None
+
+        hist = wait_for(grown)
+        assert hist is not None, latency_state(agent)
+        assert tuple(a - b for a, b in zip(hist[("A", "NOERROR")], latency_before)) == (0, 1, 1, 0)
+        assert delta(agent, before_counts) == (3, 2, 0)  # latency-only reports are not counted
+        responses = [r for r in agent.sink.take() if r.l7.qr]
+        assert len(responses) == 2 and all(OBS[r.obs_point] == "FROM_NETWORK" for r in responses)
+        lat = {r.l7.query: r.l7.latency_ns for r in responses}
+        assert 20_000_000 <= lat["slow20.example."] < 100_000_000 <= 200_000_000 <= lat["slow200.example."] < 10**9
+        assert agent.plugin.debug()["latency_only_events"] >= 2
+    finally:
+        lab.run("node", ["nft", "delete", "table", "ip", "rxdnslat"], check=False)

@@ -10,10 +10,10 @@ from retina_core.dns.latency import OUTCOME_ANSWERED, OUTCOME_PENDING, OUTCOME_U
 from retina_core.identity import Identity
 from retina_core.histogram import HistogramValue
 from retina_core.metricsconfig import parse_metrics_configuration
-from retina_core.record import OBS_FROM_ENDPOINT, OBS_FROM_NETWORK
+from retina_core.record import OBS_FROM_ENDPOINT, OBS_FROM_NETWORK, OBS_TO_ENDPOINT
 from metrics_module.advanced import AdvancedMetrics
 from metrics_module.exposition import render
-from retina_exporter.bpf.dns import DNS_CAPTURE, EVENT_HEADER, EVENT_SIZE
+from retina_exporter.bpf.dns import DNS_CAPTURE, EVENT_HEADER, EVENT_SIZE, OBS_LATENCY_ONLY
 from retina_exporter.plugins.dns.config import DnsLatencyConfig
 from retina_exporter.plugins.dns.processor import DnsProcessor
 
@@ -193,7 +193,55 @@ def test_pod_level_remote_context_labels():
     m = adv(remote=True)
     exchange(p, "a.example", "A", 1, 1000 * MS, 20 * MS)
     m.process(enrich(out))
+    m.sweep(0.0)
     (labels, h), = m.families()[0][3]
-    assert labels == (("query_type", "A"), ("return_code", "NOERROR"), ("source_namespace", "kube-system"),
-                      ("source_podname", "coredns-0"))
+    # the query's record: its source is the client
+    assert labels == (("query_type", "A"), ("return_code", "NOERROR"), ("source_namespace", "shop"),
+                      ("source_podname", "web-1"))
     assert h.count == 1
+
+
+VIP = socket.inet_aton("10.96.0.10") + bytes(12)  # a Service address (A's queries go there)
+REAL = socket.inet_aton("10.244.1.7") + bytes(12)  # the server pod behind it, on another node
+NODE_IP = socket.inet_aton("192.168.0.1") + bytes(12)
+
+
+def test_nat_response_matched_where_it_leaves_toward_the_client():
+    """Query to a VIP (pre-DNAT at the client's veth); the response arrives on the uplink from the real server
+    (pre-reverse-DNAT: no match, not held forever), and again -- latency only, not counted -- at the client's veth
+    from the VIP: that one answers the query, and the held response flow goes out with latency_ns."""
+    p, out = processor()
+    q = build_query("a.example", "A", msg_id=9)
+    r = build_response(q, [RR("a.example", "A", 30, "192.0.2.1")])
+    p.process(event(q, 1000 * MS, dst=VIP))
+    p.process(event(r, 1030 * MS, src=REAL, dst=A, sport=53, dport=40000, obs=OBS_FROM_NETWORK))
+    assert [x.l7.qr for x in out] == [False]  # the response's flow waits
+    p.process(event(r, 1031 * MS, src=VIP, dst=A, sport=53, dport=40000, obs=OBS_TO_ENDPOINT | OBS_LATENCY_ONLY))
+    assert (p.requests, p.responses, p.latency_only_events) == (1, 1, 1)
+    assert hist(p) == {("A", "NOERROR"): ((0, 1, 0, 0), 1)}
+    query, response = out
+    assert response.l7.qr and response.l7.latency_ns == 31 * MS and response.obs_point == OBS_FROM_NETWORK
+    assert response.src_ip == REAL[:4] and to_proto(response).l7.latency_ns == 31 * MS
+    assert query.l7.outcome == OUTCOME_ANSWERED and query.l7.answer.latency_ns == 31 * MS
+    # SNAT: the response arrives for the node's address; a latency-only report matching nothing changes nothing
+    q2 = build_query("b.example", "A", msg_id=10)
+    r2 = build_response(q2, [])
+    p.process(event(q2, 2000 * MS, dst=REAL, sport=40001))
+    p.process(event(r2, 2005 * MS, src=REAL, dst=NODE_IP, sport=53, dport=61000, obs=OBS_FROM_NETWORK))
+    p.process(event(r2, 2005 * MS, src=REAL, dst=A, sport=53, dport=40002, obs=OBS_TO_ENDPOINT | OBS_LATENCY_ONLY))
+    assert len(out) == 3 and p.tracker.pending  # wrong port: no match; the flow is still held
+    p.process(event(r2, 2006 * MS, src=REAL, dst=A, sport=53, dport=40001, obs=OBS_TO_ENDPOINT | OBS_LATENCY_ONLY))
+    assert len(out) == 4 and out[3].l7.latency_ns == 6 * MS and not p.tracker.pending
+    assert hist(p) == {("A", "NOERROR"): ((1, 1, 0, 0), 2)}
+
+
+def test_held_response_flow_goes_out_without_a_match():
+    p, out = processor()
+    r = build_response(build_query("a.example", "A", msg_id=3), [])
+    p.process(event(r, 1000 * MS, src=REAL, dst=A, sport=53, dport=40000, obs=OBS_FROM_NETWORK))
+    p.process(event(r, 1000 * MS, src=REAL, dst=A, sport=53, dport=40000, obs=OBS_TO_ENDPOINT | OBS_LATENCY_ONLY))
+    assert out == [] and p.responses == 1
+    p.expire(1010 * MS)
+    assert out == []
+    p.expire(1021 * MS)
+    assert len(out) == 1 and out[0].l7.latency_ns == 0 and hist(p) == {}

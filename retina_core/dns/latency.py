@@ -1,13 +1,15 @@
 """DNS latency: each query matched to its response by transport, addresses, ports and message id.
 
-A query is remembered (``pending``) with its kernel timestamp. A response whose reversed 5-tuple and id match a
-pending query answers it: latency = response timestamp - query timestamp, both taken where the dns plugin counts
-the message (its *first observation point on the node*: the client pod's veth for a pod's query, the uplink for
-a query from outside; the server pod's veth or the uplink for the response; see ``bpf/dns.bpf.c``). The kernel
-reports every message once per node, so a query seen on a pod veth and again on the host interface is one
-pending entry, and the latency is the node's view: from when the query first passed one of our hooks to when the
-response first did -- for a pod talking to a server outside the node, the round trip from the pod's veth through
-the uplink and back; for two pods on the node, the server's whole handling time plus both veth crossings.
+A query is remembered (``pending``) with its kernel timestamp where the dns plugin counts it: its *first
+observation point on the node* -- the client pod's veth for a pod's query (as the client sent it, before any
+Service DNAT), the uplink for a query from outside (see ``bpf/dns.bpf.c``). The kernel reports every message
+once per node, so a query seen on a pod veth and again on the host interface is one pending entry. A response
+whose reversed 5-tuple and id match a pending query answers it: latency = response timestamp - query timestamp.
+The response matches at its own first observation point when no NAT changed its addresses (pod to pod, node to
+pod, pod to an outside server without SNAT), else where the kernel reports it again as it leaves toward its
+client (after the reverse NAT; ``OBS_LATENCY_ONLY``, not counted). So the latency is the node's view of the
+client's wait: for a pod, from its query leaving its veth to the response reaching its veth (or, without NAT,
+reaching the node); for two pods on the node, the server's handling time plus both veth crossings.
 
 Outcomes are decided by timestamps alone, so they do not depend on when :meth:`QueryTracker.expire` runs: a
 response that comes more than ``timeout_ns`` after its query does not count as an answer -- the query counts as
@@ -16,8 +18,15 @@ same 5-tuple and id while the first is pending (a client retry) is the same quer
 stays, and the repeat is counted in ``duplicates``. At most ``max_pending`` queries are pending; a query that
 would exceed it is not tracked (counted in ``overflow``) -- neither answered nor unanswered.
 
-Each query's :class:`~retina_core.dns.record.DnsRecord` gets its ``outcome`` (``OUTCOME_*``) when it is decided,
-and an answering response's record its ``latency_ns``: the pod-level metrics read both.
+Each query's :class:`~retina_core.dns.record.DnsRecord` gets its ``outcome`` (``OUTCOME_*``) when it is decided
+and, when answered, its ``answer`` (the response's record, whose ``latency_ns`` is set): the pod-level metrics read
+them from the query's record (so a query counts for the client that sent it, whatever NAT the response went
+through).
+
+Responses are matched where their 5-tuple is the reverse of the query's: at their first observation point, or --
+through a Service VIP's DNAT or an SNAT -- where the kernel reports them again toward their client (see the dns
+plugin's processor); ``unmatched_responses`` counts observations that matched nothing (a NAT'd response's first
+one included).
 """
 
 from __future__ import annotations
@@ -85,22 +94,24 @@ class QueryTracker:
         info.outcome = OUTCOME_PENDING
         pending[key] = (ts_ns, info)
 
-    def response(self, key: tuple, ts_ns: int, info: Any) -> None:
-        """A response; ``key`` as the query's (the response's 5-tuple reversed)."""
+    def response(self, key: tuple, ts_ns: int, info: Any) -> bool:
+        """A response; ``key`` as the query's (the response's 5-tuple reversed). Returns whether it matched a
+        pending query (answered it, or came too late)."""
         hit = self.pending.pop(key, None)
         if hit is None:
             self.unmatched_responses += 1
-            return
+            return False
         q_ts, q_info = hit
         latency = ts_ns - q_ts
         if latency > self.timeout_ns:
             q_info.outcome = OUTCOME_UNANSWERED
             self.on_unanswered(q_info)
-            return
-        latency = max(latency, 0)
-        q_info.outcome = OUTCOME_ANSWERED
-        info.latency_ns = latency
-        self.on_answer(info, latency / 1e9)
+            return True
+        info.latency_ns = max(latency, 0)
+        q_info.answer = info
+        q_info.outcome = OUTCOME_ANSWERED  # last: a reader that sees ANSWERED finds the answer
+        self.on_answer(info, info.latency_ns / 1e9)
+        return True
 
     def expire(self, now_ns: int) -> int:
         """Count pending queries older than the timeout as unanswered; return how many."""

@@ -24,6 +24,13 @@ DNS message we can read (garbage, truncated, compression loops, oversized names 
 Pod level (``enablePodLevel``): one :class:`FlowRecord` per counted message, verdict 16 (Retina's
 ``Verdict_DNS``), ``l7`` a :class:`~retina_core.dns.record.DnsRecord`; direction EGRESS for queries and
 INGRESS for responses (as Retina), ``is_reply`` = QR.
+
+Latency (``dnsLatency`` section, on by default; see :mod:`retina_core.dns.latency` and the processor):
+``networkobservability_dns_latency_seconds{query_type,return_code}`` (histogram) and
+``networkobservability_dns_unanswered_queries{query_type}`` (counter, after ``dnsLatency.unansweredTimeout``); a
+response that answered a query carries ``Layer7.latency_ns`` in its flow. Responses through NAT are matched where
+the kernel reports them again toward their client. The tracker's state is in ``/debug/plugins``
+(``latency_pending``, ``latency_overflow``, ``latency_only_events`` …).
 """
 
 from __future__ import annotations
