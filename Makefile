@@ -19,6 +19,7 @@ bench: setup
 	$(PY) bench/bench_convert.py
 	$(PY) bench/bench_enricher.py
 	$(PY) bench/bench_metrics.py
+	$(PY) bench/bench_issue14.py
 	taskset -c 0 $(PY) bench/bench_pipeline.py
 
 # Structure-aware fuzzing of the packet-parsing BPF programs through BPF_PROG_TEST_RUN (300k cases; make test runs a

@@ -9,6 +9,10 @@
 * :func:`verify_exposition`: a running agent's ``/metrics`` text against the catalog (every family it serves must
   be in the catalog, with that type and labels).
 
+A ``histogram`` entry names the family; queries use its series ``<name>_bucket`` (with ``le``), ``<name>_sum`` and
+``<name>_count``, all monotonic. An entry with ``pending: <reason>`` is documented ahead of the code that emits
+it (dashboards may use it; it is not required in an agent's output).
+
 Command line::
 
     python -m dashboards.catalog --verify http://127.0.0.1:10093/metrics   # catalog vs a live agent
@@ -22,7 +26,7 @@ import argparse
 import re
 import sys
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -31,7 +35,8 @@ import yaml
 HERE = Path(__file__).resolve().parent
 CATALOG_PATH = HERE / "metrics_catalog.yaml"
 
-TYPES = ("gauge", "counter")
+TYPES = ("gauge", "counter", "histogram")
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 LEVELS = ("node", "pod", "controlplane", "prometheus")
 
 #: Functions that only make sense on monotonic series (counters and Retina's monotonic gauges).
@@ -71,6 +76,7 @@ class Metric:
     values: dict = field(default_factory=dict)
     examples: dict = field(default_factory=dict)
     help: str = ""
+    pending: str = ""
 
 
 class CatalogError(ValueError):
@@ -90,7 +96,7 @@ class Catalog:
             raise CatalogError(f"catalog: missing key {exc}") from exc
         self.metrics: dict[str, Metric] = {}
         known = {"name", "type", "monotonic", "level", "source", "labels", "context", "optional_labels", "values",
-                 "examples", "help"}
+                 "examples", "help", "pending"}
         for i, e in enumerate(entries):
             where = f"catalog metrics[{i}] ({e.get('name', '?')})"
             unknown = set(e) - known
@@ -116,16 +122,29 @@ class Catalog:
             self.metrics[e["name"]] = Metric(
                 name=e["name"], type=e["type"], monotonic=bool(e["monotonic"]), level=e["level"],
                 source=e["source"], labels=labels, context=bool(e.get("context", False)), optional_labels=optional,
-                values=values, examples=dict(e.get("examples") or {}), help=e.get("help", ""))
+                values=values, examples=dict(e.get("examples") or {}), help=e.get("help", ""),
+                pending=str(e.get("pending") or ""))
+        self.series: dict[str, Metric] = {}
+        """Every series name a query may use: the metrics, a histogram's _bucket/_sum/_count instead of its name."""
+        for m in self.metrics.values():
+            if m.type != "histogram":
+                self.series[m.name] = m
+                continue
+            for suffix in HISTOGRAM_SUFFIXES:
+                self.series[m.name + suffix] = replace(
+                    m, name=m.name + suffix, type="counter", monotonic=True,
+                    labels=m.labels + (("le",) if suffix == "_bucket" else ()))
 
     def __contains__(self, name: str) -> bool:
-        return name in self.metrics
+        return name in self.series
 
     def __getitem__(self, name: str) -> Metric:
-        return self.metrics[name]
+        """A series name's entry (a histogram's _bucket/_sum/_count), or a family's (a histogram's own name)."""
+        m = self.series.get(name)
+        return m if m is not None else self.metrics[name]
 
     def names(self) -> list[str]:
-        return list(self.metrics)
+        return list(self.series)
 
     def is_context_label(self, label: str) -> bool:
         """A label the MetricsConfiguration's context options can give an adv metric."""
@@ -141,7 +160,7 @@ class Catalog:
     def label_allowed(self, metric: str, label: str) -> bool:
         if label == "__name__" or label in self.scrape_labels:
             return True
-        m = self.metrics.get(metric)
+        m = self.series.get(metric)
         if m is None:
             return False
         if label in m.labels or label in m.optional_labels:
@@ -149,7 +168,7 @@ class Catalog:
         return m.context and self.is_context_label(label)
 
     def closed_values(self, metric: str, label: str) -> tuple[str, ...] | None:
-        m = self.metrics.get(metric)
+        m = self.series.get(metric)
         return None if m is None else m.values.get(label)
 
 
@@ -478,12 +497,14 @@ def verify_exposition(text: str, catalog: Catalog) -> tuple[list[str], list[str]
         if fam["type"] != m.type:
             errors.append(f"{name}: type {fam['type']} on /metrics, {m.type} in the catalog")
         for sample, labels in fam["samples"]:
-            missing = [lbl for lbl in m.labels if lbl not in labels]
-            extra = [lbl for lbl in labels if not catalog.label_allowed(name, lbl)]
+            series = sample if sample in catalog.series else name  # a histogram's _bucket has le
+            missing = [lbl for lbl in catalog[series].labels if lbl not in labels] if series in catalog else []
+            extra = [lbl for lbl in labels if not catalog.label_allowed(series, lbl)]
             if missing or extra:
                 errors.append(f"{name}: sample {sample}{labels}: missing labels {missing}, unknown labels {extra}")
                 break
-    not_seen = [n for n, m in catalog.metrics.items() if n not in fams and m.level != "prometheus"]
+    not_seen = [n for n, m in catalog.metrics.items()
+                if n not in fams and m.level != "prometheus" and not m.pending]
     return errors, not_seen
 
 

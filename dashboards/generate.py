@@ -154,6 +154,13 @@ def bargauge(title: str, expr: str, legend: str, unit: str = "short", descriptio
     }
 
 
+def quantiles(bucket: str, by: str = "", legend: str = "") -> list[tuple[str, str]]:
+    """p50, p95 and p99 of a histogram's ``_bucket`` series, ``by`` the given labels (besides le)."""
+    group = f"{by}, le" if by else "le"
+    return [(f"histogram_quantile({q}, sum by ({group}) (rate({bucket}[{RI}])))", f"{legend}p{int(q * 100)}".strip())
+            for q in (0.5, 0.95, 0.99)]
+
+
 def row(title: str) -> dict:
     return {"type": "row", "title": title, "collapsed": False, "panels": []}
 
@@ -384,10 +391,22 @@ def pod_traffic() -> dict:
         timeseries("Top 10 pod pairs by packets/s",
                    [(f"topk(10, sum by (source_podname, destination_podname) (rate({fc}{{{NR}}}[{RI}])))",
                      "{{source_podname}} → {{destination_podname}}")], unit="pps", description=remote.strip()),
+        row("Inter-zone traffic (cloud cost)"),
+        timeseries("Inter-zone bytes/s by zone pair",
+                   [(f"sum by (source_zone, destination_zone) (rate({M}adv_interzone_bytes{{{N}}}[{RI}]))",
+                     "{{source_zone}} → {{destination_zone}}")], unit="Bps",
+                   description="adv_interzone_bytes (metricName interzone_bytes): bytes pods sent to a pod or node "
+                               "of another zone, counted once on the sending node. Zones come from the nodes' "
+                               "topology.kubernetes.io/zone (or the inventory)."),
+        table("Inter-zone bytes over the time range",
+              f"sort_desc(sum by (source_zone, destination_zone) (increase({M}adv_interzone_bytes{{{N}}}[{RANGE}])))",
+              "Bytes", unit="decbytes",
+              description="Multiply by your provider's inter-zone price per byte for the cost."),
     ]
     return dashboard("retina-exporter-pod-traffic", "Retina exporter / Pod traffic",
                      "Pod-level (adv_*) traffic: top talkers, workloads, TCP flags and retransmissions (local "
-                     "context), pod-to-pod (remote context). Needs enablePodLevel and a MetricsConfiguration.",
+                     "context), pod-to-pod (remote context), inter-zone bytes. Needs enablePodLevel and a "
+                     "MetricsConfiguration.",
                      [var_datasource(), var_cluster(), var_node(), var_namespace("adv_forward_bytes")], items)
 
 
@@ -450,6 +469,7 @@ def drops() -> dict:
 def dns() -> dict:
     req, resp = M + "dns_request_count", M + "dns_response_count"
     areq, aresp = M + "adv_dns_request_count", M + "adv_dns_response_count"
+    lat, alat = M + "dns_latency_seconds", M + "adv_dns_latency_seconds"
     fail = 'return_code=~"NXDOMAIN|SERVFAIL"'
     items = [
         stat("Requests/s", f"sum(rate({req}{{{N}}}[{RI}]))", unit="reqps"),
@@ -499,15 +519,96 @@ def dns() -> dict:
               f"topk(20, sum by (query) (increase({areq}{{{NS}}}[{RANGE}])) - "
               f"(sum by (query) (increase({aresp}{{{NS}}}[{RANGE}])) or "
               f"sum by (query) (increase({areq}{{{NS}}}[{RANGE}])) * 0) > 0)", "Missing", w=24),
+        row("Latency and unanswered queries (dnsLatency)"),
+        timeseries("Query to response time (node)", quantiles(f"{lat}_bucket{{{N}}}"), unit="s",
+                   description="dns_latency_seconds: from the query's first observation point on the node to the "
+                               "response's, quantiles over every answered query of the selected nodes."),
+        timeseries("Query to response time p99 by node and query type",
+                   quantiles(f"{lat}_bucket{{{N}}}", "instance, query_type", "{{instance}} {{query_type}} ")[2:],
+                   unit="s"),
+        timeseries("Unanswered queries/s by query type",
+                   [(f"sum by (query_type) (rate({M}dns_unanswered_queries{{{N}}}[{RI}]))", "{{query_type}}")],
+                   unit="reqps", description="dns_unanswered_queries: queries without a response within "
+                                             "dnsLatency.unansweredTimeout (5 s by default)."),
+        timeseries("Query to response time p99 by workload",
+                   quantiles(f"{alat}_bucket{{{NSW}}}", "namespace, workload_name",
+                             "{{namespace}}/{{workload_name}} ")[2:], unit="s",
+                   description="adv_dns_latency_seconds (metricName dns_latency_seconds, sourceLabels with "
+                               "workload): the client pod's workload in local context."),
+        timeseries("Query to response time by workload (p50, p95)",
+                   quantiles(f"{alat}_bucket{{{NSW}}}", "namespace, workload_name",
+                             "{{namespace}}/{{workload_name}} ")[:2], unit="s"),
+        timeseries("Unanswered queries/s by workload",
+                   [(f"sum by (namespace, workload_name) (rate({M}adv_dns_unanswered_queries{{{NSW}}}[{RI}]))",
+                     "{{namespace}}/{{workload_name}}")], unit="reqps",
+                   description="adv_dns_unanswered_queries (metricName dns_unanswered_queries)."),
     ]
     return dashboard("retina-exporter-dns", "Retina exporter / DNS",
                      "DNS requests and responses per node (dns) and per pod (adv_dns_*): return codes, top "
-                     "queries, failures and missing responses.",
+                     "queries, failures, missing responses, latency and unanswered queries.",
                      [var_datasource(), var_cluster(), var_node(), var_namespace("adv_dns_request_count")], items)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# (e) Agent health
+# (e) TCP connections: round-trip time, connect latency, failed connections (packetparser)
+
+
+def tcp() -> dict:
+    rtt, art = M + "tcp_rtt_seconds", M + "adv_tcp_rtt_seconds"
+    con, acon = M + "tcp_connect_latency_seconds", M + "adv_tcp_connect_latency_seconds"
+    fail, afail = M + "tcp_failed_connections", M + "adv_tcp_failed_connections"
+    wl = "namespace, workload_name"
+    wleg = "{{namespace}}/{{workload_name}} "
+
+    def ratio(failed: str, connected: str, by: str) -> str:
+        """Failed attempts / all attempts (failed + established, the connect histogram's count)."""
+        f = f"sum by ({by}) (rate({failed}[{RI}]))"
+        return f"{f} / ({f} + (sum by ({by}) (rate({connected}[{RI}])) or {f} * 0) > 0)"
+
+    items = [
+        stat("Connect p99 (node)", quantiles(f"{con}_bucket{{{N}}}")[2][0], unit="s",
+             description="tcp_connect_latency_seconds: first SYN to the SYN-ACK answering it, seen on the node."),
+        stat("RTT p99 (node)", quantiles(f"{rtt}_bucket{{{N}}}")[2][0], unit="s",
+             description="tcp_rtt_seconds: the kernel's smoothed RTT, sampled per connection."),
+        stat("Failed connections", ratio(f"{fail}{{{N}}}", f"{con}_count{{{N}}}", "cluster"), unit="percentunit",
+             red_above=0.05, decimals=1,
+             description="Attempts answered by an RST or never answered / all attempts (failed + established)."),
+        stat("Failed connections/s", f"sum(rate({fail}{{{N}}}[{RI}]))", unit="cps"),
+        row("Node level (packetparser)"),
+        timeseries("Round-trip time (node)", quantiles(f"{rtt}_bucket{{{N}}}"), unit="s"),
+        timeseries("Connect latency (node)", quantiles(f"{con}_bucket{{{N}}}"), unit="s"),
+        timeseries("Failed connections/s by reason",
+                   [(f"sum by (reason) (rate({fail}{{{N}}}[{RI}]))", "{{reason}}")], unit="cps", stack=True,
+                   description="reset: the attempt was answered by an RST (nothing listens, a policy rejects); "
+                               "timeout: no answer within tcpMetrics' timeout (SYNs dropped, host down)."),
+        timeseries("Failed connection ratio by node",
+                   [(ratio(f"{fail}{{{N}}}", f"{con}_count{{{N}}}", "instance"), "{{instance}}")],
+                   unit="percentunit"),
+        row("Workloads (adv_tcp_*)"),
+        timeseries("Round-trip time p99 by workload", quantiles(f"{art}_bucket{{{NSW}}}", wl, wleg)[2:], unit="s",
+                   description="adv_tcp_rtt_seconds (metricName tcp_rtt_seconds, sourceLabels with workload)."),
+        timeseries("Round-trip time p50 and p95 by workload", quantiles(f"{art}_bucket{{{NSW}}}", wl, wleg)[:2],
+                   unit="s"),
+        timeseries("Connect latency p99 by workload", quantiles(f"{acon}_bucket{{{NSW}}}", wl, wleg)[2:], unit="s",
+                   description="adv_tcp_connect_latency_seconds: the initiator's workload in local context."),
+        timeseries("Connect latency p50 and p95 by workload", quantiles(f"{acon}_bucket{{{NSW}}}", wl, wleg)[:2],
+                   unit="s"),
+        timeseries("Failed connection ratio by workload",
+                   [(ratio(f"{afail}{{{NSW}}}", f"{acon}_count{{{NSW}}}", wl), "{{namespace}}/{{workload_name}}")],
+                   unit="percentunit"),
+        timeseries("Failed connections/s by workload and reason",
+                   [(f"sum by ({wl}, reason) (rate({afail}{{{NSW}}}[{RI}]))",
+                     "{{namespace}}/{{workload_name}} {{reason}}")], unit="cps"),
+    ]
+    return dashboard("retina-exporter-tcp", "Retina exporter / TCP connections",
+                     "TCP round-trip time, connect latency and failed connections per node (packetparser) and per "
+                     "workload (adv_tcp_*).",
+                     [var_datasource(), var_cluster(), var_node(), var_namespace("adv_forward_bytes")],
+                     items)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# (f) Agent health
 
 
 def agent_health() -> dict:
@@ -568,6 +669,7 @@ DASHBOARDS = {
     "pod-traffic.json": pod_traffic,
     "drops.json": drops,
     "dns.json": dns,
+    "tcp.json": tcp,
     "agent-health.json": agent_health,
 }
 
@@ -637,6 +739,20 @@ def expand(template: str, labels: dict[str, str], value: float) -> str:
 
 LBL = {"cluster": "prod", "instance": "node-a:10093", "job": "retina-exporter"}
 SEL = 'cluster="prod", instance="node-a:10093", job="retina-exporter"'
+SEL_B = 'cluster="prod", instance="node-b:10093", job="retina-exporter"'
+DNS_BOUNDS = ("0.1", "0.25", "0.5", "1.0", "2.5", "+Inf")  # le as the agent renders it
+
+
+def _dns_latency_series(instance: str, slow_le: str, per_minute: int = 600) -> list[tuple[str, str]]:
+    """dns_latency_seconds_bucket/_count series as the agent exposes them: ``per_minute`` answers, 98% under 0.1 s
+    and 2% in the bucket ending at ``slow_le``."""
+    fast = per_minute * 98 // 100
+    sel = f'cluster="prod", instance="{instance}", job="retina-exporter", query_type="A", return_code="NOERROR"'
+    out = [(f'{M}dns_latency_seconds_bucket{{{sel}, le="{le}"}}',
+            f"0+{per_minute if DNS_BOUNDS.index(le) >= DNS_BOUNDS.index(slow_le) else fast}x40")
+           for le in DNS_BOUNDS]
+    out.append((f"{M}dns_latency_seconds_count{{{sel}}}", f"0+{per_minute}x40"))
+    return out
 
 # Each test: input series (1m interval) and, per evaluation time, the alerts expected as (labels from the query,
 # value); the rule's own labels (severity) and annotations are added by the generator.
@@ -707,6 +823,26 @@ ALERT_TESTS: list[dict] = [
      "checks": [("RetinaExporterDNSMissingResponses", "5m", []),
                 ("RetinaExporterDNSMissingResponses", "30m", [({"cluster": "prod", "instance": "node-a:10093"},
                                                                0.2)])]},
+    {"name": "DNS latency: 10 answers/s, 2% take 1-2.5 s (p99 1.75 s) on node-a; 2% take 0.25-0.5 s on node-b",
+     "series": _dns_latency_series("node-a:10093", slow_le="2.5") + _dns_latency_series("node-b:10093", slow_le="0.5"),
+     "checks": [("RetinaExporterDNSLatencyHigh", "5m", []),
+                ("RetinaExporterDNSLatencyHigh", "20m", [({"cluster": "prod", "instance": "node-a:10093"}, 1.75)])]},
+    {"name": "DNS latency: slow answers at a low rate do not alert",
+     "series": _dns_latency_series("node-a:10093", slow_le="2.5", per_minute=30),
+     "checks": [("RetinaExporterDNSLatencyHigh", "30m", [])]},
+    {"name": "TCP: 2/s reset and 1/s timeout of 13 attempts/s (23%) on node-a; 0.5 of 10.5/s on node-b",
+     "series": [(f'{M}tcp_failed_connections{{{SEL}, reason="reset"}}', "0+120x40"),
+                (f'{M}tcp_failed_connections{{{SEL}, reason="timeout"}}', "0+60x40"),
+                (f"{M}tcp_connect_latency_seconds_count{{{SEL}}}", "0+600x40"),
+                (f'{M}tcp_failed_connections{{{SEL_B}, reason="reset"}}', "0+30x40"),
+                (f"{M}tcp_connect_latency_seconds_count{{{SEL_B}}}", "0+600x40")],
+     "checks": [("RetinaExporterTCPFailedConnections", "5m", []),
+                ("RetinaExporterTCPFailedConnections", "20m", [({"cluster": "prod", "instance": "node-a:10093"},
+                                                                3 / 13)])]},
+    {"name": "TCP: every attempt fails (no connect histogram series at all)",
+     "series": [(f'{M}tcp_failed_connections{{{SEL}, reason="timeout"}}', "0+60x40")],
+     "checks": [("RetinaExporterTCPFailedConnections", "20m", [({"cluster": "prod", "instance": "node-a:10093"},
+                                                                1.0)])]},
 ]
 
 

@@ -51,6 +51,9 @@ Series lifetime: ``ttl`` per contextOption (series not updated within it are rem
 in ``controlplane_networkobservability_expired_metrics_counter{metric}``); at most ``maxSeriesPerMetric`` series
 per metric (updates that would create more are dropped and counted in
 ``controlplane_networkobservability_metrics_series_overflow_counter{metric}``; existing series keep counting).
+Series of a pod that left the IP cache go ``podDeletionGrace`` later (:meth:`pods_left`,
+:mod:`metrics_module.departures`). Our own families: :mod:`metrics_module.dnslatency` (adv_dns_latency_seconds,
+adv_dns_unanswered_queries) and :mod:`metrics_module.interzone` (adv_interzone_*).
 """
 
 from __future__ import annotations
@@ -62,8 +65,10 @@ from typing import Any
 
 from retina_core.metricsconfig import (
     KIND_DNS,
+    KIND_DNS_LATENCY,
     KIND_DROP,
     KIND_FORWARD,
+    KIND_INTERZONE,
     KIND_TCPFLAGS,
     KIND_TCPRETRANS,
     ContextOption,
@@ -71,7 +76,11 @@ from retina_core.metricsconfig import (
     family_names,
     sanitize_pod_label_key,
 )
+from metrics_module.departures import departed_series
+from metrics_module.dnslatency import DnsLatencyMetrics
 from metrics_module.exposition import escape_label_value
+from metrics_module.interzone import InterzoneMetrics
+from retina_core.dns.latency import DEFAULT_BUCKETS_S
 from retina_core.addr import ip_text_cached
 from retina_core.record import (
     DIR_EGRESS,
@@ -121,7 +130,13 @@ _HELP = {
     "adv_tcpretrans_count": "Total number of TCP retransmitted packets",
     "adv_dns_request_count": "Total number of DNS query packets",
     "adv_dns_response_count": "Total number of DNS response packets",
+    "adv_dns_latency_seconds": "DNS query to response time as seen on the node, in seconds",
+    "adv_dns_unanswered_queries": "Total number of DNS queries without a response within the timeout",
+    "adv_interzone_bytes": "Total number of bytes sent from a pod of this node to another zone",
+    "adv_interzone_count": "Total number of packets sent from a pod of this node to another zone",
 }
+_MTYPE = {"adv_dns_latency_seconds": "histogram", "adv_dns_unanswered_queries": "counter",
+          "adv_interzone_bytes": "counter", "adv_interzone_count": "counter"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -209,7 +224,7 @@ class AdvMetric:
 
     __slots__ = ("option", "name", "full_name", "help", "mtype", "kind", "is_bytes", "is_reply", "fixed_names",
                  "label_names", "label_template", "series", "ttl_s", "cap", "local", "side", "src", "dst", "next_sweep",
-                 "owner")
+                 "owner", "departed")
 
     def __init__(self, option: ContextOption, name: str, local: bool, pod_label_keys: tuple[str, ...],
                  cap: int, owner: AdvancedMetrics,
@@ -219,7 +234,7 @@ class AdvMetric:
         self.full_name = METRIC_PREFIX + name
         self.help = _HELP[name]
         self.kind = option.kind
-        self.mtype = "counter" if self.kind == KIND_DNS else "gauge"  # as Retina
+        self.mtype = _MTYPE.get(name) or ("counter" if self.kind == KIND_DNS else "gauge")  # as Retina
         self.is_bytes = name.endswith("_bytes")
         self.is_reply = option.is_reply
         self.ttl_s = option.ttl_ns / 1e9
@@ -243,6 +258,12 @@ class AdvMetric:
             fixed = ("flag",)
         elif self.kind == KIND_DROP:
             fixed = ("reason", "direction")
+        elif self.kind == KIND_INTERZONE:
+            fixed = ("source_zone", "destination_zone")
+        elif name == "adv_dns_latency_seconds":
+            fixed = ("query_type", "return_code")
+        elif name == "adv_dns_unanswered_queries":
+            fixed = ("query_type",)
         elif name == "adv_dns_request_count":
             fixed = ("query_type", "query")
         else:
@@ -251,12 +272,24 @@ class AdvMetric:
         self.label_names = fixed + ctx_names + (("is_reply",) if self.is_reply else ())
         self.label_template = "{" + ",".join(f'{n}="%s"' for n in self.label_names) + "}"
         self.series: dict[tuple[str, ...], list] = {}
+        self.departed: dict[tuple[str, ...], tuple[float, tuple]] = {}
+        """Series of pods that left the IP cache -> (when they are removed, the departed identity objects); see
+        :mod:`metrics_module.departures`."""
 
     def sides(self) -> tuple[SideSpec, ...]:
         return tuple(s for s in (self.side, self.src, self.dst) if s is not None)
 
-    def entry(self, labels: tuple[str, ...], now: float) -> list | None:
-        """The series for ``labels``, created if the cap allows; None otherwise (the caller counts the overflow)."""
+    def entry(self, labels: tuple[str, ...], now: float, owners: tuple = ()) -> list | None:
+        """The series for ``labels``, created if the cap allows; None otherwise (the caller counts the overflow).
+
+        ``owners``: the record's identity objects. A series of a departed pod keeps counting for records of that
+        pod (still in flight); for any other record with its labels (a new pod reusing the address or name) it is
+        replaced by a new series."""
+        if self.departed:
+            d = self.departed.get(labels)
+            if d is not None and not any(o is g for o in owners for g in d[1]):
+                del self.departed[labels]
+                self.series.pop(labels, None)
         e = self.series.get(labels)
         if e is None:
             if len(self.series) >= self.cap:
@@ -371,13 +404,13 @@ class _Pipeline:
         if plan[4]:
             fc = rec.flag_counts
             if fc is not None:
-                self._add_flags(plan[4], fc, now)
+                self._add_flags(plan[4], fc, now, (plan[0], plan[1]))
         if plan[5]:
             overflow = self.owner.overflow
             for name in plan[5]:
                 overflow[name] = overflow.get(name, 0) + 1
 
-    def _add_flags(self, groups: list, fc: tuple[int, ...], now: float) -> None:
+    def _add_flags(self, groups: list, fc: tuple[int, ...], now: float, owners: tuple) -> None:
         nonzero = _FLAG_CACHE.get(fc)
         if nonzero is None:
             nonzero = _nonzero_flags(fc)
@@ -387,7 +420,7 @@ class _Pipeline:
                 e = slots[i]
                 if e is None:
                     m = group[0]
-                    e = m.entry((FLAG_LABELS[i],) + group[1], now)
+                    e = m.entry((FLAG_LABELS[i],) + group[1], now, owners)
                     if e is None:
                         overflow = self.owner.overflow
                         overflow[m.name] = overflow.get(m.name, 0) + 1
@@ -437,7 +470,7 @@ class _Pipeline:
                         labels = (direction,) + ctx + (reply,)
                     else:
                         labels = (direction,) + ctx
-                    e = m.entry(labels, now)
+                    e = m.entry(labels, now, plan[:2])
                     if e is None:
                         plan[5].append(m.name)
                     elif m.is_bytes:
@@ -504,10 +537,17 @@ class AdvancedMetrics:
         """Series removed by TTL, by family name without prefix (``adv_forward_count``)."""
         self.overflow: dict[str, int] = {}
         """Updates dropped because the family was at its series cap."""
+        self.departed_removed: dict[str, int] = {}
+        """Series removed because their pod left the IP cache (``podDeletionGrace``), by family name."""
+        self.pod_deletion_grace_s = 0.0
         self.config: MetricsConfiguration | None = None
         self.metrics: list[AdvMetric] = []
         self._pipelines: dict[int, _Pipeline] = {}
         self._dns: list[AdvMetric] = []
+        self._dnslat: DnsLatencyMetrics | None = None
+        self._interzone: InterzoneMetrics | None = None
+        self.dns_latency_buckets: tuple[float, ...] = DEFAULT_BUCKETS_S
+        """Bucket bounds of adv_dns_latency_seconds (seconds; the agent sets dnsLatency.buckets)."""
         self.pod_allowed: Callable[[str, str], bool] = lambda ns, pod: True
         self.apply(config)
 
@@ -538,6 +578,7 @@ class AdvancedMetrics:
                 prev = old.get(m.name)
                 if prev is not None and prev.label_names == m.label_names:
                     m.series = prev.series
+                    m.departed = prev.departed
                     m.next_sweep = prev.next_sweep
                 self.overflow.setdefault(m.name, 0)
                 if m.ttl_s > 0:
@@ -553,7 +594,17 @@ class AdvancedMetrics:
                     by_verdict.setdefault(VERDICT_TCP_RETRANSMISSION, []).append(m)
                 elif m.kind == KIND_DNS:
                     dns.append(m)
+            dnslat = [m for m in metrics if m.kind == KIND_DNS_LATENCY]
+            interzone = [m for m in metrics if m.kind == KIND_INTERZONE]
+            if self._dnslat is not None and dnslat:  # queries awaiting their outcome carry over
+                waiting = self._dnslat.waiting
+                self._dnslat = DnsLatencyMetrics(self, dnslat)
+                self._dnslat.waiting = waiting
+            else:
+                self._dnslat = DnsLatencyMetrics(self, dnslat) if dnslat else None
+            self._interzone = InterzoneMetrics(self, interzone) if interzone else None
             self.config = config
+            self.pod_deletion_grace_s = config.pod_deletion_grace_ns / 1e9 if config is not None else 0.0
             self.pod_allowed = config.pod_allowed if config is not None else (lambda ns, pod: True)
             self.metrics = metrics
             self._dns = dns
@@ -581,6 +632,8 @@ class AdvancedMetrics:
             pipelines = self._pipelines
             fwd = pipelines.get(VERDICT_FORWARDED)
             dns = self._dns
+            dnslat = self._dnslat
+            interzone = self._interzone
             for rec in records:
                 try:
                     v = rec.verdict
@@ -589,35 +642,45 @@ class AdvancedMetrics:
                 if v == VERDICT_FORWARDED:
                     if fwd is not None:
                         fwd.add(rec, now)
+                    if interzone is not None and rec.obs_point == OBS_FROM_ENDPOINT:  # its only point
+                        interzone.add(rec, now)
                 elif v == VERDICT_DNS:
                     if dns:
                         self._add_dns(rec, now)
+                    if dnslat is not None:
+                        dnslat.add(rec, now)
                 else:
                     p = pipelines.get(v)
                     if p is not None:
                         p.add(rec, now)
 
-    def _add_dns(self, rec: Any, now: float) -> None:
-        info = rec.l7
-        if info is None:
-            return
+    def dns_side(self, rec: Any) -> int | None:
+        """Which side a DNS record counts for (local context: 0 = source pod, 1 = destination pod; remote: -1), or
+        None when it does not count (no admitted pod)."""
         allowed = self.pod_allowed
         src, dst = rec.source, rec.destination
         if self.local:
             src_ok = _local_pod(src, allowed)
             dst_ok = _local_pod(dst, allowed)
             if src_ok and dst_ok:  # Retina: the destination for INGRESS flows, else the source
-                side = 1 if rec.direction == DIR_INGRESS else 0
-            elif src_ok:
-                side = 0
-            elif dst_ok:
-                side = 1
-            else:
-                return
-        else:
-            if not (_pod_in(src, allowed) or _pod_in(dst, allowed)):
-                return
-            side = -1
+                return 1 if rec.direction == DIR_INGRESS else 0
+            if src_ok:
+                return 0
+            return 1 if dst_ok else None
+        return -1 if _pod_in(src, allowed) or _pod_in(dst, allowed) else None
+
+    def count_overflow(self, name: str) -> None:
+        """One update of family ``name`` dropped at its series cap."""
+        self.overflow[name] = self.overflow.get(name, 0) + 1
+
+    def _add_dns(self, rec: Any, now: float) -> None:
+        info = rec.l7
+        if info is None:
+            return
+        side = self.dns_side(rec)
+        if side is None:
+            return
+        src, dst = rec.source, rec.destination
         for m in self._dns:
             if m.name == "adv_dns_request_count":
                 if info.is_response:
@@ -628,7 +691,7 @@ class AdvancedMetrics:
                     continue
                 rcode = DNS_RCODES[info.rcode] if 0 <= info.rcode < len(DNS_RCODES) else str(info.rcode)
                 fixed = (rcode, ",".join(info.qtypes), info.query, ",".join(info.ips), str(info.num_answers))
-            e = m.entry(fixed + m.context_values(rec, side), now)
+            e = m.entry(fixed + m.context_values(rec, side), now, (src, dst))
             if e is None:
                 self.overflow[m.name] = self.overflow.get(m.name, 0) + 1
             else:
@@ -636,6 +699,28 @@ class AdvancedMetrics:
                 e[1] = now
 
     # -- lifetime ---------------------------------------------------------------------------------------------
+
+    def pods_left(self, gone: dict, now: float | None = None) -> int:
+        """Pods left the IP cache (``{(namespace, pod name, ip): their identity object}``): their series are removed
+        by the first :meth:`sweep` ``podDeletionGrace`` later (nothing with a grace of 0: they wait for their ttl).
+        Returns how many series were marked."""
+        if now is None:
+            now = self.clock()
+        marked = 0
+        with self.lock:
+            grace = self.pod_deletion_grace_s
+            if grace <= 0 or not gone:
+                return 0
+            idents = tuple(gone.values())
+            for m in self.metrics:
+                for labels in departed_series(m.label_names, list(m.series), set(gone)):
+                    if labels not in m.departed:
+                        m.departed[labels] = (now + grace, idents)
+                        marked += 1
+            if marked:  # plans hold entries: rebuilt on the next records, through entry()
+                for p in self._pipelines.values():
+                    p.plans.clear()
+        return marked
 
     def sweep(self, now: float | None = None, *, due_only: bool = False) -> int:
         """Remove series not updated within their metric's ttl; return how many were removed.
@@ -646,7 +731,16 @@ class AdvancedMetrics:
             now = self.clock()
         removed = 0
         with self.lock:
+            if self._dnslat is not None:
+                self._dnslat.poll(now)
             for m in self.metrics:
+                if m.departed:
+                    due = [k for k, (t, _owners) in m.departed.items() if t <= now]
+                    for k in due:
+                        del m.departed[k]
+                        if m.series.pop(k, None) is not None:
+                            self.departed_removed[m.name] = self.departed_removed.get(m.name, 0) + 1
+                            removed += 1
                 if m.ttl_s <= 0 or (due_only and now < m.next_sweep):
                     continue
                 m.next_sweep = now + min(max(m.ttl_s / 4, 1.0), 60.0)
@@ -656,11 +750,14 @@ class AdvancedMetrics:
                     series = m.series
                     for k in dead:
                         del series[k]
+                        m.departed.pop(k, None)
                     self.expired[m.name] = self.expired.get(m.name, 0) + len(dead)
                     removed += len(dead)
             if removed:
                 for p in self._pipelines.values():
                     p.plans.clear()
+                if self._interzone is not None:
+                    self._interzone.forget()
         return removed
 
     # -- export -----------------------------------------------------------------------------------------------
@@ -672,7 +769,8 @@ class AdvancedMetrics:
         """The adv_* families. Samples are ``(labels, value)`` with labels as ``((name, value), …)``, or with
         ``prerendered=True`` as the exposition's pre-rendered ``{name="value",…}`` text (fast path for render)."""
         with self.lock:  # a dict copy is one C-level operation: cheap, and no per-series objects
-            snap = [(m, m.series.copy()) for m in self.metrics]
+            snap = [(m, m.series.copy() if m.mtype != "histogram" else
+                     {k: [e[0].value(), e[1], e[2]] for k, e in m.series.items()}) for m in self.metrics]
         out = []
         for m, series in snap:
             if prerendered:

@@ -4,7 +4,8 @@ Retina's metric names carry no ``_total`` suffix, and its counters are exposed a
 samples named ``name``: prometheus_client's renderer would append ``_total``, so families from our collectors are
 rendered here. A family is ``(name, type, help, samples)`` with samples ``(labels, value)`` where ``labels`` is a
 tuple of ``(label_name, label_value)`` pairs -- or, as a fast path for large families, the already rendered and
-escaped label set as a string (``'{a="1",b="x"}'``, or ``""`` for none).
+escaped label set as a string (``'{a="1",b="x"}'``, or ``""`` for none). A ``histogram`` family's values are
+:class:`~retina_core.histogram.HistogramValue` snapshots, rendered as ``_bucket``/``_sum``/``_count`` samples.
 
 :func:`render` writes format 0.0.4 (:data:`CONTENT_TYPE`). :func:`render_openmetrics` writes OpenMetrics 1.0.0
 (:data:`OPENMETRICS_CONTENT_TYPE`): there a counter's samples must be named ``<family>_total`` (the family name in
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import math
 from typing import Callable, Iterable
+
+from retina_core.histogram import HistogramValue
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -66,7 +69,21 @@ def _samples(out: list[str], name: str, samples) -> None:
     for labels, value in samples:
         if labels.__class__ is not str:
             labels = _label_text(labels)
+        if value.__class__ is HistogramValue:
+            _histogram_samples(out, name, labels, value)
+            continue
         append(f"{name}{labels} {value if value.__class__ is int else _fmt(value)}\n")
+
+
+def _histogram_samples(out: list[str], name: str, labels: str, h: HistogramValue) -> None:
+    """``name_bucket{…,le="b"}`` (cumulative, ending with ``le="+Inf"``), ``name_sum``, ``name_count``."""
+    inner = labels[1:-1] + "," if labels else ""
+    cum = 0
+    for bound, n in zip(h.bounds + (math.inf,), h.counts):
+        cum += n
+        le = "+Inf" if bound == math.inf else repr(float(bound))  # as prometheus_client: 1.0, 0.25, +Inf
+        out.append(f'{name}_bucket{{{inner}le="{le}"}} {cum}\n')
+    out.append(f"{name}_sum{labels} {_fmt(float(h.sum))}\n{name}_count{labels} {h.count}\n")
 
 
 def render(families: Iterable[Family]) -> str:

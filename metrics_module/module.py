@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from metrics_module.advanced import AdvancedMetrics
+from metrics_module.departures import PodDepartures
 from retina_core.metricsconfig import MetricsConfiguration
 from metrics_module.exposition import Family, render as render_text, render_openmetrics
 from metrics_module.registry import FamilyRegistry
@@ -50,6 +51,8 @@ class MetricsModule(Worker):
     * ``registry``: a shared :class:`FamilyRegistry` of node-level sources (the agent's, which also holds the
       telemetry's families); None = a registry of the module's own, and the telemetry's families are added.
     * ``clock``: monotonic seconds (tests inject one); ``batch_size``: records per ring read.
+    * ``ipcache``: ``() -> (version, {packed ip: identity})`` of the enricher's IP cache; with it, the series of
+      pods that leave the cache are removed after ``podDeletionGrace`` (:mod:`metrics_module.departures`).
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class MetricsModule(Worker):
         registry: FamilyRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
         batch_size: int = 512,
+        ipcache: Callable[[], tuple[int, Mapping[bytes, Any]]] | None = None,
     ) -> None:
         self.ring = ring
         self.telemetry = telemetry
@@ -82,6 +86,7 @@ class MetricsModule(Worker):
         self._reader = None
         self.records_processed = 0
         self.records_lost = 0
+        self._departures = PodDepartures(ipcache) if ipcache is not None else None
 
     # -- configuration ----------------------------------------------------------------------------------------
 
@@ -148,9 +153,17 @@ class MetricsModule(Worker):
                 batch = reader.next_batch(self.batch_size, timeout_s=SWEEP_POLL_S)
                 if batch:
                     self.process(batch)
+                self.check_departures()
                 self.advanced.sweep(self.clock(), due_only=True)
             except Exception:  # keep counting: a bad record must not stop the module
                 log.exception("metrics module: error while processing records")
+
+    def check_departures(self) -> int:
+        """Mark the series of pods that left the IP cache since the last check; returns how many."""
+        if self._departures is None:
+            return 0
+        gone = self._departures.check()
+        return self.advanced.pods_left(gone, self.clock()) if gone else 0
 
     # -- export -----------------------------------------------------------------------------------------------
 

@@ -20,7 +20,8 @@ What is filled, and how it maps to Hubble/Cilium:
   ``"ICMPv4 DestinationUnreachable(Port)"`` (gopacket's ICMP type/code names), else ``"IPv4"``/``"IPv6"``.
 * ``source``/``destination`` from enricher objects when present (see :func:`fill_endpoint`), else unset.
 * **DNS** (``rec.l7`` a :class:`~retina_core.dns.record.DnsRecord`, from the dns plugin): ``Type = L7``,
-  ``event_type = {type: 129}``, ``l7 = {type: REQUEST | RESPONSE, dns: {query, ips, ttl, cnames, rcode, qtypes,
+  ``event_type = {type: 129}``, ``l7 = {type: REQUEST | RESPONSE, latency_ns (responses answering a tracked
+  query), dns: {query, ips, ttl, cnames, rcode, qtypes,
   rrtypes}}``, and Cilium's Summary (``"DNS Query example.com. A"``, ``"DNS Answer \"1.2.3.4\" TTL: 30 (Query
   example.com. A)"``, ``"DNS Answer RCode: NXDOMAIN (Query example.com. A)"``; "Query" rather than Cilium's
   "Proxy" because the observation is not a proxy's). The record's verdict is Retina's custom ``16``
@@ -486,6 +487,8 @@ def _fill_dns(f: Any, dns: Any) -> None:
     f.Type = flow_pb2.L7
     l7 = f.l7
     l7.type = flow_pb2.RESPONSE if dns.qr else flow_pb2.REQUEST
+    if dns.latency_ns:  # Hubble's Layer7.latency_ns: set on responses that answered a tracked query
+        l7.latency_ns = dns.latency_ns
     d = l7.dns
     d.query = dns.query
     if dns.ips:

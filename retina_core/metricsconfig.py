@@ -13,6 +13,7 @@ Shape (the CRD's ``spec``, ``retina.sh/v1alpha1``, exactly as Retina; see docs/m
     # ours, not in Retina's CRD:
     podLabelKeys: [app.kubernetes.io/name]   # pod labels copied into metric labels (label_app_kubernetes_io_name)
     maxSeriesPerMetric: 100000               # series cap per metric
+    podDeletionGrace: 30s                    # series of a pod that left the IP cache go after this; 0 = at ttl
 
 A whole ``MetricsConfiguration`` object (``apiVersion``/``kind``/``metadata``/``spec``) is accepted too; only its
 ``spec`` is used.
@@ -23,7 +24,8 @@ Things Retina accepts but that have no effect here give a warning in :attr:`Metr
 
 Metric names are dispatched by substring as in Retina's metrics module (``forward`` → adv_forward_*, ``drop`` →
 adv_drop_*, ``tcp``+``flag`` → adv_tcpflags_count, ``tcp``+``retrans`` → adv_tcpretrans_count, ``dns`` →
-adv_dns_*, ``node_apiserver`` → API-server latency). The API-server latency metrics are **not implemented yet**:
+adv_dns_*, ``node_apiserver`` → API-server latency; ours: ``interzone`` → adv_interzone_*, ``dns`` with ``latency`` or
+``unanswered`` → adv_dns_latency_seconds / adv_dns_unanswered_queries). The API-server latency metrics are **not implemented yet**:
 they are accepted with a warning (not an error), so that Retina's default metric set (what ``enableAnnotations``
 uses) loads unchanged. The other accepted names (``tcp_state``, ``udp_connection_stats`` …) produce nothing in
 Retina either: accepted with a warning.
@@ -70,12 +72,18 @@ ACCEPTED_METRIC_NAMES: tuple[str, ...] = (
     "node_apiserver_latency",
     "node_apiserver_handshake_latency",
     "node_apiserver_no_response",
+    # ours (issue 14)
+    "dns_latency_seconds",
+    "dns_unanswered_queries",
+    "interzone_bytes",
+    "interzone_count",
 )
 
 #: Context label options, in the fixed order their labels appear in (Retina's ``ContextOptions.getLabels``).
 ACCEPTED_CONTEXT_LABELS: tuple[str, ...] = ("ip", "namespace", "podname", "workload", "service", "port", "zone")
 
 DEFAULT_MAX_SERIES_PER_METRIC = 100_000
+DEFAULT_POD_DELETION_GRACE_NS = 30_000_000_000
 MAX_MAX_SERIES_PER_METRIC = 10_000_000
 
 # Metric kinds (what a metricName dispatches to).
@@ -85,8 +93,10 @@ KIND_TCPFLAGS = "tcpflags"
 KIND_TCPRETRANS = "tcpretrans"
 KIND_DNS = "dns"
 KIND_APISERVER = "apiserver"
+KIND_DNS_LATENCY = "dns_latency"  # ours: adv_dns_latency_seconds, adv_dns_unanswered_queries
+KIND_INTERZONE = "interzone"  # ours: adv_interzone_bytes, adv_interzone_count
 
-_SPEC_KEYS = ("contextOptions", "namespaces", "podLabelKeys", "maxSeriesPerMetric")
+_SPEC_KEYS = ("contextOptions", "namespaces", "podLabelKeys", "maxSeriesPerMetric", "podDeletionGrace")
 _CR_KEYS = ("apiVersion", "kind", "metadata", "spec", "status")
 _OPTION_KEYS = ("metricName", "sourceLabels", "destinationLabels", "additionalLabels", "ttl")
 _NAMESPACE_KEYS = ("include", "exclude")
@@ -110,6 +120,10 @@ def metric_kind(metric_name: str) -> str | None:
         return KIND_TCPRETRANS
     if "node_apiserver" in name:
         return KIND_APISERVER
+    if "interzone" in name:
+        return KIND_INTERZONE
+    if "dns" in name and ("latency" in name or "unanswered" in name):
+        return KIND_DNS_LATENCY
     if "dns" in name:
         return KIND_DNS
     return None
@@ -130,6 +144,10 @@ def family_names(metric_name: str) -> tuple[str, ...]:
         return ("adv_tcpretrans_count",)
     if kind == KIND_DNS:
         return ("adv_dns_response_count",) if "response" in name else ("adv_dns_request_count",)
+    if kind == KIND_DNS_LATENCY:
+        return ("adv_dns_unanswered_queries",) if "unanswered" in name else ("adv_dns_latency_seconds",)
+    if kind == KIND_INTERZONE:
+        return ("adv_interzone_bytes",) if "bytes" in name else ("adv_interzone_count",)
     return ()
 
 
@@ -185,6 +203,9 @@ class MetricsConfiguration:
     """Pod label keys to copy (ours); the metric label is :func:`sanitize_pod_label_key` of each."""
     max_series_per_metric: int = DEFAULT_MAX_SERIES_PER_METRIC
     """New series beyond this many per metric are not created (ours)."""
+    pod_deletion_grace_ns: int = DEFAULT_POD_DELETION_GRACE_NS
+    """Series of a pod that left the IP cache are removed this long after (one scrape interval, so the last
+    value is scraped); 0 = they stay until their ttl (ours)."""
     pods_include: frozenset[tuple[str, str]] = frozenset()
     """(namespace, pod name) pairs counted whatever the namespace rule says: pods opted in one by one with the
     ``retina.sh: observe`` annotation (set by the Kubernetes control loop; not part of the spec, not in to_dict)."""
@@ -213,6 +234,8 @@ class MetricsConfiguration:
             out["podLabelKeys"] = list(self.pod_label_keys)
         if self.max_series_per_metric != DEFAULT_MAX_SERIES_PER_METRIC:
             out["maxSeriesPerMetric"] = self.max_series_per_metric
+        if self.pod_deletion_grace_ns != DEFAULT_POD_DELETION_GRACE_NS:
+            out["podDeletionGrace"] = format_duration(self.pod_deletion_grace_ns)
         return out
 
 
@@ -304,6 +327,10 @@ def _parse_option(raw: Any, path: str, warnings: list[str], remote_context: bool
 
     source = _context_labels(raw.get("sourceLabels"), f"{path}.sourceLabels")
     destination = _context_labels(raw.get("destinationLabels"), f"{path}.destinationLabels")
+    if kind == KIND_INTERZONE and (source or destination):
+        warnings.append(f"{path}: interzone metrics have only source_zone and destination_zone labels; "
+                        "sourceLabels and destinationLabels are ignored")
+        source = destination = ()
     if destination and remote_context is False:
         warnings.append(
             f"{path}.destinationLabels: ignored in local context (remoteContext: false): labels describe the pod "
@@ -448,11 +475,20 @@ def parse_metrics_configuration(
                               f"{MAX_MAX_SERIES_PER_METRIC}")
         max_series = ms_raw
 
+    grace_ns = DEFAULT_POD_DELETION_GRACE_NS
+    grace_raw = raw.get("podDeletionGrace")
+    if grace_raw is not None and grace_raw != "":
+        try:
+            grace_ns = parse_duration(grace_raw)
+        except ConfigError as e:
+            raise ConfigError(f"{path}.podDeletionGrace: {e}") from None
+
     return MetricsConfiguration(
         context_options=tuple(options),
         namespaces_include=include,
         namespaces_exclude=exclude,
         pod_label_keys=pod_keys,
         max_series_per_metric=max_series,
+        pod_deletion_grace_ns=grace_ns,
         warnings=tuple(warnings),
     )

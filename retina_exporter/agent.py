@@ -124,7 +124,9 @@ class Agent:
             self.metrics_module = MetricsModule(  # no ring: FlowPipeline counts; its thread only sweeps
                 None, self.telemetry, mcfg, cfg.node_name, bool(cfg.host_interfaces),
                 remote_context=cfg.remote_context, registry=self.metrics,
+                ipcache=lambda cache=self.cache: (cache.version, cache.view()),
             )
+            self.metrics_module.advanced.dns_latency_buckets = cfg.dns_latency.buckets
         self.config_reloads = 0
         self.config_reload_errors = 0
         self.pipeline = FlowPipeline(self.ring, self.enricher, self.metrics_module)

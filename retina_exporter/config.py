@@ -38,6 +38,7 @@ from retina_core.settings import (BOOL_ACCEPTED, Invalid, Key, Section, abs_path
 from retina_core.units import NS_PER_S, ConfigError, format_duration, parse_duration
 from retina_core.units import show_value as _show
 from retina_exporter.hubble.config import HUBBLE_SECTION, HubbleConfig
+from retina_exporter.plugins.dns.config import DNS_LATENCY_SECTION, DnsLatencyConfig
 from retina_exporter.plugins.dropreason.config import DROP_REASON_SECTION, DropReasonConfig
 from retina_exporter.plugins.tcpretrans.config import TCP_RETRANS_SECTION, TcpRetransConfig
 
@@ -156,6 +157,7 @@ class Config:
     enrichment: EnrichmentConfig = EnrichmentConfig()
     drop_reason: DropReasonConfig = DropReasonConfig()
     tcp_retrans: TcpRetransConfig = TcpRetransConfig()
+    dns_latency: DnsLatencyConfig = DnsLatencyConfig()
     otlp: OtlpConfig = OtlpConfig()
     hubble: HubbleConfig = HubbleConfig()
     warnings: tuple[str, ...] = ()
@@ -306,6 +308,7 @@ SECTIONS: tuple[tuple[Section, str], ...] = (
     (HUBBLE_SECTION, "hubble"),
     (DROP_REASON_SECTION, "drop_reason"),
     (TCP_RETRANS_SECTION, "tcp_retrans"),
+    (DNS_LATENCY_SECTION, "dns_latency"),
     (OTLP_SECTION, "otlp"),
 )
 _SECTION_LEAVES: dict[str, tuple[str, ...]] = {s.name: tuple(k.name for k in s.keys) for s, _ in SECTIONS}

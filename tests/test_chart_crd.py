@@ -34,6 +34,8 @@ VALID = [
     {"contextOptions": [{"metricName": "drop_count", "destinationLabels": ["namespace"]}],
      "namespaces": {"include": ["default"]}},
     {"contextOptions": [{"metricName": "dns_request_count"}], "namespaces": {"exclude": ["kube-system"]}},
+    {"contextOptions": [{"metricName": "dns_latency_seconds"}, {"metricName": "interzone_bytes"}],
+     "podDeletionGrace": "1m"},
 ]
 INVALID = [
     ({}, "contextOptions"),
@@ -42,6 +44,7 @@ INVALID = [
     ({"contextOptions": [{"metricName": "forward_count"}], "namespaces": {"include": ["a"], "exclude": ["b"]}},
      "namespaces"),
     ({"contextOptions": [{"metricName": "forward_count", "ttl": "ten minutes"}]}, "ttl"),
+    ({"contextOptions": [{"metricName": "forward_count"}], "podDeletionGrace": "a while"}, "podDeletionGrace"),
 ]
 
 

@@ -26,6 +26,7 @@ from retina_exporter.config import (
     parse_duration,
 )
 from retina_exporter.hubble.config import HubbleConfig
+from retina_exporter.plugins.dns.config import DnsLatencyConfig
 from retina_exporter.plugins.dropreason.config import DropReasonConfig
 from retina_exporter.plugins.tcpretrans.config import TcpRetransConfig
 
@@ -202,6 +203,10 @@ ENV_ALL = {
     "RETINA_DROPREASON_SCOPE": "node",
     "RETINA_DROPREASON_IGNOREREASONS": "skb_drop_reason_not_specified,NO_SOCKET",
     "RETINA_TCPRETRANS_SCOPE": "node",
+    "RETINA_DNSLATENCY_ENABLED": "false",
+    "RETINA_DNSLATENCY_UNANSWEREDTIMEOUT": "2s",
+    "RETINA_DNSLATENCY_BUCKETS": "0.01,0.1,1",
+    "RETINA_DNSLATENCY_MAXPENDING": "100",
     "RETINA_ENABLECONNTRACKMETRICS": "yes",
     "RETINA_ENABLEANNOTATIONS": "true",
     "RETINA_BYPASSLOOKUPIPOFINTEREST": "yes",
@@ -278,6 +283,8 @@ def test_every_key_from_env() -> None:
             operator_start_timeout_ns=0),
         drop_reason=DropReasonConfig(scope="node", ignore_reasons=("NOT_SPECIFIED", "NO_SOCKET")),
         tcp_retrans=TcpRetransConfig(scope="node"),
+        dns_latency=DnsLatencyConfig(enabled=False, unanswered_timeout_ns=2 * S, buckets=(0.01, 0.1, 1.0),
+                                     max_pending=100),
         otlp=OtlpConfig(enabled=True, endpoint="http://otel:4317", protocol="grpc", interval_ns=15 * S,
                         timeout_ns=5 * S,
                         headers=(("authorization", "Bearer x"),), insecure=True, compression="none",
@@ -670,8 +677,8 @@ def test_unknown_key_without_match_lists_known_keys(tmp_path: pathlib.Path) -> N
         "hostInterfaces, nodeName, nodeIP, logLevel, outputRingCapacity, bpfPinPath, bpfPinning, "
         "remoteContext, "
         "metricsIntervalDuration, enableConntrackMetrics, enableAnnotations, bypassLookupIPOfInterest, "
-        "filterMapMaxEntries, mergeQueuedEvents, metricsConfiguration, apiServer, debugServer, enrichment, hubble, dropReason, "
-        "tcpRetrans, otlp, metricsInterval"
+        "filterMapMaxEntries, mergeQueuedEvents, metricsConfiguration, apiServer, debugServer, enrichment, hubble, "
+        "dropReason, tcpRetrans, dnsLatency, otlp, metricsInterval"
     )
     assert error_of(tmp_path, "apiServer: {zzz: 1}\n").endswith(
         ": unknown key 'apiServer.zzz'; known keys: apiServer.host, apiServer.port"
@@ -838,6 +845,10 @@ def test_to_dict_defaults() -> None:
         "metricsIntervalDuration": "10s",
         "dropReason": {"scope": "all", "ignoreReasons": ["NOT_DROPPED_YET", "CONSUMED", "NOT_SPECIFIED"]},
         "tcpRetrans": {"scope": "all"},
+        "dnsLatency": {"enabled": True, "unansweredTimeout": "5s",
+                       "buckets": [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                                   10.0],
+                       "maxPending": 65536},
         "enableConntrackMetrics": False,
         "enableAnnotations": False,
         "bypassLookupIPOfInterest": False,

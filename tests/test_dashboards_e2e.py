@@ -3,7 +3,8 @@
 Two labs (tests/support and retina_exporter.lab), each with the agent in its node namespace, every plugin enabled,
 pod level and a MetricsConfiguration with every adv metric:
 
-* "local": local context (remoteContext false), every context label; feeds the per-pod panels;
+* "local": local context (remoteContext false), every context label; feeds the per-pod panels; its inventory puts
+  the server pod on a node of another zone (inter-zone panels);
 * "remote": remote context (source_/destination_ labels); feeds the pod-to-pod panels. It runs with one extra
   plugin that always fails to start (tests/support/agent_with_broken_plugin.py), so the plugin-failure panels and
   the RetinaExporterPluginFailed alert have something to show.
@@ -62,7 +63,8 @@ E2E_VARIABLES = {**cat_mod.TEST_VARIABLES, "__rate_interval": "30s", "__range": 
 
 ALL_PLUGINS = ["packetparser", "packetforward", "linuxutil", "dropreason", "dns", "tcpretrans"]
 ADV_METRICS = ["forward_count", "forward_bytes", "tcp_flag_gauges", "drop_count", "drop_bytes",
-               "tcp_retransmission_count", "dns_request_count", "dns_response_count"]
+               "tcp_retransmission_count", "dns_request_count", "dns_response_count", "dns_latency_seconds",
+               "dns_unanswered_queries", "interzone_bytes", "interzone_count"]
 LOCAL_CONTEXT = ["ip", "namespace", "podname", "workload", "service", "port", "zone"]
 REMOTE_CONTEXT = ["namespace", "podname", "workload"]
 
@@ -294,7 +296,12 @@ class Side:
     def __init__(self, name: str, remote: bool, workdir: Path, stack: contextlib.ExitStack) -> None:
         self.name = name
         self.lab = stack.enter_context(Lab(pods=2))
-        self.inventory = self.lab.write_inventory(workdir / f"{name}-inventory.yaml")
+        inventory = self.lab.inventory()
+        if not remote:  # the server pod on a node of another zone: inter-zone traffic for the cost panels
+            inventory["endpoints"][1]["node"] = "node-b"
+            inventory["nodes"].append({"name": "node-b", "zone": "lab-zone-b"})
+        self.inventory = workdir / f"{name}-inventory.yaml"
+        self.inventory.write_text(json.dumps(inventory))
         p0, p1 = self.lab.pods
         self.client, self.server = p0, p1
         # Conditions that persist: an interface with rx drops, TcpExt ListenDrops, the nftables rule.
@@ -408,6 +415,10 @@ def wait_for_series(env: Env, expr: str, labels: set[str] = frozenset()) -> list
 def test_panel_returns_series(env, dashboard, panel, ref, expr, want):
     """At least one series, and one that carries the labels the panel shows (its legend's, or a table's grouping
     labels): a pod panel must show a pod, not an unlabelled total."""
+    names = cat_mod.analyze(cat_mod.substitute(expr, E2E_VARIABLES)).metric_names
+    pending = sorted({CATALOG[n].pending for n in names if n in CATALOG and CATALOG[n].pending})
+    if names and len(pending) and all(n in CATALOG and CATALOG[n].pending for n in names):
+        pytest.skip(f"{dashboard} / {panel}: its metrics are documented ahead of their code: {', '.join(pending)}")
     missing = missing_plugins_for(expr)
     if missing:
         pytest.skip(f"plugin module(s) {', '.join(missing)} not present yet "
@@ -481,7 +492,7 @@ def test_alert_rules_evaluate_and_plugin_failure_fires(env):
         if (firing and evaluated) or time.monotonic() > deadline:
             break
         time.sleep(1)
-    assert len(rules) == 12
+    assert len(rules) == 14
     bad = {r["name"]: r.get("lastError") for r in rules if r.get("health") != "ok"}
     assert not bad, bad
     assert firing, f"RetinaExporterPluginFailed not firing: {env.prom.alerts()}"

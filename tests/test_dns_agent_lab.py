@@ -158,3 +158,30 @@ def test_with_packetparser_in_clsact_mode():
             agent.stop()
             agent.close()
             server.stop()
+
+
+def test_latency_on_metrics_and_flows(lab, agent):
+    """The agent's own DNS latency: answers after 20 ms and 200 ms give two observations in
+    dns_latency_seconds, and their response flows carry Hubble's l7.latency_ns (the queries' flows none)."""
+    p0, p1 = lab.pods
+    since = time.time()
+    m0 = scrape(agent)
+    got = dns_client(lab, p0, {"server": p1.ipv4, "proto": "udp",
+                               "queries": [["slow20.example", "A"], ["slow200.example", "A"]]})
+    assert got["received"] == 2
+
+    def count():
+        m = scrape(agent)
+        return tuple(value(m, "networkobservability_dns_latency_seconds_bucket", le=le)
+                     - value(m0, "networkobservability_dns_latency_seconds_bucket", le=le) for le in ("0.01", "0.1",
+                                                                                                       "1.0", "+Inf"))
+
+    # default buckets; 20 ms lands in (0.01, 0.1], 200 ms in (0.1, 1]
+    assert wait_for(count, (0.0, 1.0, 2.0, 2.0)) == (0.0, 1.0, 2.0, 2.0)
+    flows = [f for f in agent.flows(last=4000, since=since) if f.get("Type") == "L7"]
+    latency = {f["l7"]["dns"]["query"]: int(f["l7"].get("latency_ns", 0)) for f in flows
+               if f["l7"]["type"] == "RESPONSE"}
+    assert set(latency) == {"slow20.example.", "slow200.example."}
+    assert 20_000_000 <= latency["slow20.example."] < 100_000_000
+    assert 200_000_000 <= latency["slow200.example."] < 1_000_000_000
+    assert all("latency_ns" not in f["l7"] for f in flows if f["l7"]["type"] == "REQUEST")

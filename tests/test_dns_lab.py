@@ -22,9 +22,13 @@ from retina_exporter.plugins.base import PluginContext
 from retina_exporter.plugins.dns.loader import DnsProgram
 from retina_exporter.plugins.dns.plugin import DnsPlugin
 from retina_core.telemetry import ControlPlane
+from retina_exporter.plugins.dns.config import DnsLatencyConfig
 from test_dns_support import DnsServer, dns_client
 
 OBS = {0: "FROM_ENDPOINT", 1: "TO_ENDPOINT", 2: "FROM_NETWORK", 3: "TO_NETWORK"}
+# Buckets far apart around the test server's delays (20 ms, 200 ms): a busy machine's scheduling delay cannot move
+# an answer into a neighbouring bucket.
+LATENCY = DnsLatencyConfig(unanswered_timeout_ns=1_000_000_000, buckets=(0.01, 0.1, 1.0))
 
 
 class ListSink:
@@ -70,7 +74,7 @@ def servers(lab):
 @pytest.fixture(scope="module", params=["auto", "off"], ids=["tcx", "clsact"])
 def agent(lab, program, servers, request):
     cfg = SimpleNamespace(host_interfaces=(lab.uplink,), enable_tcx=request.param, enable_pod_level=True,
-                          node_name="lab")
+                          node_name="lab", dns_latency=LATENCY)
     sink = ListSink()
     ctx = PluginContext(config=cfg, flow_sink=sink, telemetry=ControlPlane(), metrics=FamilyRegistry())
     plugin = DnsPlugin(program)
@@ -254,3 +258,119 @@ def test_new_pod_veth_is_attached_and_detached(lab, agent):
         assert "vpodx" not in agent.plugin.debug()["attached"]
     finally:
         subprocess.run(["ip", "netns", "del", f"{ns}-x"], check=False)
+
+
+def latency_state(agent) -> tuple[dict, dict]:
+    """({(query_type, return_code): bucket counts}, {query_type: unanswered}) from the plugin's families."""
+    agent.plugin.flush()
+    fams = family_values(agent)
+    hist = {tuple(v for _, v in labels): h.counts
+            for labels, h in fams["networkobservability_dns_latency_seconds"]}
+    unanswered = {labels[0][1]: n for labels, n in fams["networkobservability_dns_unanswered_queries"]}
+    return hist, unanswered
+
+
+def wait_for(fn, timeout: float = 20.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("where", ["pod", "world"])
+def test_latency_buckets_and_unanswered_exact(lab, agent, servers, where):
+    """20 ms and 200 ms answers land in (0.01, 0.1] and (0.1, 1]; a never-answered name counts once per query after
+    the 1 s timeout. The world server's messages cross two of our hooks (the pod's veth and the uplink): each query
+    is still one observation."""
+    client = lab.pods[0] if where == "pod" else lab.pods[2]
+    server = lab.pods[1].ipv4 if where == "pod" else lab.world_ipv4
+    agent.sink.take()
+    hist0, unanswered0 = latency_state(agent)
+    latency_before = hist0.pop(("A", "NOERROR"), (0, 0, 0, 0))
+    queries = [["slow20.example", "A"], ["slow200.example", "A"], ["silent.example", "A"], ["slow20.example", "A"],
+               ["slow200.example", "A"], ["silent.example", "AAAA"], ["slow20.example", "A"]]
+    got = dns_client(lab, client, {"server": server, "proto": "udp", "queries": queries,
+                                   "silent": ["silent.example"]})
+    assert got["received"] == 5
+
+    def grown():
+        hist, unanswered = latency_state(agent)
+        d_un = {k: n - unanswered0.get(k, 0) for k, n in unanswered.items() if n != unanswered0.get(k, 0)}
+        return (hist, d_un) if d_un == {"A": 1, "AAAA": 1} else None
+
+    state = wait_for(grown)
+    assert state is not None, latency_state(agent)
+    hist, _ = state
+    before = latency_before
+    assert tuple(a - b for a, b in zip(hist[("A", "NOERROR")], before)) == (0, 3, 2, 0)
+    assert {k: v for k, v in hist.items() if k != ("A", "NOERROR")} == hist0  # nothing else moved
+    dbg = agent.plugin.debug()
+    assert dbg["latency_pending"] == 0 and dbg["latency_overflow"] == 0 and dbg["latency_duplicates"] == 0
+
+    # Pod level: the same records, enriched by address, through the metrics module's families.
+    import socket
+
+    from metrics_module.advanced import AdvancedMetrics
+    from retina_core.identity import WORLD, Identity
+    from retina_core.metricsconfig import parse_metrics_configuration
+
+    idents = {socket.inet_aton(p.ipv4): Identity("pod", namespace="lab", pod_name=p.name, node_name="lab")
+              for p in lab.pods}
+    records = agent.sink.take()
+    for r in records:
+        r.source, r.destination = idents.get(r.src_ip, WORLD), idents.get(r.dst_ip, WORLD)
+    adv = AdvancedMetrics(parse_metrics_configuration({"contextOptions": [
+        {"metricName": "dns_latency_seconds", "sourceLabels": ["podname"]},
+        {"metricName": "dns_unanswered_queries", "sourceLabels": ["podname"]}]}),
+        node_name="lab", host_interfaces_observed=True)
+    adv.dns_latency_buckets = LATENCY.buckets
+    adv.process(records)
+    adv.sweep()
+    fams = {name: samples for name, _t, _h, samples in adv.families()}
+    assert [(labels, h.counts) for labels, h in fams["networkobservability_adv_dns_latency_seconds"]] == [
+        ((("query_type", "A"), ("return_code", "NOERROR"), ("podname", client.name)), (0, 3, 2, 0))]
+    assert sorted(fams["networkobservability_adv_dns_unanswered_queries"]) == [
+        ((("query_type", "A"), ("podname", client.name)), 1), ((("query_type", "AAAA"), ("podname", client.name)), 1)]
+
+
+def test_latency_through_a_service_vip_and_snat(lab, agent, servers):
+    """A pod queries a Service-like VIP that the node DNATs to the world server, SNATed on the uplink (nftables in
+    the node namespace): the response arrives on the uplink from the real server to the node's address (its
+    counted observation matches no query), and is reported again, latency only, at the pod's veth from the VIP:
+    each query still lands in its bucket, the counts are unchanged, and the response flows carry latency_ns."""
+    vip = "10.96.0.10"
+    rules = f"""table ip rxdnslat {{
+  chain pre {{ type nat hook prerouting priority dstnat; policy accept; ip daddr {vip} udp dport 53 dnat to {lab.world_ipv4}; }}
+  chain post {{ type nat hook postrouting priority srcnat; policy accept; oifname "{lab.uplink}" ip daddr {lab.world_ipv4} masquerade; }}
+}}
+"""
+    lab.run("node", ["nft", "-f", "-"], input=rules)
+    try:
+        agent.sink.take()
+        hist0, unanswered0 = latency_state(agent)
+        before_counts = snapshot(agent)
+        latency_before = hist0.pop(("A", "NOERROR"), (0, 0, 0, 0))
+        queries = [["slow20.example", "A"], ["slow200.example", "A"], ["silent.example", "A"]]
+        got = dns_client(lab, lab.pods[0], {"server": vip, "proto": "udp", "queries": queries,
+                                            "silent": ["silent.example"]})
+        assert got["received"] == 2
+
+        def grown():
+            hist, unanswered = latency_state(agent)
+            return hist if unanswered.get("A", 0) - unanswered0.get("A", 0) == 1 else None
+
+        hist = wait_for(grown)
+        assert hist is not None, latency_state(agent)
+        assert tuple(a - b for a, b in zip(hist[("A", "NOERROR")], latency_before)) == (0, 1, 1, 0)
+        assert delta(agent, before_counts) == (3, 2, 0)  # latency-only reports are not counted
+        responses = [r for r in agent.sink.take() if r.l7.qr]
+        assert len(responses) == 2 and all(OBS[r.obs_point] == "FROM_NETWORK" for r in responses)
+        lat = {r.l7.query: r.l7.latency_ns for r in responses}
+        assert 20_000_000 <= lat["slow20.example."] < 100_000_000 <= 200_000_000 <= lat["slow200.example."] < 10**9
+        assert agent.plugin.debug()["latency_only_events"] >= 2
+    finally:
+        lab.run("node", ["nft", "delete", "table", "ip", "rxdnslat"], check=False)

@@ -7,7 +7,11 @@ Server zone (UDP and TCP, IPv4 and IPv6, port 53):
 * ``aaaa.example.``  AAAA 2001:db8::1 (TTL 30)
 * ``cname.example.`` CNAME a.example. (TTL 120) plus a.example.'s A records
 * ``big.example.``   120 A records (about 2 KB: for TCP, where it spans segments)
+* ``slow20.example.`` / ``slow200.example.``: A 10.1.0.20 / 10.1.0.200, answered after 20 ms / 200 ms
+* ``silent.example.``: never answered
 * anything else: NXDOMAIN. A payload that does not parse as a query gets no answer.
+
+The client's plan may list names in ``silent``: their queries are sent without waiting for an answer.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 SERVER = r"""
-import socket, struct, sys, threading
+import socket, struct, sys, threading, time
 from retina_core.dns.encoder import RR, build_response
 from retina_core.dns.parser import ParseError, parse
 
@@ -31,7 +35,11 @@ ZONE = {
     "aaaa.example.": [RR("aaaa.example", "AAAA", 30, "2001:db8::1")],
     "cname.example.": [RR("cname.example", "CNAME", 120, "a.example")] + A,
     "big.example.": [RR("big.example", "A", 60, f"10.2.{i // 250}.{i % 250}") for i in range(120)],
+    "slow20.example.": [RR("slow20.example", "A", 60, "10.1.0.20")],
+    "slow200.example.": [RR("slow200.example", "A", 60, "10.1.0.200")],
 }
+DELAY_S = {"slow20.example.": 0.02, "slow200.example.": 0.2}
+SILENT = {"silent.example."}
 TYPES = {"A": 1, "AAAA": 28, "CNAME": 5}
 
 def answer(data):
@@ -42,6 +50,9 @@ def answer(data):
     if q.qr or not q.questions:
         return None
     name, qtype = q.questions[0].name, q.questions[0].qtype
+    if name in SILENT:
+        return None
+    time.sleep(DELAY_S.get(name, 0))
     rrs = ZONE.get(name)
     if rrs is None:
         return build_response(data, rcode=3)
@@ -125,6 +136,8 @@ if plan["proto"] == "udp":
     for i, (name, qtype) in enumerate(plan["queries"]):
         s.sendto(build_query(name, qtype, msg_id=1000 + i), (server, 53))
         out["sent"] += 1
+        if name in plan.get("silent", ()):
+            continue
         data, _ = s.recvfrom(65535)
         out["received"] += 1
         record(data)

@@ -51,6 +51,7 @@ def test_full_spec_normalised_and_round_trips():
         "namespaces": {"exclude": ["kube-system", "kube-system", "monitoring"]},
         "podLabelKeys": ["app", "app.kubernetes.io/name"],
         "maxSeriesPerMetric": 5000,
+        "podDeletionGrace": "45s",
     }
     cfg = parse_metrics_configuration(raw)
     fwd, flags = cfg.context_options
@@ -63,7 +64,10 @@ def test_full_spec_normalised_and_round_trips():
     assert not cfg.namespace_allowed("kube-system") and cfg.namespace_allowed("default")
     assert cfg.pod_label_keys == ("app", "app.kubernetes.io/name")
     assert cfg.max_series_per_metric == 5000
+    assert cfg.pod_deletion_grace_ns == 45 * 10**9
     assert parse_metrics_configuration(cfg.to_dict()) == cfg
+    assert parse_metrics_configuration(one()).pod_deletion_grace_ns == 30 * 10**9
+    assert parse_metrics_configuration({**one(), "podDeletionGrace": "0"}).pod_deletion_grace_ns == 0
 
 
 def test_unknown_label_message():
@@ -128,7 +132,7 @@ def test_bad_ttl_message():
 def test_unknown_keys():
     assert error({"contextOptions": [{"metricName": "forward_count"}], "namespace": {}}) == (
         "metricsConfiguration: unknown key 'namespace' (did you mean 'namespaces'?); accepted: contextOptions, "
-        "namespaces, podLabelKeys, maxSeriesPerMetric"
+        "namespaces, podLabelKeys, maxSeriesPerMetric, podDeletionGrace"
     )
     assert error(one(sourcelabels=["ip"])) == (
         "metricsConfiguration.contextOptions[0]: unknown key 'sourcelabels' (did you mean 'sourceLabels'?); "
@@ -205,6 +209,10 @@ def test_dispatch_by_substring():
         "node_apiserver_latency": ("apiserver", ()),
         "node_apiserver_handshake_latency": ("apiserver", ()),
         "node_apiserver_no_response": ("apiserver", ()),
+        "dns_latency_seconds": ("dns_latency", ("adv_dns_latency_seconds",)),
+        "dns_unanswered_queries": ("dns_latency", ("adv_dns_unanswered_queries",)),
+        "interzone_bytes": ("interzone", ("adv_interzone_bytes",)),
+        "interzone_count": ("interzone", ("adv_interzone_count",)),
     }
     for name in ACCEPTED_METRIC_NAMES:
         kind, families = expected.get(name, (None, ()))

@@ -257,3 +257,87 @@ def test_metrics_configuration_reload_at_run_time(lab):
         assert agent.proc.poll() is None
     finally:
         agent.close()
+
+
+def test_interzone_bytes_equal_the_senders_veth_counters(lab, tmp_path):
+    """Pod 1 placed on a node of another zone (inventory): everything pod 0 sends goes to pod 1, so the inter-zone
+    bytes and packets zone a -> zone b equal pod 0's veth rx deltas exactly; pod 1's packets are counted by its
+    own node (not here)."""
+    data = lab.inventory()
+    data["endpoints"][1]["node"] = "node-b"
+    data["nodes"].append({"name": "node-b", "zone": "lab-zone-b"})
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text(yaml.safe_dump(data))
+    options = [{"metricName": "interzone_bytes"}, {"metricName": "interzone_count"}]
+    cfg = agent_config(lab, "high", options)
+    cfg["enrichment"]["inventoryFile"] = str(inv)
+    agent = AgentProcess(lab.node_ns, cfg)
+    p0 = lab.pods[0]
+    zones = {"source_zone": "lab-zone-a", "destination_zone": "lab-zone-b"}
+    try:
+        agent.start()
+        time.sleep(2.5 * REPORT_INTERVAL_S)
+        before_m = scrape(agent)
+        before_c = lab.host_stats(p0)
+        run_traffic(lab, ipv6=False)
+        after_c = lab.host_stats(p0)
+        want = (after_c["rx_packets"] - before_c["rx_packets"], after_c["rx_bytes"] - before_c["rx_bytes"])
+
+        def read():
+            m = scrape(agent)
+            return tuple(int(total(m[f], **zones) - total(before_m[f], **zones))
+                         for f in ("networkobservability_adv_interzone_count", "networkobservability_adv_interzone_bytes"))
+
+        assert wait_equal(read, want, 2 * REPORT_INTERVAL_S + 4) == want
+        assert want[0] >= 100, want
+        m = scrape(agent)
+        assert {tuple(sorted(lbl.items())) for lbl, _ in m["networkobservability_adv_interzone_bytes"]} == {
+            tuple(sorted(zones.items()))}
+    finally:
+        agent.close()
+
+
+def test_series_leave_with_their_pod_and_a_reused_address_starts_from_zero(lab, tmp_path):
+    """Inventory source: pod 1 removed from the inventory takes its series with it after podDeletionGrace; a new
+    pod given pod 1's addresses counts exactly its own packets (its veth's counters since it appeared), nothing of
+    the old pod's."""
+    inv = tmp_path / "inventory.yaml"
+    data = lab.inventory()
+    inv.write_text(yaml.safe_dump(data))
+    cfg = agent_config(lab, "low", [{"metricName": "forward_count", "sourceLabels": ["ip"]}])
+    cfg["metricsConfiguration"]["podDeletionGrace"] = "1s"
+    cfg["enrichment"]["inventoryFile"] = str(inv)
+    agent = AgentProcess(lab.node_ns, cfg)
+    p0, p1 = lab.pods
+
+    def count(ip, direction):
+        return int(total(scrape(agent)["networkobservability_adv_forward_count"], ip=ip, direction=direction))
+
+    def has_series(ip):
+        return any(lbl["ip"] == ip for lbl, _ in scrape(agent)["networkobservability_adv_forward_count"])
+
+    def ipcache_name(ip):
+        return json.loads(agent.get("/debug/ipcache")[1])["ips"].get(ip, {}).get("pod_name")
+
+    try:
+        agent.start()
+        before = lab.host_stats(p1)
+        traffic.udp_burst(lab, p0, p1, count=40, payload_size=60, dport=9310)
+        want_old = lab.host_stats(p1)["tx_packets"] - before["tx_packets"]
+        assert wait_equal(lambda: count(p1.ipv4, "ingress"), want_old, 10) == want_old >= 40
+        egress0 = count(p0.ipv4, "egress")
+
+        removed = {**data, "endpoints": [data["endpoints"][0]]}
+        inv.write_text(yaml.safe_dump(removed))
+        assert wait_equal(lambda: has_series(p1.ipv4), False, 15) is False
+        assert count(p0.ipv4, "egress") == egress0  # the other pod's series stay
+
+        reused = {**data, "endpoints": [data["endpoints"][0], {**data["endpoints"][1], "podName": "newcomer-0"}]}
+        inv.write_text(yaml.safe_dump(reused))
+        assert wait_equal(lambda: ipcache_name(p1.ipv4), "newcomer-0", 10) == "newcomer-0"
+        before = lab.host_stats(p1)
+        traffic.udp_burst(lab, p0, p1, count=25, payload_size=60, dport=9311)
+        want_new = lab.host_stats(p1)["tx_packets"] - before["tx_packets"]
+        assert wait_equal(lambda: count(p1.ipv4, "ingress"), want_new, 10) == want_new >= 25
+    finally:
+        agent.close()

@@ -12,6 +12,10 @@ Field meanings:
   none), as Cilium's DNS proxy reports it.
 * ``complete``: False when the captured payload ended before the answer section did (the agent keeps at most
   512 bytes of a message): ``ips``/``cnames``/``rrtypes`` then list only the answers that were captured.
+* ``latency_ns``: on a response that answered a tracked query, the time since the query (see
+  :mod:`retina_core.dns.latency`); 0 otherwise. ``outcome``: on a query, what became of it
+  (``retina_core.dns.latency.OUTCOME_*``; set later, by the dns plugin's reader thread), and ``answer`` the
+  response's record when it was answered.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ __all__ = ["DnsRecord", "VERDICT_DNS"]
 
 
 class DnsRecord:
-    __slots__ = ("qr", "id", "query", "qtypes", "rcode", "ips", "ttl", "cnames", "rrtypes", "num_answers", "complete")
+    __slots__ = ("qr", "id", "query", "qtypes", "rcode", "ips", "ttl", "cnames", "rrtypes", "num_answers", "complete",
+                 "latency_ns", "outcome", "answer")
 
     def __init__(self, qr: bool, query: str, qtypes: tuple[str, ...] = (), rcode: int = 0,
                  ips: tuple[str, ...] = (), ttl: int = 0, cnames: tuple[str, ...] = (),
@@ -42,6 +47,9 @@ class DnsRecord:
         self.rrtypes = rrtypes
         self.num_answers = num_answers
         self.complete = complete
+        self.latency_ns = 0
+        self.outcome = 0
+        self.answer: DnsRecord | None = None
 
     @property
     def is_response(self) -> bool:
@@ -83,7 +91,8 @@ class DnsRecord:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, DnsRecord):
             return NotImplemented
-        return all(getattr(self, s) == getattr(other, s) for s in self.__slots__)
+        return all(getattr(self, s) == getattr(other, s) for s in self.__slots__
+                   if s not in ("outcome", "answer"))  # state, not data
 
     __hash__ = None  # type: ignore[assignment]
 

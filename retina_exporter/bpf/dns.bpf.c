@@ -14,6 +14,9 @@
  *   B's veth (TO_ENDPOINT: its ingress_ifindex is A's veth, or the bridge), a query from the node's own stack
  *   to a pod is reported at the pod's veth (ingress_ifindex 0), and a pod's query to an outside server is
  *   reported at the pod's veth and skipped at the uplink -- also when the node SNATs it.
+ *   Exception, not counted: a packet *from* port 53 that was seen earlier is reported again at TO_* with
+ *   DNS_OBS_LATENCY_ONLY in obs_point -- the response as its client gets it (a Service VIP's reverse DNAT or the
+ *   SNAT undone), which user space matches to the query as the client sent it.
  *
  * Compiled at run time by bcc (retina_exporter/plugins/dns/loader.py) with -DRINGBUF_PAGES=<n>
  * -DSEEN_MAP_SIZE=<n>. Only uapi structs (__sk_buff) are used. Kernel >= 5.8 (ring buffer).
@@ -82,7 +85,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 		__u32 iif = skb->ingress_ifindex;
 		if (iif && seen_ifindex.lookup(&iif)) {
 			stat_inc(DNS_STAT_SEEN_EARLIER);
-			return TC_ACT_UNSPEC;
+			if (sport != DNS_PORT)
+				return TC_ACT_UNSPEC;
+			/* A response leaving toward its client, after the node's reverse NAT: reported for latency
+			 * matching only (user space does not count it). */
+			obs |= DNS_OBS_LATENCY_ONLY;
 		}
 	}
 

@@ -20,8 +20,14 @@
 #define DNS_STAT_NO_PAYLOAD 3   /* TCP port-53 segments without payload and without SYN, not reported */
 #define DNS_STAT_SLOTS 4
 
+/* Set in obs_point on a packet from port 53 at a TO_* point that one of our FROM_* hooks already reported: the
+ * response as it leaves toward its client (after the node's reverse NAT). Not counted: user space uses it only
+ * to match the response to its query (DNS latency through a Service VIP or SNAT). */
+#define DNS_OBS_LATENCY_ONLY 0x80
+
 /* One port-53 packet at its first observation point on this node (UDP: every datagram; TCP: segments with
- * payload, and SYNs). 64 + DNS_CAPTURE bytes. */
+ * payload, and SYNs), or a response again where it leaves toward its client (DNS_OBS_LATENCY_ONLY).
+ * 64 + DNS_CAPTURE bytes. */
 struct dns_event {
 	__u64 ts_ns;       /* 0: boot ns */
 	__u8 src_ip[16];   /* 8: IPv4 in the first 4 bytes, rest zero */
@@ -35,7 +41,7 @@ struct dns_event {
 	__u16 cap_len;     /* 58: bytes of it in data[] (<= DNS_CAPTURE) */
 	__u8 ip_version;   /* 60: 4 or 6 */
 	__u8 proto;        /* 61: IPPROTO_UDP or IPPROTO_TCP */
-	__u8 obs_point;    /* 62: OBS_* (common.h) */
+	__u8 obs_point;    /* 62: OBS_* (common.h), | DNS_OBS_LATENCY_ONLY */
 	__u8 tcp_flags;    /* 63: the TCP header's flag byte (0 for UDP) */
 	__u8 data[DNS_CAPTURE]; /* 64: the L4 payload's first cap_len bytes (TCP: starting with the length prefix) */
 };

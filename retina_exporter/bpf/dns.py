@@ -15,6 +15,9 @@ STAT_NO_PAYLOAD = 3
 STAT_SLOTS = 4
 STAT_NAMES = ("emitted", "ringbuf_full", "seen_earlier", "tcp_no_payload")
 
+#: Flag in ``obs_point``: a response seen again where it leaves toward its client (latency matching only).
+OBS_LATENCY_ONLY = 0x80
+
 
 class DnsEvent(ct.Structure):
     """``struct dns_event`` (64 + DNS_CAPTURE bytes)."""

@@ -2,7 +2,8 @@
 something to show. Both are threads of this process whose sockets live in lab namespaces (created there with
 setns); traffic never leaves the lab.
 
-Zone: ``web.lab.`` A, ``api.lab.`` AAAA, anything else NXDOMAIN.
+Zone: ``web.lab.`` A, ``api.lab.`` AAAA, ``slow.lab.`` A answered after 200 ms, ``silent.lab.`` never answered
+(so DNS latency and unanswered queries have something to show), anything else NXDOMAIN.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import random
 import socket
 import threading
+import time
 
 from retina_core.dns.encoder import RR, build_query, build_response
 from retina_core.dns.parser import ParseError, parse
@@ -21,8 +23,11 @@ log = logging.getLogger(__name__)
 ZONE = {
     "web.lab.": [RR("web.lab", "A", 60, "10.99.0.1")],
     "api.lab.": [RR("api.lab", "AAAA", 30, "fd00:99::1")],
+    "slow.lab.": [RR("slow.lab", "A", 60, "10.99.0.2")],
 }
-QUERIES = (("web.lab", "A"), ("api.lab", "AAAA"), ("missing.lab", "A"))
+DELAY_S = {"slow.lab.": 0.2}
+SILENT = frozenset({"silent.lab."})
+QUERIES = (("web.lab", "A"), ("api.lab", "AAAA"), ("missing.lab", "A"), ("slow.lab", "A"), ("silent.lab", "A"))
 
 
 def _answer(data: bytes) -> bytes | None:
@@ -30,8 +35,9 @@ def _answer(data: bytes) -> bytes | None:
         q = parse(data)
     except ParseError:
         return None
-    if q.qr or not q.questions:
+    if q.qr or not q.questions or q.questions[0].name in SILENT:
         return None
+    time.sleep(DELAY_S.get(q.questions[0].name, 0))
     rrs = ZONE.get(q.questions[0].name)
     return build_response(data, rcode=3) if rrs is None else build_response(data, rrs)
 
@@ -45,6 +51,7 @@ class LabDns:
         self.interval_s = interval_s
         self.queries = 0
         self.answers = 0
+        self.silent = 0  # queries for names that are never answered (not waited for)
         self._stop = threading.Event()
 
         def bind():
@@ -90,6 +97,9 @@ class LabDns:
             try:
                 sock.sendto(build_query(name, qtype, msg_id=msg_id), (server, 53))
                 self.queries += 1
+                if name + "." in SILENT:
+                    self.silent += 1
+                    continue
                 sock.recvfrom(4096)
                 self.answers += 1
             except OSError as exc:

@@ -24,6 +24,13 @@ DNS message we can read (garbage, truncated, compression loops, oversized names 
 Pod level (``enablePodLevel``): one :class:`FlowRecord` per counted message, verdict 16 (Retina's
 ``Verdict_DNS``), ``l7`` a :class:`~retina_core.dns.record.DnsRecord`; direction EGRESS for queries and
 INGRESS for responses (as Retina), ``is_reply`` = QR.
+
+Latency (``dnsLatency`` section, on by default; see :mod:`retina_core.dns.latency` and the processor):
+``networkobservability_dns_latency_seconds{query_type,return_code}`` (histogram) and
+``networkobservability_dns_unanswered_queries{query_type}`` (counter, after ``dnsLatency.unansweredTimeout``); a
+response that answered a query carries ``Layer7.latency_ns`` in its flow. Responses through NAT are matched where
+the kernel reports them again toward their client. The tracker's state is in ``/debug/plugins``
+(``latency_pending``, ``latency_overflow``, ``latency_only_events`` …).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from retina_exporter.datapath.ringreader import BpfRingReader
 from retina_exporter.plugins.base import PluginContext
 from retina_exporter.plugins.dns import loader
 from retina_exporter.bpf.dns import HEADER_SIZE
+from retina_exporter.plugins.dns.config import DnsLatencyConfig
 from retina_exporter.plugins.dns.loader import DnsProgram
 from retina_exporter.plugins.dns.processor import DnsProcessor
 from retina_exporter.datapath.vethwatch import VethWatcher, link_attr
@@ -50,6 +58,8 @@ log = logging.getLogger(__name__)
 REQUEST_METRIC = METRIC_PREFIX + "dns_request_count"
 RESPONSE_METRIC = METRIC_PREFIX + "dns_response_count"
 PARSE_ERRORS_METRIC = CONTROL_PLANE_PREFIX + "dns_parse_errors_counter"
+LATENCY_METRIC = METRIC_PREFIX + "dns_latency_seconds"
+UNANSWERED_METRIC = METRIC_PREFIX + "dns_unanswered_queries"
 TC_PRIORITY = 3  # packetparser uses 1, packetforward 2
 TC_HANDLE = 3
 
@@ -121,6 +131,10 @@ class _Reader(BpfRingReader):
     def emit(self, rec) -> None:
         self._batch.append(rec)
 
+    def _flush(self) -> None:
+        self._processor.expire()  # after every poll: unanswered queries are counted without waiting for traffic
+        super()._flush()
+
     def stop(self, timeout: float = 5.0) -> None:
         super().stop(timeout)
         self._program.set_event_handler(None)
@@ -159,7 +173,8 @@ class DnsPlugin(TcRingBufferPlugin):
     def make_reader(self, ctx: PluginContext) -> _Reader:
         cfg = ctx.config
         pod_level = bool(getattr(cfg, "enable_pod_level", False))
-        self.processor = DnsProcessor(getattr(cfg, "node_name", ""), self.ifnames, pod_level=pod_level)
+        self.processor = DnsProcessor(getattr(cfg, "node_name", ""), self.ifnames, pod_level=pod_level,
+                                      latency=getattr(cfg, "dns_latency", DnsLatencyConfig()))
         sink = ctx.flow_sink
         reader = _Reader(self.program, self.processor, sink.write_batch if sink is not None else (lambda b: None))
         self.processor.emit = reader.emit
@@ -236,6 +251,12 @@ class DnsPlugin(TcRingBufferPlugin):
         yield (PARSE_ERRORS_METRIC, "counter",
                "Number of port-53 payloads the dns plugin could not parse as a DNS message, by reason",
                [((("reason", r),), n) for r, n in sorted(p.parse_errors.items())])
+        if p.tracker is not None:
+            hist, unanswered = p.latency_samples()
+            yield (LATENCY_METRIC, "histogram",
+                   "DNS query to response time as seen on the node, in seconds, by query type and return code", hist)
+            yield (UNANSWERED_METRIC, "counter", "Number of DNS queries without a response within the timeout",
+                   unanswered)
 
     def flush(self, timeout: float = 2.0) -> None:
         """Wait until the reader has consumed what the kernel wrote so far (tests, shutdown)."""
