@@ -55,6 +55,8 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
+from metrics_module.exposition import HistogramValue
+
 __all__ = [
     "AttemptLog", "FamiliesMetricReader", "FamiliesProducer", "HistogramValue", "REASONS", "SeriesAttributes",
     "encode_metrics_fast", "make_exporter", "make_log_exporter", "parse_label_text", "quiet_sdk_exporter_logs",
@@ -67,17 +69,6 @@ log = logging.getLogger("metrics_module.otlp")
 REASONS = ("unavailable", "timeout", "tls", "throttled", "too_large", "rejected", "server_error", "internal")
 
 DEFAULT_MAX_REQUEST_BYTES = 4_000_000  # gRPC servers (the Collector too) refuse messages over 4 MiB by default
-
-
-@dataclass(frozen=True)
-class HistogramValue:
-    """The value of a histogram sample: explicit ``bounds``, per-bucket ``counts`` (``len(bounds) + 1``), ``sum``,
-    ``count``."""
-
-    bounds: tuple[float, ...]
-    counts: tuple[int, ...]
-    sum: float
-    count: int
 
 
 # -- label text -------------------------------------------------------------------------------------------------

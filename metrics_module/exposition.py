@@ -4,7 +4,9 @@ Retina's metric names carry no ``_total`` suffix, and its counters are exposed a
 samples named ``name``: prometheus_client's renderer would append ``_total``, so families from our collectors are
 rendered here. A family is ``(name, type, help, samples)`` with samples ``(labels, value)`` where ``labels`` is a
 tuple of ``(label_name, label_value)`` pairs -- or, as a fast path for large families, the already rendered and
-escaped label set as a string (``'{a="1",b="x"}'``, or ``""`` for none).
+escaped label set as a string (``'{a="1",b="x"}'``, or ``""`` for none). A ``histogram`` family's values are
+:class:`HistogramValue` objects, rendered as the ``_bucket`` (cumulative, with ``le``), ``_sum`` and ``_count``
+samples of both formats.
 
 :func:`render` writes format 0.0.4 (:data:`CONTENT_TYPE`). :func:`render_openmetrics` writes OpenMetrics 1.0.0
 (:data:`OPENMETRICS_CONTENT_TYPE`): there a counter's samples must be named ``<family>_total`` (the family name in
@@ -15,12 +17,24 @@ header.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 Family = tuple[str, str, str, Iterable[tuple[tuple[tuple[str, str], ...] | str, float]]]
+
+
+@dataclass(frozen=True)
+class HistogramValue:
+    """The value of a histogram sample: explicit ``bounds``, per-bucket ``counts`` (``len(bounds) + 1``, not
+    cumulative, the last one above every bound), ``sum``, ``count``."""
+
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]
+    sum: float
+    count: int
 
 
 def escape_label_value(v: str) -> str:
@@ -66,7 +80,20 @@ def _samples(out: list[str], name: str, samples) -> None:
     for labels, value in samples:
         if labels.__class__ is not str:
             labels = _label_text(labels)
+        if value.__class__ is HistogramValue:
+            _histogram(append, name, labels, value)
+            continue
         append(f"{name}{labels} {value if value.__class__ is int else _fmt(value)}\n")
+
+
+def _histogram(append: Callable[[str], None], name: str, labels: str, h: HistogramValue) -> None:
+    inner = labels[1:-1] + "," if labels else ""
+    running = 0
+    for bound, n in zip(h.bounds, h.counts):
+        running += n
+        append(f'{name}_bucket{{{inner}le="{_fmt(float(bound))}"}} {running}\n')
+    append(f'{name}_bucket{{{inner}le="+Inf"}} {h.count}\n')
+    append(f"{name}_sum{labels} {_fmt(h.sum)}\n{name}_count{labels} {h.count}\n")
 
 
 def render(families: Iterable[Family]) -> str:

@@ -20,6 +20,10 @@ Units and encodings:
   kernel's table, so no consumer needs that table.
 * ``flag_counts``: per-flag packet counts over the same packets (tuple indexed by ``FLAG_NAMES``; the last entry
   counts packets that carried SYN and ACK together), or ``None`` for non-TCP records.
+* ``conn_event``: the TCP connection-attempt outcome this record reports (index into ``CONN_EVENTS``, 0 = none);
+  ``connect_latency_ns``: for ``CONN_ESTABLISHED``, nanoseconds from the attempt's first SYN to the SYN-ACK as
+  seen at this record's interface, else 0. A ``"connect"``-reason record (a timeout found by the sweep) accounts
+  for no packet (``packets == 0``).
 """
 
 from __future__ import annotations
@@ -61,7 +65,16 @@ TCP_NS = 0x100
 FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR", "NS", "SYNACK")
 
 # Why the kernel (or the sweep) emitted an event; shared with bpf (REPORT_*).
-REPORT_REASONS = ("every_packet", "new_connection", "flags", "flag_change", "interval", "close", "sweep", "expired")
+REPORT_REASONS = ("every_packet", "new_connection", "flags", "flag_change", "interval", "close", "sweep", "expired",
+                  "connect")
+
+# Outcome of a TCP connection attempt a record reports (``conn_event``; CONN_EV_* in bpf/packetparser.h), counted
+# once per attempt and node: "" none, "established" (``connect_latency_ns`` is set), "reset", "timeout" (the
+# failed-connection ``reason`` label values).
+CONN_EVENTS = ("", "established", "reset", "timeout")
+CONN_ESTABLISHED = 1
+CONN_RESET = 2
+CONN_TIMEOUT = 3
 
 IPPROTO_ICMP = 1
 IPPROTO_TCP = 6
@@ -103,6 +116,8 @@ class FlowRecord:
         # Layer-7 data, None for L3/L4 records: a retina_core.dns.record.DnsRecord on the dns plugin's records
         # (then Type L7 and Hubble's l7.dns in the protobuf).
         "l7",
+        "conn_event",
+        "connect_latency_ns",
     )
 
     def __init__(
@@ -131,6 +146,8 @@ class FlowRecord:
         verdict: int = VERDICT_FORWARDED,
         drop_reason: int = 0,
         drop_reason_name: str = "",
+        conn_event: int = 0,
+        connect_latency_ns: int = 0,
     ) -> None:
         self.time_ns = time_ns
         self.verdict = verdict
@@ -159,6 +176,8 @@ class FlowRecord:
         self.source = None
         self.destination = None
         self.l7 = None
+        self.conn_event = conn_event
+        self.connect_latency_ns = connect_latency_ns
 
     @property
     def previously_observed_packets(self) -> int:

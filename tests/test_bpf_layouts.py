@@ -48,6 +48,7 @@ STRUCTS = (
     (pp.PpConfig, "pp_config", "l_pp_config"),
     (pp.FilterKey, "filter_key", "l_filter_key"),
     (pp.SweepRequest, "sweep_request", "l_sweep_req"),
+    (pp.AttemptKey, "attempt_key", "l_attempt_key"),
     (dns.DnsEvent, "dns_event", "l_dns_event"),
     (dr.DrKey, "dr_key", "l_dr_key"),
     (dr.DrValue, "dr_value", "l_dr_value"),
@@ -161,6 +162,10 @@ def test_shared_constants_are_retina_core_record(compiled):
     assert v[("packetparser.h", "FLAG_COUNT")] == len(R.FLAG_NAMES)
     reasons = {n: val for (h, n), val in v.items() if h == "packetparser.h" and n.startswith("REPORT_")}
     assert sorted(reasons.values()) == list(range(len(R.REPORT_REASONS)))
+    events = {n: val for (h, n), val in v.items() if h == "packetparser.h" and n.startswith("CONN_EV_")}
+    assert events == {"CONN_EV_NONE": 0, "CONN_EV_ESTABLISHED": R.CONN_ESTABLISHED, "CONN_EV_RESET": R.CONN_RESET,
+                      "CONN_EV_TIMEOUT": R.CONN_TIMEOUT}
+    assert [R.CONN_EVENTS[i] for i in sorted(events.values())] == ["", "established", "reset", "timeout"]
 
 
 # --- struct layouts -------------------------------------------------------------------------------------------

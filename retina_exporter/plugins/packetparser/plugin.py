@@ -12,16 +12,24 @@ import logging
 
 from retina_exporter.plugins.base import PluginContext
 from retina_exporter.plugins.packetparser import loader
+from retina_exporter.plugins.packetparser.config import TcpMetricsConfig
 from retina_exporter.plugins.packetparser.loader import LoadOptions, PacketParserProgram
 from retina_exporter.plugins.packetparser.reader import EventDecoder, RingBufferReader
 from retina_exporter.plugins.packetparser.sweeper import ConntrackSweeper
 from retina_exporter.plugins.tcattach import TcRingBufferPlugin
+from retina_core.record import CONN_EVENTS, CONN_RESET, CONN_TIMEOUT
 from retina_core.telemetry import METRIC_PREFIX
+from metrics_module import HistogramValue
 
 log = logging.getLogger(__name__)
 
 
+def tcp_metrics_of(cfg) -> TcpMetricsConfig:
+    return getattr(cfg, "tcp_metrics", None) or TcpMetricsConfig()
+
+
 def load_options_from(cfg) -> LoadOptions:
+    tcp = tcp_metrics_of(cfg)
     return LoadOptions(
         ct_map_size=cfg.conntrack_map_size,
         ring_buffer_bytes=cfg.ring_buffer_size,
@@ -30,6 +38,8 @@ def load_options_from(cfg) -> LoadOptions:
         report_interval_ns=cfg.conntrack_report_interval_ns,
         filter_enabled=cfg.enable_annotations and not cfg.bypass_lookup_ip_of_interest,
         filter_map_size=cfg.filter_map_max_entries,
+        conn_enabled=tcp.connect,
+        bounds_ns=tcp.bounds_ns(),
     )
 
 
@@ -46,6 +56,7 @@ class PacketParserPlugin(TcRingBufferPlugin):
     def __init__(self, program: PacketParserProgram | None = None) -> None:
         super().__init__(program)  # tests may hand in a program compiled once per session
         self.sweeper: ConntrackSweeper | None = None
+        self._conntrack_metrics = False
 
     # --- RingBufferPlugin hooks -----------------------------------------------------------------------------
     def load_program(self, ctx: PluginContext) -> PacketParserProgram:
@@ -56,7 +67,10 @@ class PacketParserPlugin(TcRingBufferPlugin):
 
     def prepare(self, ctx: PluginContext) -> None:
         super().prepare(ctx)
-        self.sweeper = ConntrackSweeper(self.program, ctx.config.conntrack_report_interval_ns)
+        tcp = tcp_metrics_of(ctx.config)
+        self.sweeper = ConntrackSweeper(self.program, ctx.config.conntrack_report_interval_ns,
+                                        tcp.connect_timeout_ns if tcp.connect else 0)
+        self._conntrack_metrics = bool(getattr(ctx.config, "enable_conntrack_metrics", False))
 
     def make_reader(self, ctx: PluginContext) -> RingBufferReader:
         decoder = EventDecoder(ctx.config.node_name, self.ifnames)
@@ -66,7 +80,7 @@ class PacketParserPlugin(TcRingBufferPlugin):
         return program.lost_counts()["ringbuf_full"]
 
     def exports_families(self, cfg) -> bool:
-        return bool(getattr(cfg, "enable_conntrack_metrics", False))
+        return bool(getattr(cfg, "enable_conntrack_metrics", False)) or tcp_metrics_of(cfg).connect
 
     def start_helpers(self) -> None:
         self.sweeper.start()
@@ -81,8 +95,17 @@ class PacketParserPlugin(TcRingBufferPlugin):
 
     # --- conntrack ------------------------------------------------------------------------------------------
     def families(self):
-        """``enableConntrackMetrics``: Retina's conntrack gauges, summed over live entries at the last sweep
-        (tx = initiator -> responder, rx = replies)."""
+        """``enableConntrackMetrics``: Retina's conntrack gauges; ``tcpMetrics.connect``: the node-level connect
+        latency and failed connections (kernel counters, each attempt once per node)."""
+        out = self.conntrack_families() if self._conntrack_metrics else []
+        program = self.program
+        if program is not None and program.options.conn_enabled:
+            out += tcp_connect_families(program.tcp_counts(), program.options.bounds_ns)
+        return out
+
+    def conntrack_families(self) -> list:
+        """Retina's conntrack gauges, summed over live entries at the last sweep (tx = initiator -> responder,
+        rx = replies)."""
         last = self.sweeper.last if self.sweeper is not None else None
         if last is None:
             return []
@@ -114,3 +137,22 @@ class PacketParserPlugin(TcRingBufferPlugin):
             "lost": self.program.lost_counts() if self.program else {},
             "sweeps": self.sweeper.sweeps if self.sweeper else 0,
         }
+
+
+CONNECT_LATENCY_METRIC = METRIC_PREFIX + "tcp_connect_latency_seconds"
+FAILED_CONNECTIONS_METRIC = METRIC_PREFIX + "tcp_failed_connections"
+
+
+def tcp_connect_families(counts: dict, bounds_ns: tuple[int, ...]) -> list:
+    """Node-level families from :meth:`PacketParserProgram.tcp_counts`."""
+    hist = HistogramValue(tuple(b / 1e9 for b in bounds_ns), tuple(counts["buckets"]), counts["sum_ns"] / 1e9,
+                          counts["count"])
+    failed = [((("reason", CONN_EVENTS[CONN_RESET]),), counts["reset"]),
+              ((("reason", CONN_EVENTS[CONN_TIMEOUT]),), counts["timeout"])]
+    return [
+        (CONNECT_LATENCY_METRIC, "histogram",
+         "TCP connect latency: first SYN to the SYN-ACK answering it, as seen on this node, in seconds", [((), hist)]),
+        (FAILED_CONNECTIONS_METRIC, "counter",
+         "TCP connection attempts answered by an RST (reset) or not answered within tcpMetrics.connectTimeout "
+         "(timeout)", failed),
+    ]
