@@ -66,6 +66,9 @@ from retina_core.metricsconfig import (
     KIND_FORWARD,
     KIND_TCPFLAGS,
     KIND_TCPRETRANS,
+    KIND_TCP_CONNECT,
+    KIND_TCP_FAILED,
+    KIND_TCP_RTT,
     ContextOption,
     MetricsConfiguration,
     family_names,
@@ -84,7 +87,8 @@ from retina_core.record import (
     VERDICT_FORWARDED,
     VERDICT_TCP_RETRANSMISSION,
 )
-from retina_core.telemetry import CONTROL_PLANE_PREFIX, METRIC_PREFIX
+from retina_core.telemetry import CONTROL_PLANE_PREFIX, LATENCY_BUCKETS_S, METRIC_PREFIX
+from metrics_module.tcpconn import TcpConnMetrics, histogram_value
 
 __all__ = [
     "AdvancedMetrics",
@@ -121,7 +125,14 @@ _HELP = {
     "adv_tcpretrans_count": "Total number of TCP retransmitted packets",
     "adv_dns_request_count": "Total number of DNS query packets",
     "adv_dns_response_count": "Total number of DNS response packets",
+    "adv_tcp_connect_latency_seconds": "TCP connect latency (first SYN to the SYN-ACK answering it, as seen on the "
+                                       "node), in seconds",
+    "adv_tcp_failed_connections": "Total number of TCP connection attempts answered by an RST (reset) or not "
+                                  "answered in time (timeout)",
+    "adv_tcp_rtt_seconds": "TCP smoothed round-trip time samples (at most one per connection and sample interval), "
+                           "in seconds",
 }
+_TCP_CONN_KINDS = (KIND_TCP_CONNECT, KIND_TCP_FAILED, KIND_TCP_RTT)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -219,7 +230,10 @@ class AdvMetric:
         self.full_name = METRIC_PREFIX + name
         self.help = _HELP[name]
         self.kind = option.kind
-        self.mtype = "counter" if self.kind == KIND_DNS else "gauge"  # as Retina
+        if self.kind in (KIND_TCP_CONNECT, KIND_TCP_RTT):
+            self.mtype = "histogram"
+        else:
+            self.mtype = "counter" if self.kind in (KIND_DNS, KIND_TCP_FAILED) else "gauge"  # as Retina
         self.is_bytes = name.endswith("_bytes")
         self.is_reply = option.is_reply
         self.ttl_s = option.ttl_ns / 1e9
@@ -243,6 +257,10 @@ class AdvMetric:
             fixed = ("flag",)
         elif self.kind == KIND_DROP:
             fixed = ("reason", "direction")
+        elif self.kind == KIND_TCP_FAILED:
+            fixed = ("reason",)
+        elif self.kind in _TCP_CONN_KINDS:
+            fixed = ()
         elif name == "adv_dns_request_count":
             fixed = ("query_type", "query")
         else:
@@ -292,11 +310,12 @@ class AdvMetric:
 # Per-verdict pipelines
 
 
-def _prerendered_samples(m: AdvMetric, series: dict) -> Iterator[tuple[str, Any]]:
+def _prerendered_samples(m: AdvMetric, series: dict, bounds: tuple[float, ...]) -> Iterator[tuple[str, Any]]:
     rendered = m.rendered
+    hist = m.mtype == "histogram"
     for k, e in series.items():
         body = e[2]
-        yield (body if body is not None else rendered(k, e)), e[0]
+        yield (body if body is not None else rendered(k, e)), histogram_value(e[0], bounds) if hist else e[0]
 
 
 class _Pipeline:
@@ -494,8 +513,10 @@ class AdvancedMetrics:
         host_interfaces_observed: bool,
         remote_context: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        latency_buckets: tuple[float, ...] = LATENCY_BUCKETS_S,
     ) -> None:
         self.node_name = node_name
+        self.latency_buckets = tuple(latency_buckets)  # histogram upper bounds, seconds
         self.host_interfaces_observed = host_interfaces_observed
         self.local = not remote_context
         self.clock = clock
@@ -508,6 +529,7 @@ class AdvancedMetrics:
         self.metrics: list[AdvMetric] = []
         self._pipelines: dict[int, _Pipeline] = {}
         self._dns: list[AdvMetric] = []
+        self._tcp: TcpConnMetrics | None = None
         self.pod_allowed: Callable[[str, str], bool] = lambda ns, pod: True
         self.apply(config)
 
@@ -553,10 +575,12 @@ class AdvancedMetrics:
                     by_verdict.setdefault(VERDICT_TCP_RETRANSMISSION, []).append(m)
                 elif m.kind == KIND_DNS:
                     dns.append(m)
+            tcp = [m for m in metrics if m.kind in _TCP_CONN_KINDS]
             self.config = config
             self.pod_allowed = config.pod_allowed if config is not None else (lambda ns, pod: True)
             self.metrics = metrics
             self._dns = dns
+            self._tcp = (TcpConnMetrics(tcp, self.latency_buckets, self.local, _local_pod, _pod_in) if tcp else None)
             self._pipelines = {v: _Pipeline(self, ms, gated=(v == VERDICT_FORWARDED)) for v, ms in by_verdict.items()}
 
     def remote_counted(self, obs: int, src: Any) -> bool:
@@ -581,14 +605,17 @@ class AdvancedMetrics:
             pipelines = self._pipelines
             fwd = pipelines.get(VERDICT_FORWARDED)
             dns = self._dns
+            tcp = self._tcp
             for rec in records:
                 try:
                     v = rec.verdict
                 except AttributeError:
                     continue
                 if v == VERDICT_FORWARDED:
-                    if fwd is not None:
+                    if fwd is not None and rec.packets:
                         fwd.add(rec, now)
+                    if rec.conn_event and tcp is not None:
+                        tcp.add(rec, now, self.pod_allowed, self.overflow)
                 elif v == VERDICT_DNS:
                     if dns:
                         self._add_dns(rec, now)
@@ -676,10 +703,14 @@ class AdvancedMetrics:
         out = []
         for m, series in snap:
             if prerendered:
-                samples: Any = _prerendered_samples(m, series)  # lazily: short-lived tuples only
+                samples: Any = _prerendered_samples(m, series, self.latency_buckets)  # lazily: short-lived tuples
             else:
                 names = m.label_names
-                samples = [(tuple(zip(names, k)), e[0]) for k, e in series.items()]
+                if m.mtype == "histogram":
+                    samples = [(tuple(zip(names, k)), histogram_value(e[0], self.latency_buckets))
+                               for k, e in series.items()]
+                else:
+                    samples = [(tuple(zip(names, k)), e[0]) for k, e in series.items()]
             out.append((m.full_name, m.mtype, m.help, samples))
         return out
 

@@ -46,6 +46,7 @@ class MetricsModule(Worker):
     * ``registry``: a shared :class:`FamilyRegistry` of node-level sources (the agent's, which also holds the
       telemetry's families); None = a registry of the module's own, and the telemetry's families are added.
     * ``clock``: monotonic seconds (tests inject one); ``batch_size``: records per ring read.
+    * ``latency_buckets``: upper bounds (seconds) of the adv_* latency histograms (``tcpMetrics.buckets``).
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class MetricsModule(Worker):
         registry: FamilyRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
         batch_size: int = 512,
+        latency_buckets: tuple[float, ...] | None = None,
     ) -> None:
         self.ring = ring
         self.telemetry = telemetry
@@ -71,6 +73,7 @@ class MetricsModule(Worker):
             host_interfaces_observed=host_interfaces_observed,
             remote_context=remote_context,
             clock=clock,
+            **({"latency_buckets": latency_buckets} if latency_buckets else {}),
         )
         self._own_registry = registry is None
         self.registry = registry if registry is not None else FamilyRegistry()

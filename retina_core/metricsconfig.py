@@ -70,6 +70,10 @@ ACCEPTED_METRIC_NAMES: tuple[str, ...] = (
     "node_apiserver_latency",
     "node_apiserver_handshake_latency",
     "node_apiserver_no_response",
+    # ours (issue 14), with packetparser: TCP connect latency, failed connections, round-trip time
+    "tcp_connect_latency_seconds",
+    "tcp_failed_connections",
+    "tcp_rtt_seconds",
 )
 
 #: Context label options, in the fixed order their labels appear in (Retina's ``ContextOptions.getLabels``).
@@ -85,6 +89,9 @@ KIND_TCPFLAGS = "tcpflags"
 KIND_TCPRETRANS = "tcpretrans"
 KIND_DNS = "dns"
 KIND_APISERVER = "apiserver"
+KIND_TCP_CONNECT = "tcp_connect"
+KIND_TCP_FAILED = "tcp_failed"
+KIND_TCP_RTT = "tcp_rtt"
 
 _SPEC_KEYS = ("contextOptions", "namespaces", "podLabelKeys", "maxSeriesPerMetric")
 _CR_KEYS = ("apiVersion", "kind", "metadata", "spec", "status")
@@ -108,6 +115,12 @@ def metric_kind(metric_name: str) -> str | None:
         return KIND_TCPFLAGS
     if "tcp" in name and "retrans" in name:
         return KIND_TCPRETRANS
+    if "tcp" in name and "connect_latency" in name:
+        return KIND_TCP_CONNECT
+    if "tcp" in name and "failed" in name:
+        return KIND_TCP_FAILED
+    if "tcp" in name and "rtt" in name:
+        return KIND_TCP_RTT
     if "node_apiserver" in name:
         return KIND_APISERVER
     if "dns" in name:
@@ -130,6 +143,12 @@ def family_names(metric_name: str) -> tuple[str, ...]:
         return ("adv_tcpretrans_count",)
     if kind == KIND_DNS:
         return ("adv_dns_response_count",) if "response" in name else ("adv_dns_request_count",)
+    if kind == KIND_TCP_CONNECT:
+        return ("adv_tcp_connect_latency_seconds",)
+    if kind == KIND_TCP_FAILED:
+        return ("adv_tcp_failed_connections",)
+    if kind == KIND_TCP_RTT:
+        return ("adv_tcp_rtt_seconds",)
     return ()
 
 

@@ -124,6 +124,7 @@ class Agent:
             self.metrics_module = MetricsModule(
                 self.ring, self.telemetry, mcfg, cfg.node_name, bool(cfg.host_interfaces),
                 remote_context=cfg.remote_context, registry=self.metrics,
+                latency_buckets=cfg.tcp_metrics.buckets,
             )
         self.config_reloads = 0
         self.config_reload_errors = 0

@@ -28,6 +28,7 @@ from retina_exporter.config import (
 from retina_exporter.hubble.config import HubbleConfig
 from retina_exporter.plugins.dropreason.config import DropReasonConfig
 from retina_exporter.plugins.tcpretrans.config import TcpRetransConfig
+from retina_exporter.plugins.packetparser.config import TcpMetricsConfig
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "config.md"
 S = 1_000_000_000
@@ -198,6 +199,11 @@ ENV_ALL = {
     "RETINA_DROPREASON_SCOPE": "node",
     "RETINA_DROPREASON_IGNOREREASONS": "skb_drop_reason_not_specified,NO_SOCKET",
     "RETINA_TCPRETRANS_SCOPE": "node",
+    "RETINA_TCPMETRICS_CONNECT": "false",
+    "RETINA_TCPMETRICS_RTT": "no",
+    "RETINA_TCPMETRICS_CONNECTTIMEOUT": "3s",
+    "RETINA_TCPMETRICS_RTTSAMPLEINTERVAL": "500ms",
+    "RETINA_TCPMETRICS_BUCKETS": "0.001, 0.01,1",
     "RETINA_ENABLECONNTRACKMETRICS": "yes",
     "RETINA_ENABLEANNOTATIONS": "true",
     "RETINA_BYPASSLOOKUPIPOFINTEREST": "yes",
@@ -272,6 +278,8 @@ def test_every_key_from_env() -> None:
             operator_start_timeout_ns=0),
         drop_reason=DropReasonConfig(scope="node", ignore_reasons=("NOT_SPECIFIED", "NO_SOCKET")),
         tcp_retrans=TcpRetransConfig(scope="node"),
+        tcp_metrics=TcpMetricsConfig(connect=False, rtt=False, connect_timeout_ns=3 * S, rtt_sample_interval_ns=S // 2,
+                                     buckets=(0.001, 0.01, 1.0)),
         otlp=OtlpConfig(enabled=True, endpoint="http://otel:4317", protocol="grpc", interval_ns=15 * S,
                         timeout_ns=5 * S,
                         headers=(("authorization", "Bearer x"),), insecure=True, compression="none",
@@ -664,7 +672,7 @@ def test_unknown_key_without_match_lists_known_keys(tmp_path: pathlib.Path) -> N
         "hostInterfaces, nodeName, nodeIP, logLevel, outputRingCapacity, bpfPinPath, remoteContext, "
         "metricsIntervalDuration, enableConntrackMetrics, enableAnnotations, bypassLookupIPOfInterest, "
         "filterMapMaxEntries, metricsConfiguration, apiServer, debugServer, enrichment, hubble, dropReason, "
-        "tcpRetrans, otlp, metricsInterval"
+        "tcpRetrans, tcpMetrics, otlp, metricsInterval"
     )
     assert error_of(tmp_path, "apiServer: {zzz: 1}\n").endswith(
         ": unknown key 'apiServer.zzz'; known keys: apiServer.host, apiServer.port"
@@ -829,6 +837,9 @@ def test_to_dict_defaults() -> None:
         "metricsIntervalDuration": "10s",
         "dropReason": {"scope": "all", "ignoreReasons": ["NOT_DROPPED_YET", "CONSUMED", "NOT_SPECIFIED"]},
         "tcpRetrans": {"scope": "all"},
+        "tcpMetrics": {"connect": True, "rtt": True, "connectTimeout": "10s", "rttSampleInterval": "10s",
+                       "buckets": [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0]},
         "enableConntrackMetrics": False,
         "enableAnnotations": False,
         "bypassLookupIPOfInterest": False,
@@ -939,3 +950,17 @@ def test_hubble_keys_are_checked(tmp_path: pathlib.Path) -> None:
             load_text(tmp_path, text)
         assert message in str(e.value), (text, str(e.value))
     assert load_text(tmp_path, "hubble:\n  eventBufferCapacity: 65535\n").output_ring_capacity == 65535
+
+
+def test_tcp_metrics_section(tmp_path: pathlib.Path) -> None:
+    cfg = load_config(None, {"RETINA_TCPMETRICS_BUCKETS": "0.001, 0.01,1", "RETINA_TCPMETRICS_CONNECTTIMEOUT": "3s"})
+    assert cfg.tcp_metrics.buckets == (0.001, 0.01, 1.0)
+    assert cfg.tcp_metrics.bounds_ns() == (1_000_000, 10_000_000, 1_000_000_000)
+    assert cfg.tcp_metrics.connect_timeout_ns == 3 * 10**9 and cfg.tcp_metrics.connect and cfg.tcp_metrics.rtt
+    for text, reason in (("tcpMetrics: {buckets: [0.1, 0.01]}", "not strictly ascending"),
+                         ("tcpMetrics: {buckets: [0, 1]}", "item 0 is not a positive number of seconds"),
+                         ("tcpMetrics: {buckets: []}", "not a non-empty list of seconds"),
+                         (f"tcpMetrics: {{buckets: {list(range(1, 34))}}}", "33 buckets, at most 32")):
+        assert reason in error_of(tmp_path, text + "\n"), text
+    assert error_of(tmp_path, "tcpMetrics: {connectTimeout: 60s}\n").startswith(
+        "tcpMetrics.connectTimeout: 1m is not below the conntrack's handshake lifetime of 1m; set it lower")

@@ -205,6 +205,9 @@ def test_dispatch_by_substring():
         "node_apiserver_latency": ("apiserver", ()),
         "node_apiserver_handshake_latency": ("apiserver", ()),
         "node_apiserver_no_response": ("apiserver", ()),
+        "tcp_connect_latency_seconds": ("tcp_connect", ("adv_tcp_connect_latency_seconds",)),
+        "tcp_failed_connections": ("tcp_failed", ("adv_tcp_failed_connections",)),
+        "tcp_rtt_seconds": ("tcp_rtt", ("adv_tcp_rtt_seconds",)),
     }
     for name in ACCEPTED_METRIC_NAMES:
         kind, families = expected.get(name, (None, ()))

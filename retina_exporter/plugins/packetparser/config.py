@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from retina_core.settings import BOOL_ACCEPTED, Invalid, Key, Section, boolean, duration_at_least
+from retina_core.telemetry import LATENCY_BUCKETS_S
 from retina_core.units import NS_PER_S, ConfigError, format_duration
 
 __all__ = ["DEFAULT_BUCKETS", "MAX_BUCKETS", "TCP_METRICS_SECTION", "TcpMetricsConfig"]
 
-#: Upper bounds (seconds) of the RTT and connect-latency histograms: 50 µs to 10 s.
-DEFAULT_BUCKETS: tuple[float, ...] = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                      0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+DEFAULT_BUCKETS = LATENCY_BUCKETS_S  # the RTT and connect-latency histograms' upper bounds (s): 50 µs to 10 s
 MAX_BUCKETS = 32  # HIST_MAX_BOUNDS in bpf/packetparser.h and bpf/tcprtt.h
 #: The conntrack keeps a handshake-only entry this long (CT_SYN_TIMEOUT_NS): a connect timeout must be shorter.
 SYN_ENTRY_LIFETIME_NS = 60 * NS_PER_S
@@ -45,7 +44,13 @@ class TcpMetricsConfig:
 
 
 def bucket_list(value: Any) -> tuple[float, ...]:
-    """Ascending positive seconds, 1 to ``MAX_BUCKETS`` of them, distinct at nanosecond resolution."""
+    """Ascending positive seconds, 1 to ``MAX_BUCKETS`` of them, distinct at nanosecond resolution (a YAML list,
+    or a comma-separated string from the environment)."""
+    if isinstance(value, str):
+        try:
+            value = [float(item) for item in value.split(",") if item.strip()]
+        except ValueError:
+            raise Invalid("not a comma-separated list of seconds") from None
     if not isinstance(value, list) or not value:
         raise Invalid("not a non-empty list of seconds")
     out: list[float] = []
