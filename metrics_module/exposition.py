@@ -91,7 +91,7 @@ def _histogram(append: Callable[[str], None], name: str, labels: str, h: Histogr
     running = 0
     for bound, n in zip(h.bounds, h.counts):
         running += n
-        append(f'{name}_bucket{{{inner}le="{_fmt(float(bound))}"}} {running}\n')
+        append(f'{name}_bucket{{{inner}le="{float(bound)!r}"}} {running}\n')
     append(f'{name}_bucket{{{inner}le="+Inf"}} {h.count}\n')
     append(f"{name}_sum{labels} {_fmt(h.sum)}\n{name}_count{labels} {h.count}\n")
 

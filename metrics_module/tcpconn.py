@@ -5,8 +5,9 @@ Their records are rare (one per connection attempt, or one RTT sample per socket
 take no plan cache: each one computes its label values (memoised per identity by the side specifications).
 
 Which records: a forwarded record whose ``conn_event`` is set (packetparser reports each attempt's outcome once
-per node, at the interface that saw its first SYN), and an RTT sample record (``rtt_ns`` set, from the
-tcp:tcp_probe program). Sides: the connection's *initiator* (the attempt's SYN sender; for an RTT sample the
+per node, at the interface that saw its first SYN), and an RTT sample record (an
+:class:`~retina_core.record.EventRecord` with ``conn_event == CONN_RTT`` and ``rtt_ns``, from the tcp:tcp_probe
+program). Sides: the connection's *initiator* (the attempt's SYN sender; for an RTT sample the
 socket's own address) is the source, the other end the destination, whatever the direction of the packet that
 carried the outcome. Local context (one pod per series): the initiator if it is a pod in an admitted namespace,
 else the other end if it is; remote context: ``source_``/``destination_`` labels, counted when either side is
@@ -22,7 +23,7 @@ from bisect import bisect_left
 from typing import Any
 
 from metrics_module.exposition import HistogramValue
-from retina_core.record import CONN_ESTABLISHED, CONN_EVENTS
+from retina_core.record import CONN_ESTABLISHED, CONN_EVENTS, CONN_RTT
 
 FAILED = "adv_tcp_failed_connections"
 CONNECT_LATENCY = "adv_tcp_connect_latency_seconds"
@@ -69,14 +70,14 @@ class TcpConnMetrics:
             m = self.by_name.get(CONNECT_LATENCY)
             fixed: tuple[str, ...] = ()
             seconds = rec.connect_latency_ns / 1e9
-        elif ev:
-            m = self.by_name.get(FAILED)
-            fixed = (CONN_EVENTS[ev],)
-            seconds = None
-        else:
+        elif ev == CONN_RTT:
             m = self.by_name.get(RTT)
             fixed = ()
             seconds = rec.rtt_ns / 1e9
+        else:
+            m = self.by_name.get(FAILED)
+            fixed = (CONN_EVENTS[ev],)
+            seconds = None
         if m is None:
             return
         ctx = self._context(m, rec, allowed)

@@ -23,7 +23,7 @@ Units and encodings:
 * ``conn_event``: the TCP connection-attempt outcome this record reports (index into ``CONN_EVENTS``, 0 = none);
   ``connect_latency_ns``: for ``CONN_ESTABLISHED``, nanoseconds from the attempt's first SYN to the SYN-ACK as
   seen at this record's interface, else 0. A ``"connect"``-reason record (a timeout found by the sweep) accounts
-  for no packet (``packets == 0``).
+  for no packet (``packets == 0``): it is an :class:`EventRecord`.
 """
 
 from __future__ import annotations
@@ -71,10 +71,11 @@ REPORT_REASONS = ("every_packet", "new_connection", "flags", "flag_change", "int
 # Outcome of a TCP connection attempt a record reports (``conn_event``; CONN_EV_* in bpf/packetparser.h), counted
 # once per attempt and node: "" none, "established" (``connect_latency_ns`` is set), "reset", "timeout" (the
 # failed-connection ``reason`` label values).
-CONN_EVENTS = ("", "established", "reset", "timeout")
+CONN_EVENTS = ("", "established", "reset", "timeout", "rtt")
 CONN_ESTABLISHED = 1
 CONN_RESET = 2
 CONN_TIMEOUT = 3
+CONN_RTT = 4  # user space only: an RTT sample (EventRecord.rtt_ns), not an attempt outcome
 
 IPPROTO_ICMP = 1
 IPPROTO_TCP = 6
@@ -192,3 +193,17 @@ class FlowRecord:
     def __repr__(self) -> str:  # debugging aid only, not on the hot path
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
         return f"FlowRecord({fields})"
+
+
+class EventRecord(FlowRecord):
+    """A record that reports an event without a packet of its own (``packets == 0``): a TCP connection attempt's
+    timeout, an RTT sample (``conn_event == CONN_RTT``, ``rtt_ns`` the socket's smoothed RTT in nanoseconds, source =
+    the socket's own address). It travels the pipeline like a flow record (the enricher stamps its identities, the
+    metrics module counts it) but it is **not a flow**: the Hubble consumers (observer, export, flow logs,
+    ``/debug/flows``) take only records whose class is exactly :class:`FlowRecord`."""
+
+    __slots__ = ("rtt_ns",)
+
+    def __init__(self, *args, rtt_ns: int = 0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.rtt_ns = rtt_ns

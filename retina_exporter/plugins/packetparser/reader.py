@@ -11,7 +11,7 @@ import time
 from typing import Callable, Protocol
 
 from retina_exporter.datapath.ringreader import BpfRingReader
-from retina_core.record import FlowRecord
+from retina_core.record import EventRecord, FlowRecord
 from retina_exporter.bpf.packetparser import EVENT_SIZE, EVENT_STRUCT
 
 
@@ -42,7 +42,8 @@ class EventDecoder:
         if ipv == 4:
             src = src[:4]
             dst = dst[:4]
-        return FlowRecord(
+        # packets == 0: an attempt's timeout found by the sweep, an event but not a flow
+        return (FlowRecord if packets else EventRecord)(
             ts + self.offset_ns, ipv, src, dst, proto, sport, dport, tcp_flags, icmp_type, icmp_code, obs, direction,
             bool(is_reply), ifindex, self.ifnames.get(ifindex, ""), packets, nbytes, packet_bytes,
             (f0, f1, f2, f3, f4, f5, f6, f7, f8, f9) if proto == 6 else None, reason, self.node_name,
