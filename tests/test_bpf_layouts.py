@@ -29,8 +29,9 @@ from retina_exporter.bpf import packetforward as pf
 from retina_exporter.plugins.packetforward.loader import PacketForwardError
 from retina_exporter.bpf import packetparser as pp
 from retina_exporter.bpf import tcpretrans as rt
+from retina_exporter.bpf import tcprtt
 
-HEADERS = ("common.h", "packetparser.h", "dns.h", "dropreason.h", "tcpretrans.h", "packetforward.h")
+HEADERS = ("common.h", "packetparser.h", "dns.h", "dropreason.h", "tcpretrans.h", "packetforward.h", "tcprtt.h")
 DEFINE = re.compile(r"^#define\s+([A-Z][A-Z0-9_]*)\s+(0x[0-9A-Fa-f]+|\d+)\b", re.M)
 
 # Defines only the C side uses (wire constants, parser limits): nothing in Python mirrors them.
@@ -57,6 +58,8 @@ STRUCTS = (
     (rt.RtConfig, "rt_config", "l_rt_config"),
     (rt.RtEvent, "rt_event", "l_rt_event"),
     (pf.PfMetric, "pf_metric", "l_pf_metric"),
+    (tcprtt.RttConfig, "rtt_config", "l_rtt_config"),
+    (tcprtt.RttEvent, "rtt_event", "l_rtt_event"),
 )
 
 
@@ -82,7 +85,7 @@ def python_value(header: str, name: str) -> int | None:
             return getattr(pp, name, None)
         return getattr(pp, name, None)
     prefix, module = {"dns.h": ("DNS_", dns), "dropreason.h": ("DR_", dr), "tcpretrans.h": ("RT_", rt),
-                      "packetforward.h": ("", pf)}[header]
+                      "packetforward.h": ("", pf), "tcprtt.h": ("RTT_", tcprtt)}[header]
     value = getattr(module, name, None)
     return value if value is not None else getattr(module, name.removeprefix(prefix), None)
 
@@ -189,6 +192,7 @@ def test_hot_path_decoders_have_the_struct_sizes():
     assert dns.EVENT_SIZE == ct.sizeof(dns.DnsEvent)
     assert dr.EVENT_STRUCT.size == dr.EVENT_SIZE == ct.sizeof(dr.DropEvent)
     assert rt.EVENT_STRUCT.size == rt.EVENT_SIZE == ct.sizeof(rt.RtEvent)
+    assert tcprtt.EVENT_STRUCT.size == tcprtt.EVENT_SIZE == ct.sizeof(tcprtt.RttEvent) == 56
 
 
 # --- the compile path -----------------------------------------------------------------------------------------

@@ -19,9 +19,8 @@ import pytest
 
 from retina_exporter.lab import traffic
 from retina_exporter.lab.agent_process import AgentProcess
-from retina_exporter.lab.topology import Lab
 
-from tests.test_metrics_lab import scrape, total
+from tests.test_metrics_lab import lab, scrape, total  # noqa: F401 - lab: the module fixture (2 pods, inventory)
 
 N_OK, N_RESET, N_TIMEOUT = 4, 3, 2
 DROPPED_PORT, CLOSED_PORT, LISTEN_PORT = 5611, 5612, 5613
@@ -40,13 +39,6 @@ except ConnectionRefusedError:
     out = "refused"
 print(json.dumps({"result": out, "sport": s.getsockname()[1]}))
 """
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    with Lab(pods=2) as lab:
-        lab.inventory_path = lab.write_inventory(tmp_path_factory.mktemp("inv") / "inventory.yaml")
-        yield lab
 
 
 @pytest.fixture

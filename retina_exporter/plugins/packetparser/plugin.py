@@ -15,6 +15,9 @@ from retina_exporter.plugins.packetparser import loader
 from retina_exporter.plugins.packetparser.config import TcpMetricsConfig
 from retina_exporter.plugins.packetparser.loader import LoadOptions, PacketParserProgram
 from retina_exporter.plugins.packetparser.reader import EventDecoder, RingBufferReader
+from retina_exporter.plugins.packetparser.rtt import RttDecoder, RttReader, TcpRttProgram
+from retina_exporter.datapath import scope as scope_mod
+from retina_exporter.datapath.sysfs import ensure_tracefs
 from retina_exporter.plugins.packetparser.sweeper import ConntrackSweeper
 from retina_exporter.plugins.tcattach import TcRingBufferPlugin
 from retina_core.record import CONN_EVENTS, CONN_RESET, CONN_TIMEOUT
@@ -57,6 +60,8 @@ class PacketParserPlugin(TcRingBufferPlugin):
         super().__init__(program)  # tests may hand in a program compiled once per session
         self.sweeper: ConntrackSweeper | None = None
         self._conntrack_metrics = False
+        self.rtt: TcpRttProgram | None = None  # tcpMetrics.rtt: the tcp:tcp_probe program, owned here
+        self.rtt_reader: RttReader | None = None
 
     # --- RingBufferPlugin hooks -----------------------------------------------------------------------------
     def load_program(self, ctx: PluginContext) -> PacketParserProgram:
@@ -71,6 +76,13 @@ class PacketParserPlugin(TcRingBufferPlugin):
         self.sweeper = ConntrackSweeper(self.program, ctx.config.conntrack_report_interval_ns,
                                         tcp.connect_timeout_ns if tcp.connect else 0)
         self._conntrack_metrics = bool(getattr(ctx.config, "enable_conntrack_metrics", False))
+        if tcp.rtt and self.rtt is None:
+            pod_level = bool(getattr(ctx.config, "enable_pod_level", False))
+            ensure_tracefs()
+            self.rtt = TcpRttProgram()
+            self.rtt.configure(tcp.rtt_sample_interval_ns, tcp.bounds_ns(), pod_level, self._rtt_scope())
+            if pod_level:
+                self.rtt_reader = RttReader(self.rtt, RttDecoder(ctx.config.node_name), ctx.flow_sink)
 
     def make_reader(self, ctx: PluginContext) -> RingBufferReader:
         decoder = EventDecoder(ctx.config.node_name, self.ifnames)
@@ -80,12 +92,33 @@ class PacketParserPlugin(TcRingBufferPlugin):
         return program.lost_counts()["ringbuf_full"]
 
     def exports_families(self, cfg) -> bool:
-        return bool(getattr(cfg, "enable_conntrack_metrics", False)) or tcp_metrics_of(cfg).connect
+        tcp = tcp_metrics_of(cfg)
+        return bool(getattr(cfg, "enable_conntrack_metrics", False)) or tcp.connect or tcp.rtt
 
     def start_helpers(self) -> None:
         self.sweeper.start()
+        if self.rtt is not None:
+            if self.rtt_reader is not None:
+                self.rtt_reader.start()
+            self.rtt.attach()
+
+    def _rtt_scope(self) -> set[int] | None:
+        """The node's network namespace and its pod veths' peers (host interfaces excluded)."""
+        return scope_mod.node_namespaces(None, self.host_interfaces)
+
+    def rescan(self) -> None:
+        super().rescan()
+        if self.rtt is not None:
+            self.rtt.set_scope(self._rtt_scope())
 
     def stop_helpers(self) -> None:
+        if self.rtt is not None:
+            self.rtt.detach()
+            if self.rtt_reader is not None:
+                self.rtt_reader.stop()
+                self.rtt_reader = None
+            self.rtt.close()
+            self.rtt = None
         if self.sweeper is not None:
             self.sweeper.stop()
             try:
@@ -101,6 +134,9 @@ class PacketParserPlugin(TcRingBufferPlugin):
         program = self.program
         if program is not None and program.options.conn_enabled:
             out += tcp_connect_families(program.tcp_counts(), program.options.bounds_ns)
+        rtt = self.rtt
+        if rtt is not None:
+            out.append(tcp_rtt_family(rtt.stats(), rtt.bounds_ns))
         return out
 
     def conntrack_families(self) -> list:
@@ -123,6 +159,8 @@ class PacketParserPlugin(TcRingBufferPlugin):
         reasons = super().health()
         if self.sweeper is not None and not self.sweeper.alive():
             reasons.append("conntrack sweeper not running")
+        if self.rtt_reader is not None and not self.rtt_reader.alive():
+            reasons.append("tcp RTT reader not running")
         return reasons
 
     def flush(self) -> None:
@@ -136,6 +174,7 @@ class PacketParserPlugin(TcRingBufferPlugin):
             "events_read": self.reader.events_read if self.reader else 0,
             "lost": self.program.lost_counts() if self.program else {},
             "sweeps": self.sweeper.sweeps if self.sweeper else 0,
+            "tcp_rtt": self.rtt.stats() if self.rtt else None,
         }
 
 
@@ -156,3 +195,14 @@ def tcp_connect_families(counts: dict, bounds_ns: tuple[int, ...]) -> list:
          "TCP connection attempts answered by an RST (reset) or not answered within tcpMetrics.connectTimeout "
          "(timeout)", failed),
     ]
+
+
+RTT_METRIC = METRIC_PREFIX + "tcp_rtt_seconds"
+
+
+def tcp_rtt_family(stats: dict, bounds_ns: tuple[int, ...]):
+    """``tcp_rtt_seconds`` from :meth:`TcpRttProgram.stats`."""
+    hist = HistogramValue(tuple(b / 1e9 for b in bounds_ns), tuple(stats["buckets"]), stats["sum_ns"] / 1e9,
+                          stats["samples"])
+    return (RTT_METRIC, "histogram", "TCP smoothed round-trip time (the kernel's srtt from tcp:tcp_probe), at most "
+            "one sample per socket and tcpMetrics.rttSampleInterval, in seconds", [((), hist)])

@@ -1,0 +1,133 @@
+"""TCP round-trip time end to end: the real agent (packetparser, pod level, inventory) in a lab's node namespace,
+a long-lived ping-pong connection between two pods, and ``ss -ti``'s ``rtt`` (the kernel's srtt of the same
+socket) as ground truth.
+
+There is no netem or fq on this kernel to add a known delay, so the test reads the client socket's srtt with
+``ss`` first and starts the agent with histogram bounds at a quarter and four times that value: the median
+(p50) bucket of the client pod's ``adv_tcp_rtt_seconds`` must be the middle one, which holds what ``ss`` reports
+while the samples are taken. The per-socket rate limit is checked too: one socket yields at most one sample per
+``rttSampleInterval``.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+import pytest
+
+from retina_exporter.lab.agent_process import AgentProcess
+
+from tests.test_metrics_lab import lab, scrape, total  # noqa: F401 - lab: the module fixture (2 pods, inventory)
+
+PORT = 5711
+INTERVAL_S = 0.1
+
+_SERVER = r"""
+import socket, sys
+ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind((sys.argv[1], int(sys.argv[2]))); ls.listen(1); print("ready", flush=True)
+c, _ = ls.accept()
+while True:
+    d = c.recv(4096)
+    if not d:
+        break
+    c.sendall(d)
+"""
+
+# A message every 5 ms and its echo: the socket keeps receiving, so tcp:tcp_probe keeps firing.
+_CLIENT = r"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2]))); print("ready", flush=True)
+while True:
+    s.sendall(b"x" * 100)
+    n = 0
+    while n < 100:
+        n += len(s.recv(4096))
+    time.sleep(0.005)
+"""
+
+
+@pytest.fixture
+def ping_pong(lab):
+    p0, p1 = lab.pods
+    procs = []
+    try:
+        for pod, script, args in ((p1, _SERVER, (p1.ipv4, PORT)), (p0, _CLIENT, (p1.ipv4, PORT))):
+            proc = lab.popen(pod, [sys.executable, "-c", script, *map(str, args)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+            procs.append(proc)
+            assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def ss_srtt(lab) -> float:
+    """The client socket's srtt in seconds, from ``ss -ti`` in pod 0 (``rtt:<srtt ms>/<rttvar ms>``)."""
+    p0, p1 = lab.pods
+    out = lab.run(p0, ["ss", "-tin", "dst", f"{p1.ipv4}:{PORT}"]).stdout
+    m = re.findall(r"\brtt:([0-9.]+)/", out)
+    assert len(m) == 1, out
+    return float(m[0]) / 1000
+
+
+def median_ss(lab, n: int = 5) -> float:
+    values = []
+    for _ in range(n):
+        values.append(ss_srtt(lab))
+        time.sleep(0.05)
+    return statistics.median(values)
+
+
+def p50_bucket(buckets: list[tuple[float, float]]) -> float:
+    """The ``le`` of the bucket holding the median, from cumulative (le, count) pairs (+Inf last)."""
+    count = buckets[-1][1]
+    return next(le for le, c in buckets if c >= count / 2)
+
+
+def test_rtt_median_bucket_holds_the_ss_srtt(lab, ping_pong):
+    before = median_ss(lab)
+    low, high = before / 4, before * 4
+    agent = AgentProcess(lab.node_ns, {
+        "enablePodLevel": True,
+        "dataAggregationLevel": "high",
+        "enrichment": {"source": "inventory", "inventoryFile": str(lab.inventory_path)},
+        "hostInterfaces": [lab.uplink],
+        "nodeName": "node",
+        "tcpMetrics": {"rttSampleInterval": f"{int(INTERVAL_S * 1000)}ms", "buckets": [low, high]},
+        "metricsConfiguration": {"contextOptions": [{"metricName": "tcp_rtt_seconds", "sourceLabels": ["podname"]}]},
+    })
+    name = "networkobservability_adv_tcp_rtt_seconds"
+    try:
+        t0 = time.monotonic()  # the program is attached during start()
+        agent.start()
+        deadline = time.monotonic() + 30
+        count = 0
+        while count < 20 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            count = total(scrape(agent)[name + "_count"], podname="pod-0")
+        m = scrape(agent)
+        elapsed = time.monotonic() - t0
+        during = median_ss(lab)
+        got = {k: total(m[name + suffix], podname="pod-0") for k, suffix in (("count", "_count"), ("sum", "_sum"))}
+        buckets = sorted(((float(lbl["le"]), v) for lbl, v in m[name + "_bucket"] if lbl.get("podname") == "pod-0"))
+    finally:
+        agent.close()
+    assert got["count"] >= 20
+    # one socket in pod 0: at most one sample per interval since the agent started (+1 for the first)
+    assert got["count"] <= elapsed / INTERVAL_S + 1
+    assert [le for le, _ in buckets] == [pytest.approx(low), pytest.approx(high), float("inf")]
+    assert low < during <= high, f"ss srtt moved from {before} to {during}: the bracket no longer holds it"
+    assert p50_bucket(buckets) == pytest.approx(high), (buckets, before, during)
+    # the mean of the samples is the same order of magnitude as ss's srtt
+    assert low < got["sum"] / got["count"] <= high, (got, before, during)
+    # the server pod's socket is sampled too (its own series: source = the socket's own address)
+    assert total(m[name + "_count"], podname="pod-1") >= 1
+    node = total(m["networkobservability_tcp_rtt_seconds_count"])
+    assert node >= got["count"] + total(m[name + "_count"], podname="pod-1")
