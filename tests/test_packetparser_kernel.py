@@ -406,10 +406,16 @@ def test_connect_latency_and_failures_count_each_attempt_once(harness):
     # 5: the initiator gives up with its own RST: not a failed connection
     harness.run(tcp(42005, 84, "S", seq=3000))
     harness.run(tcp(42005, 84, "R", seq=3001))
+    # 6: a new attempt (new ISN) on the same 5-tuple while the first is unanswered: the first failed (timeout,
+    # reported on the new SYN's event), the second is answered by an RST
+    harness.run(tcp(42006, 85, "S", seq=100))
+    harness.run(tcp(42006, 85, "S", seq=200))
+    harness.run(tcp(42006, 85, "RA", ack=201, reply=True), "retina_to_ep")
 
     evs = harness.events()
     outcomes = sorted((e.dst_port if not e.is_reply else e.src_port, e.conn_event) for e in evs if e.conn_event)
-    assert outcomes == [(80, R.CONN_ESTABLISHED), (81, R.CONN_RESET), (81, R.CONN_RESET), (83, R.CONN_ESTABLISHED)]
+    assert outcomes == [(80, R.CONN_ESTABLISHED), (81, R.CONN_RESET), (81, R.CONN_RESET), (83, R.CONN_ESTABLISHED),
+                        (85, R.CONN_RESET), (85, R.CONN_TIMEOUT)]
     lat = [e.connect_latency_ns for e in evs if e.conn_event == R.CONN_ESTABLISHED]
     assert all(BOUNDS_NS[0] < x <= BOUNDS_NS[1] for x in lat), lat
     assert all(e.connect_latency_ns == 0 for e in evs if e.conn_event != R.CONN_ESTABLISHED)
@@ -425,7 +431,7 @@ def test_connect_latency_and_failures_count_each_attempt_once(harness):
 
     after = harness.prog.tcp_counts()
     delta = {k: after[k] - before[k] for k in ("reset", "timeout", "count")}
-    assert delta == {"reset": 2, "timeout": 1, "count": 2}
+    assert delta == {"reset": 3, "timeout": 2, "count": 2}
     assert [a - b for a, b in zip(after["buckets"], before["buckets"])] == [0, 2, 0]
     assert after["sum_ns"] - before["sum_ns"] == sum(lat)
 

@@ -30,7 +30,7 @@ NFT_TABLE = "rxtest_tcpconn"
 _CONNECT = r"""
 import json, socket, sys
 src, dst, port, wait = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-s = socket.socket(); s.bind((src, 0)); s.settimeout(wait)
+s = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET); s.bind((src, 0)); s.settimeout(wait)
 try:
     s.connect((dst, port)); out = "ok"
 except socket.timeout:
@@ -55,8 +55,8 @@ def syn_drop(lab):
         lab.run(p1, ["nft", f"delete table inet {NFT_TABLE}"], check=False)
 
 
-def connect(lab, client, server, port: int, wait: float) -> str:
-    p = lab.run(client, [sys.executable, "-c", _CONNECT, client.ipv4, server.ipv4, str(port), str(wait)],
+def connect(lab, client, server, port: int, wait: float, ipv6: bool) -> str:
+    p = lab.run(client, [sys.executable, "-c", _CONNECT, client.ip(ipv6), server.ip(ipv6), str(port), str(wait)],
                 timeout=wait + 20)
     return json.loads(p.stdout.strip().splitlines()[-1])["result"]
 
@@ -84,7 +84,8 @@ def read(agent) -> dict:
     return {k: int(v) for k, v in out.items()}
 
 
-def test_connect_latency_and_failures_are_exact_per_reason_and_pod(lab, syn_drop):
+@pytest.mark.parametrize("ipv6", [False, True], ids=["ipv4", "ipv6"])
+def test_connect_latency_and_failures_are_exact_per_reason_and_pod(lab, syn_drop, ipv6):
     agent = AgentProcess(lab.node_ns, {
         "enablePodLevel": True,
         "dataAggregationLevel": "high",
@@ -104,12 +105,12 @@ def test_connect_latency_and_failures_are_exact_per_reason_and_pod(lab, syn_drop
         base = read(agent)
         assert base["node_reset"] == base["node_timeout"] == base["node_connects"] == 0
         for _ in range(N_OK):
-            traffic.tcp_transfer(lab, p0, p1, nbytes=0, port=LISTEN_PORT)
-        traffic.tcp_transfer(lab, p1, p0, nbytes=0, port=LISTEN_PORT)
+            traffic.tcp_transfer(lab, p0, p1, nbytes=0, port=LISTEN_PORT, ipv6=ipv6)
+        traffic.tcp_transfer(lab, p1, p0, nbytes=0, port=LISTEN_PORT, ipv6=ipv6)
         for _ in range(N_RESET):
-            assert connect(lab, p0, p1, CLOSED_PORT, 5.0) == "refused"
+            assert connect(lab, p0, p1, CLOSED_PORT, 5.0, ipv6) == "refused"
         for _ in range(N_TIMEOUT):
-            assert connect(lab, p0, p1, DROPPED_PORT, 2.5) == "timeout"  # SYN at 0 s and 1 s: one attempt
+            assert connect(lab, p0, p1, DROPPED_PORT, 2.5, ipv6) == "timeout"  # SYN at 0 s and 1 s: one attempt
 
         want = {"node_reset": N_RESET, "node_timeout": N_TIMEOUT, "node_connects": N_OK + 1, "node_inf": N_OK + 1,
                 "pod-0_reset": N_RESET, "pod-0_timeout": N_TIMEOUT, "pod-0_connects": N_OK,

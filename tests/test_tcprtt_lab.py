@@ -28,7 +28,7 @@ INTERVAL_S = 0.1
 
 _SERVER = r"""
 import socket, sys
-ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 ls.bind((sys.argv[1], int(sys.argv[2]))); ls.listen(1); print("ready", flush=True)
 c, _ = ls.accept()
 while True:
@@ -51,36 +51,39 @@ while True:
 """
 
 
-@pytest.fixture
-def ping_pong(lab):
+@pytest.fixture(params=[False, True], ids=["ipv4", "ipv6"])
+def ping_pong(lab, request):
+    """The long-lived connection; its value: True for IPv6."""
+    ipv6 = request.param
     p0, p1 = lab.pods
     procs = []
     try:
-        for pod, script, args in ((p1, _SERVER, (p1.ipv4, PORT)), (p0, _CLIENT, (p1.ipv4, PORT))):
+        for pod, script, args in ((p1, _SERVER, (p1.ip(ipv6), PORT)), (p0, _CLIENT, (p1.ip(ipv6), PORT))):
             proc = lab.popen(pod, [sys.executable, "-c", script, *map(str, args)], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
             procs.append(proc)
             assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
-        yield
+        yield ipv6
     finally:
         for proc in procs:
             proc.kill()
             proc.wait()
 
 
-def ss_srtt(lab) -> float:
+def ss_srtt(lab, ipv6: bool) -> float:
     """The client socket's srtt in seconds, from ``ss -ti`` in pod 0 (``rtt:<srtt ms>/<rttvar ms>``)."""
     p0, p1 = lab.pods
-    out = lab.run(p0, ["ss", "-tin", "dst", f"{p1.ipv4}:{PORT}"]).stdout
+    dst = f"[{p1.ipv6}]:{PORT}" if ipv6 else f"{p1.ipv4}:{PORT}"
+    out = lab.run(p0, ["ss", "-tin", "dst", dst]).stdout
     m = re.findall(r"\brtt:([0-9.]+)/", out)
     assert len(m) == 1, out
     return float(m[0]) / 1000
 
 
-def median_ss(lab, n: int = 5) -> float:
+def median_ss(lab, ipv6: bool, n: int = 5) -> float:
     values = []
     for _ in range(n):
-        values.append(ss_srtt(lab))
+        values.append(ss_srtt(lab, ipv6))
         time.sleep(0.05)
     return statistics.median(values)
 
@@ -92,7 +95,8 @@ def p50_bucket(buckets: list[tuple[float, float]]) -> float:
 
 
 def test_rtt_median_bucket_holds_the_ss_srtt(lab, ping_pong):
-    before = median_ss(lab)
+    ipv6 = ping_pong
+    before = median_ss(lab, ipv6)
     low, high = before / 4, before * 4
     agent = AgentProcess(lab.node_ns, {
         "enablePodLevel": True,
@@ -114,7 +118,7 @@ def test_rtt_median_bucket_holds_the_ss_srtt(lab, ping_pong):
             count = total(scrape(agent)[name + "_count"], podname="pod-0")
         m = scrape(agent)
         elapsed = time.monotonic() - t0
-        during = median_ss(lab)
+        during = median_ss(lab, ipv6)
         got = {k: total(m[name + suffix], podname="pod-0") for k, suffix in (("count", "_count"), ("sum", "_sum"))}
         buckets = sorted(((float(lbl["le"]), v) for lbl, v in m[name + "_bucket"] if lbl.get("podname") == "pod-0"))
     finally:

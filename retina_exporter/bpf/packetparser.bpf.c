@@ -236,6 +236,13 @@ static __always_inline __u8 track_connect(struct ct_entry *e, struct parsed *p, 
 		if (f == TCP_FLAG_SYN) {
 			if (e->conn_state != CONN_NONE && e->syn_seq == p->seq)
 				return CONN_EV_NONE; /* a retransmission of this attempt's SYN */
+			/* A new attempt on the same 5-tuple while the previous one is unanswered: that one was given up
+			 * without an answer, a failure (timeout) that this SYN's event reports. */
+			__u8 ev = CONN_EV_NONE;
+			if (e->conn_state == CONN_SYN_SENT && conn_settle(e, CONN_TIMEOUT)) {
+				stat_add(TCP_STAT_TIMEOUT, 1);
+				ev = CONN_EV_TIMEOUT;
+			}
 			struct attempt_key k = {};
 			__builtin_memcpy(k.src_ip, p->key.src_ip, 16);
 			__builtin_memcpy(k.dst_ip, p->key.dst_ip, 16);
@@ -248,6 +255,7 @@ static __always_inline __u8 track_connect(struct ct_entry *e, struct parsed *p, 
 			e->syn_seq = p->seq;
 			e->syn_ns = now;
 			e->conn_state = owner ? CONN_SYN_SENT : CONN_OBSERVER;
+			return ev;
 		} else if ((f & TCP_FLAG_RST) && e->conn_state == CONN_SYN_SENT) {
 			conn_settle(e, CONN_ABORTED);
 		}
