@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes as ct
 import logging
-import time
 
 from retina_core.record import CONN_RTT, DIR_UNKNOWN, IPPROTO_TCP, OBS_FROM_ENDPOINT, EventRecord
 from retina_exporter.bpf import tcprtt as layout
@@ -28,6 +27,7 @@ from retina_exporter.datapath.compiler import BPF_DIR, BccProgram, compile_progr
 from retina_exporter.datapath.ringreader import BpfRingReader
 from retina_exporter.datapath.tracepoint import DEFAULT_TRACEFS, read_format
 from retina_exporter.errors import StartupError
+from retina_exporter.plugins.packetparser.reader import boot_to_wall_offset_ns
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,7 @@ class TcpRttProgram(BccProgram):
                 "buckets": v[first:first + len(self.bounds_ns) + 1]}
 
 
-def boot_to_wall_offset_ns() -> int:
-    return time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+_V4MAPPED = b"\x00" * 10 + b"\xff\xff"
 
 
 class RttDecoder:
@@ -141,7 +140,9 @@ class RttDecoder:
 
     def decode(self, buf: bytes) -> EventRecord:
         ts, saddr, daddr, srtt_us, sport, dport, ipv = self._unpack(buf, 0)
-        if ipv == 4:
+        if ipv == 6 and saddr[:12] == _V4MAPPED and daddr[:12] == _V4MAPPED:  # a dual-stack socket's IPv4 peer
+            ipv, saddr, daddr = 4, saddr[12:], daddr[12:]
+        elif ipv == 4:
             saddr, daddr = saddr[:4], daddr[:4]
         return EventRecord(ts + self.offset_ns, ipv, saddr, daddr, IPPROTO_TCP, sport, dport,
                            obs_point=OBS_FROM_ENDPOINT, direction=DIR_UNKNOWN, is_reply=False, packets=0,
