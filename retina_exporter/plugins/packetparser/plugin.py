@@ -4,6 +4,11 @@ Lifecycle: ``init`` compiles and loads the programs (and fails early, with the f
 privileges or host interfaces); ``start`` attaches to ``hostInterfaces`` and to every pod veth the watcher finds
 (and to new ones as they appear), starts the ring-buffer reader and the conntrack sweeper; ``stop`` detaches
 everything it attached and releases the BPF objects.
+
+TCP metrics (``tcpMetrics``, issue 14): connect latency and failed connections come from the conntrack itself
+(``bpf/packetparser.bpf.c`` ``track_connect``, timeouts settled by the sweeper), RTT from a second program on
+``tcp:tcp_probe`` (:mod:`~retina_exporter.plugins.packetparser.rtt`), both with node-level histograms and counters
+kept in the kernel and pod-level records through the flow sink.
 """
 
 from __future__ import annotations
@@ -89,7 +94,8 @@ class PacketParserPlugin(TcRingBufferPlugin):
         return RingBufferReader(self.program.bpf, "events", decoder, ctx.flow_sink, on_batch=ctx.telemetry.add_parsed)
 
     def lost_events(self, program: PacketParserProgram) -> int:
-        return program.lost_counts()["ringbuf_full"]
+        rtt = self.rtt
+        return program.lost_counts()["ringbuf_full"] + (rtt.stats()["ringbuf_full"] if rtt is not None else 0)
 
     def exports_families(self, cfg) -> bool:
         tcp = tcp_metrics_of(cfg)
