@@ -10,7 +10,12 @@ machine noise hits every configuration alike. Per round and configuration:
 * connection rate: a client in pod 0 opening and closing connections to a listener in pod 1 as fast as it can
   (every SYN takes the connection-attempt path: one ``tcp_attempts`` insert, a SYN-ACK one compare-and-swap).
 
-Reported: the median over rounds per configuration and its ratio to off. Run as root:
+Reported: the median over rounds per configuration and its ratio to off.
+
+The shared 2-core machine moves single rounds by +-20 %, more than these features cost, so the run also measures
+the packet path itself: packetparser's ``retina_from_ep`` through ``BPF_PROG_TEST_RUN`` (``repeat``, kernel ns
+per run) on a data segment of an established connection, a SYN (a new attempt each time: a new ISN) and its
+retransmission, with connection tracking on and off, interleaved. Run as root:
 ``.venv/bin/python bench/bench_tcpmetrics.py [--rounds N] [--seconds S]``.
 """
 
@@ -27,7 +32,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scapy.layers.inet import IP, TCP  # noqa: E402
+from scapy.layers.l2 import Ether  # noqa: E402
+from scapy.packet import Raw  # noqa: E402
+
 from bench.bench_packetparser import iperf, wait_listening  # noqa: E402
+from retina_exporter.datapath.syscall import prog_test_run  # noqa: E402
+from retina_exporter.plugins.packetparser.loader import LoadOptions, PacketParserProgram  # noqa: E402
+from retina_core.telemetry import LATENCY_BUCKETS_S  # noqa: E402
 from retina_exporter.lab.agent_process import AgentProcess  # noqa: E402
 from retina_exporter.lab.topology import Lab  # noqa: E402
 
@@ -100,11 +112,51 @@ def run(rounds: int, seconds: int) -> dict:
     return results
 
 
+def packet_path(rounds: int, repeat: int = 200_000) -> dict:
+    """Median ns per run of retina_from_ep (high aggregation) with connection tracking on and off."""
+    prog = PacketParserProgram(LoadOptions(ct_map_size=65536, ring_buffer_bytes=1 << 20, aggregation_high=True,
+                                           report_interval_ns=3600 * 10**9))
+    fd = prog.prog_fd("retina_from_ep")
+
+    def pkt(flags: str, seq: int, payload: bytes = b"") -> bytes:
+        return bytes(Ether() / IP(src="10.9.0.1", dst="10.9.0.2") / TCP(sport=40000, dport=80, flags=flags, seq=seq)
+                     / Raw(payload))
+
+    data = pkt("PA", 1001, b"x" * 1000)
+    out: dict[str, dict[str, list[float]]] = {"on": {}, "off": {}}
+    bounds = tuple(round(b * 1e9) for b in LATENCY_BUCKETS_S)
+    try:
+        for r in range(rounds):
+            for label in (("on", "off") if r % 2 == 0 else ("off", "on")):
+                prog.configure(LoadOptions(aggregation_high=True, report_interval_ns=3600 * 10**9,
+                                           conn_enabled=label == "on", bounds_ns=bounds))
+                prog.conntrack.clear()
+                prog.bpf[b"tcp_attempts"].clear()
+                prog_test_run(fd, pkt("S", 1000))  # the connection's entry
+                res = out[label]
+                res.setdefault("data_segment", []).append(prog_test_run(fd, data, repeat=repeat).duration_ns)
+                res.setdefault("syn_retransmission", []).append(
+                    prog_test_run(fd, pkt("S", 1000), repeat=repeat).duration_ns)
+                # a new attempt per run: the SYN's ISN changes (one packet per run, no repeat)
+                t = [prog_test_run(fd, pkt("S", 5000 + i)).duration_ns for i in range(2000)]
+                res.setdefault("syn_new_attempt", []).append(statistics.median(t))
+    finally:
+        prog.close()
+    return {label: {k: statistics.median(v) for k, v in r.items()} for label, r in out.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--packet-path-only", action="store_true")
     args = ap.parse_args()
+    pp = packet_path(max(args.rounds, 4))
+    print(json.dumps({"packet_path_ns": pp}, indent=1))
+    for case in pp["off"]:
+        print(f"packet path {case:20s}: on {pp['on'][case]:5.0f} ns, off {pp['off'][case]:5.0f} ns per run")
+    if args.packet_path_only:
+        return
     res = run(args.rounds, args.seconds)
     med = {label: {k: statistics.median(v) for k, v in r.items()} for label, r in res.items()}
     print(json.dumps({"rounds": res, "median": med}, indent=1))
