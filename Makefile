@@ -15,6 +15,7 @@ test: setup
 
 bench: setup
 	$(PY) bench/bench_packetparser.py
+	$(PY) bench/bench_tcpmetrics.py
 	$(PY) bench/bench_ring.py
 	$(PY) bench/bench_convert.py
 	$(PY) bench/bench_enricher.py

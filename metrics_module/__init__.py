@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from metrics_module.exposition import CONTENT_TYPE, Family, negotiate, render, render_openmetrics
+from metrics_module.exposition import CONTENT_TYPE, Family, HistogramValue, negotiate, render, render_openmetrics
 from metrics_module.module import MetricsModule
 from metrics_module.otlpconfig import OTLP_SECTION, OtlpConfig, parse_flow_filters
 from metrics_module.registry import FamilyRegistry
@@ -25,7 +25,7 @@ from metrics_module.registry import FamilyRegistry
 if TYPE_CHECKING:
     from metrics_module.otlp import OtlpExporter, OtlpLogPipeline
 
-__all__ = ["CONTENT_TYPE", "OTLP_SECTION", "Family", "FamilyRegistry", "MetricsModule", "OtlpConfig", "OtlpExporter",
+__all__ = ["CONTENT_TYPE", "OTLP_SECTION", "Family", "FamilyRegistry", "HistogramValue", "MetricsModule", "OtlpConfig", "OtlpExporter",
            "OtlpLogPipeline", "negotiate", "parse_flow_filters", "render", "render_openmetrics"]
 
 

@@ -71,6 +71,9 @@ from retina_core.metricsconfig import (
     KIND_INTERZONE,
     KIND_TCPFLAGS,
     KIND_TCPRETRANS,
+    KIND_TCP_CONNECT,
+    KIND_TCP_FAILED,
+    KIND_TCP_RTT,
     ContextOption,
     MetricsConfiguration,
     family_names,
@@ -93,7 +96,8 @@ from retina_core.record import (
     VERDICT_FORWARDED,
     VERDICT_TCP_RETRANSMISSION,
 )
-from retina_core.telemetry import CONTROL_PLANE_PREFIX, METRIC_PREFIX
+from retina_core.telemetry import CONTROL_PLANE_PREFIX, LATENCY_BUCKETS_S, METRIC_PREFIX
+from metrics_module.tcpconn import TcpConnMetrics, histogram_value
 
 __all__ = [
     "AdvancedMetrics",
@@ -134,9 +138,18 @@ _HELP = {
     "adv_dns_unanswered_queries": "Total number of DNS queries without a response within the timeout",
     "adv_interzone_bytes": "Total number of bytes sent from a pod of this node to another zone",
     "adv_interzone_count": "Total number of packets sent from a pod of this node to another zone",
+    "adv_tcp_connect_latency_seconds": "TCP connect latency (first SYN to the SYN-ACK answering it, as seen on the "
+                                       "node), in seconds",
+    "adv_tcp_failed_connections": "Total number of TCP connection attempts answered by an RST (reset) or not "
+                                  "answered in time (timeout)",
+    "adv_tcp_rtt_seconds": "TCP smoothed round-trip time samples (at most one per connection and sample interval), "
+                           "in seconds",
 }
 _MTYPE = {"adv_dns_latency_seconds": "histogram", "adv_dns_unanswered_queries": "counter",
-          "adv_interzone_bytes": "counter", "adv_interzone_count": "counter"}
+          "adv_interzone_bytes": "counter", "adv_interzone_count": "counter",
+          "adv_tcp_connect_latency_seconds": "histogram", "adv_tcp_failed_connections": "counter",
+          "adv_tcp_rtt_seconds": "histogram"}
+_TCP_CONN_KINDS = (KIND_TCP_CONNECT, KIND_TCP_FAILED, KIND_TCP_RTT)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -264,6 +277,10 @@ class AdvMetric:
             fixed = ("query_type", "return_code")
         elif name == "adv_dns_unanswered_queries":
             fixed = ("query_type",)
+        elif self.kind == KIND_TCP_FAILED:
+            fixed = ("reason",)
+        elif self.kind in _TCP_CONN_KINDS:
+            fixed = ()
         elif name == "adv_dns_request_count":
             fixed = ("query_type", "query")
         else:
@@ -325,11 +342,12 @@ class AdvMetric:
 # Per-verdict pipelines
 
 
-def _prerendered_samples(m: AdvMetric, series: dict) -> Iterator[tuple[str, Any]]:
+def _prerendered_samples(m: AdvMetric, series: dict, bounds: tuple[float, ...]) -> Iterator[tuple[str, Any]]:
     rendered = m.rendered
+    hist = m.mtype == "histogram"
     for k, e in series.items():
         body = e[2]
-        yield (body if body is not None else rendered(k, e)), e[0]
+        yield (body if body is not None else rendered(k, e)), histogram_value(e[0], bounds) if hist else e[0]
 
 
 class _Pipeline:
@@ -527,8 +545,10 @@ class AdvancedMetrics:
         host_interfaces_observed: bool,
         remote_context: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        latency_buckets: tuple[float, ...] = LATENCY_BUCKETS_S,
     ) -> None:
         self.node_name = node_name
+        self.latency_buckets = tuple(latency_buckets)  # histogram upper bounds, seconds
         self.host_interfaces_observed = host_interfaces_observed
         self.local = not remote_context
         self.clock = clock
@@ -548,6 +568,7 @@ class AdvancedMetrics:
         self._interzone: InterzoneMetrics | None = None
         self.dns_latency_buckets: tuple[float, ...] = DEFAULT_BUCKETS_S
         """Bucket bounds of adv_dns_latency_seconds (seconds; the agent sets dnsLatency.buckets)."""
+        self._tcp: TcpConnMetrics | None = None
         self.pod_allowed: Callable[[str, str], bool] = lambda ns, pod: True
         self.apply(config)
 
@@ -603,11 +624,13 @@ class AdvancedMetrics:
             else:
                 self._dnslat = DnsLatencyMetrics(self, dnslat) if dnslat else None
             self._interzone = InterzoneMetrics(self, interzone) if interzone else None
+            tcp = [m for m in metrics if m.kind in _TCP_CONN_KINDS]
             self.config = config
             self.pod_deletion_grace_s = config.pod_deletion_grace_ns / 1e9 if config is not None else 0.0
             self.pod_allowed = config.pod_allowed if config is not None else (lambda ns, pod: True)
             self.metrics = metrics
             self._dns = dns
+            self._tcp = (TcpConnMetrics(tcp, self.latency_buckets, self.local, _local_pod, _pod_in) if tcp else None)
             self._pipelines = {v: _Pipeline(self, ms, gated=(v == VERDICT_FORWARDED)) for v, ms in by_verdict.items()}
 
     def remote_counted(self, obs: int, src: Any) -> bool:
@@ -634,16 +657,19 @@ class AdvancedMetrics:
             dns = self._dns
             dnslat = self._dnslat
             interzone = self._interzone
+            tcp = self._tcp
             for rec in records:
                 try:
                     v = rec.verdict
                 except AttributeError:
                     continue
                 if v == VERDICT_FORWARDED:
-                    if fwd is not None:
+                    if fwd is not None and rec.packets:
                         fwd.add(rec, now)
                     if interzone is not None and rec.obs_point == OBS_FROM_ENDPOINT:  # its only point
                         interzone.add(rec, now)
+                    if rec.conn_event and tcp is not None:
+                        tcp.add(rec, now, self.pod_allowed, self.overflow)
                 elif v == VERDICT_DNS:
                     if dns:
                         self._add_dns(rec, now)
@@ -774,10 +800,14 @@ class AdvancedMetrics:
         out = []
         for m, series in snap:
             if prerendered:
-                samples: Any = _prerendered_samples(m, series)  # lazily: short-lived tuples only
+                samples: Any = _prerendered_samples(m, series, self.latency_buckets)  # lazily: short-lived tuples
             else:
                 names = m.label_names
-                samples = [(tuple(zip(names, k)), e[0]) for k, e in series.items()]
+                if m.mtype == "histogram":
+                    samples = [(tuple(zip(names, k)), histogram_value(e[0], self.latency_buckets))
+                               for k, e in series.items()]
+                else:
+                    samples = [(tuple(zip(names, k)), e[0]) for k, e in series.items()]
             out.append((m.full_name, m.mtype, m.help, samples))
         return out
 

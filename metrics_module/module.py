@@ -53,6 +53,7 @@ class MetricsModule(Worker):
     * ``clock``: monotonic seconds (tests inject one); ``batch_size``: records per ring read.
     * ``ipcache``: ``() -> (version, {packed ip: identity})`` of the enricher's IP cache; with it, the series of
       pods that leave the cache are removed after ``podDeletionGrace`` (:mod:`metrics_module.departures`).
+    * ``latency_buckets``: upper bounds (seconds) of the adv_* latency histograms (``tcpMetrics.buckets``).
     """
 
     def __init__(
@@ -68,6 +69,7 @@ class MetricsModule(Worker):
         clock: Callable[[], float] = time.monotonic,
         batch_size: int = 512,
         ipcache: Callable[[], tuple[int, Mapping[bytes, Any]]] | None = None,
+        latency_buckets: tuple[float, ...] | None = None,
     ) -> None:
         self.ring = ring
         self.telemetry = telemetry
@@ -79,6 +81,7 @@ class MetricsModule(Worker):
             host_interfaces_observed=host_interfaces_observed,
             remote_context=remote_context,
             clock=clock,
+            **({"latency_buckets": latency_buckets} if latency_buckets else {}),
         )
         self._own_registry = registry is None
         self.registry = registry if registry is not None else FamilyRegistry()

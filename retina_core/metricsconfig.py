@@ -77,6 +77,10 @@ ACCEPTED_METRIC_NAMES: tuple[str, ...] = (
     "dns_unanswered_queries",
     "interzone_bytes",
     "interzone_count",
+    # ours (issue 14), with packetparser: TCP connect latency, failed connections, round-trip time
+    "tcp_connect_latency_seconds",
+    "tcp_failed_connections",
+    "tcp_rtt_seconds",
 )
 
 #: Context label options, in the fixed order their labels appear in (Retina's ``ContextOptions.getLabels``).
@@ -95,6 +99,9 @@ KIND_DNS = "dns"
 KIND_APISERVER = "apiserver"
 KIND_DNS_LATENCY = "dns_latency"  # ours: adv_dns_latency_seconds, adv_dns_unanswered_queries
 KIND_INTERZONE = "interzone"  # ours: adv_interzone_bytes, adv_interzone_count
+KIND_TCP_CONNECT = "tcp_connect"
+KIND_TCP_FAILED = "tcp_failed"
+KIND_TCP_RTT = "tcp_rtt"
 
 _SPEC_KEYS = ("contextOptions", "namespaces", "podLabelKeys", "maxSeriesPerMetric", "podDeletionGrace")
 _CR_KEYS = ("apiVersion", "kind", "metadata", "spec", "status")
@@ -118,6 +125,12 @@ def metric_kind(metric_name: str) -> str | None:
         return KIND_TCPFLAGS
     if "tcp" in name and "retrans" in name:
         return KIND_TCPRETRANS
+    if "tcp" in name and "connect_latency" in name:
+        return KIND_TCP_CONNECT
+    if "tcp" in name and "failed" in name:
+        return KIND_TCP_FAILED
+    if "tcp" in name and "rtt" in name:
+        return KIND_TCP_RTT
     if "node_apiserver" in name:
         return KIND_APISERVER
     if "interzone" in name:
@@ -148,6 +161,12 @@ def family_names(metric_name: str) -> tuple[str, ...]:
         return ("adv_dns_unanswered_queries",) if "unanswered" in name else ("adv_dns_latency_seconds",)
     if kind == KIND_INTERZONE:
         return ("adv_interzone_bytes",) if "bytes" in name else ("adv_interzone_count",)
+    if kind == KIND_TCP_CONNECT:
+        return ("adv_tcp_connect_latency_seconds",)
+    if kind == KIND_TCP_FAILED:
+        return ("adv_tcp_failed_connections",)
+    if kind == KIND_TCP_RTT:
+        return ("adv_tcp_rtt_seconds",)
     return ()
 
 

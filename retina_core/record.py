@@ -20,6 +20,10 @@ Units and encodings:
   kernel's table, so no consumer needs that table.
 * ``flag_counts``: per-flag packet counts over the same packets (tuple indexed by ``FLAG_NAMES``; the last entry
   counts packets that carried SYN and ACK together), or ``None`` for non-TCP records.
+* ``conn_event``: the TCP connection-attempt outcome this record reports (index into ``CONN_EVENTS``, 0 = none);
+  ``connect_latency_ns``: for ``CONN_ESTABLISHED``, nanoseconds from the attempt's first SYN to the SYN-ACK as
+  seen at this record's interface, else 0. A ``"connect"``-reason record (a timeout found by the sweep) accounts
+  for no packet (``packets == 0``): it is an :class:`EventRecord`.
 """
 
 from __future__ import annotations
@@ -61,7 +65,17 @@ TCP_NS = 0x100
 FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR", "NS", "SYNACK")
 
 # Why the kernel (or the sweep) emitted an event; shared with bpf (REPORT_*).
-REPORT_REASONS = ("every_packet", "new_connection", "flags", "flag_change", "interval", "close", "sweep", "expired")
+REPORT_REASONS = ("every_packet", "new_connection", "flags", "flag_change", "interval", "close", "sweep", "expired",
+                  "connect")
+
+# Outcome of a TCP connection attempt a record reports (``conn_event``; CONN_EV_* in bpf/packetparser.h), counted
+# once per attempt and node: "" none, "established" (``connect_latency_ns`` is set), "reset", "timeout" (the
+# failed-connection ``reason`` label values).
+CONN_EVENTS = ("", "established", "reset", "timeout", "rtt")
+CONN_ESTABLISHED = 1
+CONN_RESET = 2
+CONN_TIMEOUT = 3
+CONN_RTT = 4  # user space only: an RTT sample (EventRecord.rtt_ns), not an attempt outcome
 
 IPPROTO_ICMP = 1
 IPPROTO_TCP = 6
@@ -103,6 +117,8 @@ class FlowRecord:
         # Layer-7 data, None for L3/L4 records: a retina_core.dns.record.DnsRecord on the dns plugin's records
         # (then Type L7 and Hubble's l7.dns in the protobuf).
         "l7",
+        "conn_event",
+        "connect_latency_ns",
     )
 
     def __init__(
@@ -131,6 +147,8 @@ class FlowRecord:
         verdict: int = VERDICT_FORWARDED,
         drop_reason: int = 0,
         drop_reason_name: str = "",
+        conn_event: int = 0,
+        connect_latency_ns: int = 0,
     ) -> None:
         self.time_ns = time_ns
         self.verdict = verdict
@@ -159,6 +177,8 @@ class FlowRecord:
         self.source = None
         self.destination = None
         self.l7 = None
+        self.conn_event = conn_event
+        self.connect_latency_ns = connect_latency_ns
 
     @property
     def previously_observed_packets(self) -> int:
@@ -173,3 +193,17 @@ class FlowRecord:
     def __repr__(self) -> str:  # debugging aid only, not on the hot path
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
         return f"FlowRecord({fields})"
+
+
+class EventRecord(FlowRecord):
+    """A record that reports an event without a packet of its own (``packets == 0``): a TCP connection attempt's
+    timeout, an RTT sample (``conn_event == CONN_RTT``, ``rtt_ns`` the socket's smoothed RTT in nanoseconds, source =
+    the socket's own address). It travels the pipeline like a flow record (the enricher stamps its identities, the
+    metrics module counts it) but it is **not a flow**: the Hubble consumers (observer, export, flow logs,
+    ``/debug/flows``) take only records whose class is exactly :class:`FlowRecord`."""
+
+    __slots__ = ("rtt_ns",)
+
+    def __init__(self, *args, rtt_ns: int = 0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.rtt_ns = rtt_ns

@@ -11,6 +11,10 @@ METRIC_PREFIX = "networkobservability_"
 #: Prefix of the agent's and operator's own metrics.
 CONTROL_PLANE_PREFIX = "controlplane_" + METRIC_PREFIX
 
+#: Default upper bounds (seconds) of latency histograms (TCP RTT, TCP connect latency): 50 µs to 10 s.
+LATENCY_BUCKETS_S: tuple[float, ...] = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                        0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
 LOST_KERNEL = "kernel"
 LOST_BUFFERED_CHANNEL = "buffered_channel"
 LOST_ENRICHER_RING = "enricher_ring"

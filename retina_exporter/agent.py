@@ -125,6 +125,7 @@ class Agent:
                 None, self.telemetry, mcfg, cfg.node_name, bool(cfg.host_interfaces),
                 remote_context=cfg.remote_context, registry=self.metrics,
                 ipcache=lambda cache=self.cache: (cache.version, cache.view()),
+                latency_buckets=cfg.tcp_metrics.buckets,
             )
             self.metrics_module.advanced.dns_latency_buckets = cfg.dns_latency.buckets
         self.config_reloads = 0

@@ -41,6 +41,7 @@ from retina_exporter.hubble.config import HUBBLE_SECTION, HubbleConfig
 from retina_exporter.plugins.dns.config import DNS_LATENCY_SECTION, DnsLatencyConfig
 from retina_exporter.plugins.dropreason.config import DROP_REASON_SECTION, DropReasonConfig
 from retina_exporter.plugins.tcpretrans.config import TCP_RETRANS_SECTION, TcpRetransConfig
+from retina_exporter.plugins.packetparser.config import TCP_METRICS_SECTION, TcpMetricsConfig
 
 __all__ = [
     "ApiServerConfig",
@@ -158,6 +159,7 @@ class Config:
     drop_reason: DropReasonConfig = DropReasonConfig()
     tcp_retrans: TcpRetransConfig = TcpRetransConfig()
     dns_latency: DnsLatencyConfig = DnsLatencyConfig()
+    tcp_metrics: TcpMetricsConfig = TcpMetricsConfig()
     otlp: OtlpConfig = OtlpConfig()
     hubble: HubbleConfig = HubbleConfig()
     warnings: tuple[str, ...] = ()
@@ -309,6 +311,7 @@ SECTIONS: tuple[tuple[Section, str], ...] = (
     (DROP_REASON_SECTION, "drop_reason"),
     (TCP_RETRANS_SECTION, "tcp_retrans"),
     (DNS_LATENCY_SECTION, "dns_latency"),
+    (TCP_METRICS_SECTION, "tcp_metrics"),
     (OTLP_SECTION, "otlp"),
 )
 _SECTION_LEAVES: dict[str, tuple[str, ...]] = {s.name: tuple(k.name for k in s.keys) for s, _ in SECTIONS}

@@ -29,8 +29,9 @@ from retina_exporter.bpf import packetforward as pf
 from retina_exporter.plugins.packetforward.loader import PacketForwardError
 from retina_exporter.bpf import packetparser as pp
 from retina_exporter.bpf import tcpretrans as rt
+from retina_exporter.bpf import tcprtt
 
-HEADERS = ("common.h", "packetparser.h", "dns.h", "dropreason.h", "tcpretrans.h", "packetforward.h")
+HEADERS = ("common.h", "packetparser.h", "dns.h", "dropreason.h", "tcpretrans.h", "packetforward.h", "tcprtt.h")
 DEFINE = re.compile(r"^#define\s+([A-Z][A-Z0-9_]*)\s+(0x[0-9A-Fa-f]+|\d+)\b", re.M)
 
 # Defines only the C side uses (wire constants, parser limits): nothing in Python mirrors them.
@@ -48,6 +49,7 @@ STRUCTS = (
     (pp.PpConfig, "pp_config", "l_pp_config"),
     (pp.FilterKey, "filter_key", "l_filter_key"),
     (pp.SweepRequest, "sweep_request", "l_sweep_req"),
+    (pp.AttemptKey, "attempt_key", "l_attempt_key"),
     (dns.DnsEvent, "dns_event", "l_dns_event"),
     (dr.DrKey, "dr_key", "l_dr_key"),
     (dr.DrValue, "dr_value", "l_dr_value"),
@@ -56,6 +58,8 @@ STRUCTS = (
     (rt.RtConfig, "rt_config", "l_rt_config"),
     (rt.RtEvent, "rt_event", "l_rt_event"),
     (pf.PfMetric, "pf_metric", "l_pf_metric"),
+    (tcprtt.RttConfig, "rtt_config", "l_rtt_config"),
+    (tcprtt.RttEvent, "rtt_event", "l_rtt_event"),
 )
 
 
@@ -81,7 +85,7 @@ def python_value(header: str, name: str) -> int | None:
             return getattr(pp, name, None)
         return getattr(pp, name, None)
     prefix, module = {"dns.h": ("DNS_", dns), "dropreason.h": ("DR_", dr), "tcpretrans.h": ("RT_", rt),
-                      "packetforward.h": ("", pf)}[header]
+                      "packetforward.h": ("", pf), "tcprtt.h": ("RTT_", tcprtt)}[header]
     value = getattr(module, name, None)
     return value if value is not None else getattr(module, name.removeprefix(prefix), None)
 
@@ -161,6 +165,10 @@ def test_shared_constants_are_retina_core_record(compiled):
     assert v[("packetparser.h", "FLAG_COUNT")] == len(R.FLAG_NAMES)
     reasons = {n: val for (h, n), val in v.items() if h == "packetparser.h" and n.startswith("REPORT_")}
     assert sorted(reasons.values()) == list(range(len(R.REPORT_REASONS)))
+    events = {n: val for (h, n), val in v.items() if h == "packetparser.h" and n.startswith("CONN_EV_")}
+    assert events == {"CONN_EV_NONE": 0, "CONN_EV_ESTABLISHED": R.CONN_ESTABLISHED, "CONN_EV_RESET": R.CONN_RESET,
+                      "CONN_EV_TIMEOUT": R.CONN_TIMEOUT}
+    assert [R.CONN_EVENTS[i] for i in sorted(events.values())] == ["", "established", "reset", "timeout"]
 
 
 # --- struct layouts -------------------------------------------------------------------------------------------
@@ -184,6 +192,7 @@ def test_hot_path_decoders_have_the_struct_sizes():
     assert dns.EVENT_SIZE == ct.sizeof(dns.DnsEvent)
     assert dr.EVENT_STRUCT.size == dr.EVENT_SIZE == ct.sizeof(dr.DropEvent)
     assert rt.EVENT_STRUCT.size == rt.EVENT_SIZE == ct.sizeof(rt.RtEvent)
+    assert tcprtt.EVENT_STRUCT.size == tcprtt.EVENT_SIZE == ct.sizeof(tcprtt.RttEvent) == 56
 
 
 # --- the compile path -----------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from retina_exporter.hubble.config import HubbleConfig
 from retina_exporter.plugins.dns.config import DnsLatencyConfig
 from retina_exporter.plugins.dropreason.config import DropReasonConfig
 from retina_exporter.plugins.tcpretrans.config import TcpRetransConfig
+from retina_exporter.plugins.packetparser.config import TcpMetricsConfig
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "config.md"
 S = 1_000_000_000
@@ -207,6 +208,11 @@ ENV_ALL = {
     "RETINA_DNSLATENCY_UNANSWEREDTIMEOUT": "2s",
     "RETINA_DNSLATENCY_BUCKETS": "0.01,0.1,1",
     "RETINA_DNSLATENCY_MAXPENDING": "100",
+    "RETINA_TCPMETRICS_CONNECT": "false",
+    "RETINA_TCPMETRICS_RTT": "no",
+    "RETINA_TCPMETRICS_CONNECTTIMEOUT": "3s",
+    "RETINA_TCPMETRICS_RTTSAMPLEINTERVAL": "500ms",
+    "RETINA_TCPMETRICS_BUCKETS": "0.001, 0.01,1",
     "RETINA_ENABLECONNTRACKMETRICS": "yes",
     "RETINA_ENABLEANNOTATIONS": "true",
     "RETINA_BYPASSLOOKUPIPOFINTEREST": "yes",
@@ -285,6 +291,8 @@ def test_every_key_from_env() -> None:
         tcp_retrans=TcpRetransConfig(scope="node"),
         dns_latency=DnsLatencyConfig(enabled=False, unanswered_timeout_ns=2 * S, buckets=(0.01, 0.1, 1.0),
                                      max_pending=100),
+        tcp_metrics=TcpMetricsConfig(connect=False, rtt=False, connect_timeout_ns=3 * S, rtt_sample_interval_ns=S // 2,
+                                     buckets=(0.001, 0.01, 1.0)),
         otlp=OtlpConfig(enabled=True, endpoint="http://otel:4317", protocol="grpc", interval_ns=15 * S,
                         timeout_ns=5 * S,
                         headers=(("authorization", "Bearer x"),), insecure=True, compression="none",
@@ -678,7 +686,7 @@ def test_unknown_key_without_match_lists_known_keys(tmp_path: pathlib.Path) -> N
         "remoteContext, "
         "metricsIntervalDuration, enableConntrackMetrics, enableAnnotations, bypassLookupIPOfInterest, "
         "filterMapMaxEntries, mergeQueuedEvents, metricsConfiguration, apiServer, debugServer, enrichment, hubble, "
-        "dropReason, tcpRetrans, dnsLatency, otlp, metricsInterval"
+        "dropReason, tcpRetrans, dnsLatency, tcpMetrics, otlp, metricsInterval"
     )
     assert error_of(tmp_path, "apiServer: {zzz: 1}\n").endswith(
         ": unknown key 'apiServer.zzz'; known keys: apiServer.host, apiServer.port"
@@ -849,6 +857,9 @@ def test_to_dict_defaults() -> None:
                        "buckets": [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                                    10.0],
                        "maxPending": 65536},
+        "tcpMetrics": {"connect": True, "rtt": True, "connectTimeout": "10s", "rttSampleInterval": "10s",
+                       "buckets": [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0]},
         "enableConntrackMetrics": False,
         "enableAnnotations": False,
         "bypassLookupIPOfInterest": False,
@@ -959,3 +970,17 @@ def test_hubble_keys_are_checked(tmp_path: pathlib.Path) -> None:
             load_text(tmp_path, text)
         assert message in str(e.value), (text, str(e.value))
     assert load_text(tmp_path, "hubble:\n  eventBufferCapacity: 65535\n").output_ring_capacity == 65535
+
+
+def test_tcp_metrics_section(tmp_path: pathlib.Path) -> None:
+    cfg = load_config(None, {"RETINA_TCPMETRICS_BUCKETS": "0.001, 0.01,1", "RETINA_TCPMETRICS_CONNECTTIMEOUT": "3s"})
+    assert cfg.tcp_metrics.buckets == (0.001, 0.01, 1.0)
+    assert cfg.tcp_metrics.bounds_ns() == (1_000_000, 10_000_000, 1_000_000_000)
+    assert cfg.tcp_metrics.connect_timeout_ns == 3 * 10**9 and cfg.tcp_metrics.connect and cfg.tcp_metrics.rtt
+    for text, reason in (("tcpMetrics: {buckets: [0.1, 0.01]}", "not strictly ascending"),
+                         ("tcpMetrics: {buckets: [0, 1]}", "item 0 is not a positive number of seconds"),
+                         ("tcpMetrics: {buckets: []}", "not a non-empty list of seconds"),
+                         (f"tcpMetrics: {{buckets: {list(range(1, 34))}}}", "33 buckets, at most 32")):
+        assert reason in error_of(tmp_path, text + "\n"), text
+    assert error_of(tmp_path, "tcpMetrics: {connectTimeout: 60s}\n").startswith(
+        "tcpMetrics.connectTimeout: 1m is not below the conntrack's handshake lifetime of 1m; set it lower")

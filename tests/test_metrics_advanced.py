@@ -452,3 +452,54 @@ def test_reload_keeps_counts_of_unchanged_series():
     assert series(adv, FLAGS) == {}
     adv.apply(None)
     assert adv.families() == []
+
+
+# --- TCP connection outcomes (packetparser's conn_event) ----------------------------------------------------------
+
+CONNECT = "networkobservability_adv_tcp_connect_latency_seconds"
+FAILED = "networkobservability_adv_tcp_failed_connections"
+
+
+def conn(event, latency_ns=0, *, reply=True, src="10.0.0.6", dst="10.0.0.5", sport=80, dport=40000, packets=1):
+    """An outcome record: by default the answer (SYN-ACK / RST) from DB:80 to the initiator WEB."""
+    r = rec(src, dst, OBS_TO_ENDPOINT, sport=sport, dport=dport, is_reply=reply, packets=packets)
+    r.conn_event = event
+    r.connect_latency_ns = latency_ns
+    return r
+
+
+def test_tcp_connection_outcomes_local_context_count_for_the_initiator():
+    from retina_core.record import CONN_ESTABLISHED, CONN_RESET, CONN_TIMEOUT
+
+    adv = make([{"metricName": "tcp_connect_latency_seconds", "sourceLabels": ["podname"]},
+                {"metricName": "tcp_failed_connections", "sourceLabels": ["podname", "port"]},
+                {"metricName": "forward_count", "sourceLabels": ["podname"]}])
+    adv.latency_buckets = (0.001, 0.01)
+    adv.apply(adv.config)
+    adv.process([conn(CONN_ESTABLISHED, 500_000), conn(CONN_ESTABLISHED, 2_000_000), conn(CONN_ESTABLISHED, 10**9),
+                 conn(CONN_RESET), conn(CONN_RESET),
+                 # a timeout found by the sweep: the initiator's direction, no packet (forward counts nothing)
+                 conn(CONN_TIMEOUT, reply=False, src="10.0.0.5", dst="10.0.0.6", sport=40001, dport=81, packets=0)])
+    fams = {name: samples for name, _t, _h, samples in adv.families()}
+    (labels, h), = fams[CONNECT]
+    assert dict(labels) == {"podname": "web-1"}
+    assert (h.bounds, h.counts, h.count) == ((0.001, 0.01), (1, 1, 1), 3)
+    assert h.sum == pytest.approx(1.0025)
+    assert series(adv, FAILED) == {S(reason="reset", podname="web-1", port="40000"): 2,
+                                   S(reason="timeout", podname="web-1", port="40001"): 1}
+    # the answers' own packets are forwarded packets as usual (TO_ENDPOINT of WEB: ingress); the timeout adds none
+    assert series(adv) == {S(direction="ingress", podname="web-1"): 5}
+    text = "".join(f"{n}{lbl} {v}\n" for n, _t, _h, samples in adv.families(prerendered=True)
+                   for lbl, v in samples if n == CONNECT)
+    assert 'podname="web-1"' in text
+
+
+def test_tcp_connection_outcomes_remote_context_initiator_is_the_source():
+    from retina_core.record import CONN_RESET
+
+    adv = make([{"metricName": "tcp_failed_connections", "sourceLabels": ["podname"],
+                 "destinationLabels": ["podname", "port"]}], remote=True)
+    adv.process([conn(CONN_RESET), conn(CONN_RESET, src="10.0.1.7", dst="10.0.0.6", sport=443, dport=50000)])
+    assert series(adv, FAILED) == {
+        S(reason="reset", source_podname="web-1", destination_podname="db-0", destination_port="80"): 1,
+        S(reason="reset", source_podname="db-0", destination_podname="api-2", destination_port="443"): 1}

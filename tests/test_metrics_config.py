@@ -213,6 +213,9 @@ def test_dispatch_by_substring():
         "dns_unanswered_queries": ("dns_latency", ("adv_dns_unanswered_queries",)),
         "interzone_bytes": ("interzone", ("adv_interzone_bytes",)),
         "interzone_count": ("interzone", ("adv_interzone_count",)),
+        "tcp_connect_latency_seconds": ("tcp_connect", ("adv_tcp_connect_latency_seconds",)),
+        "tcp_failed_connections": ("tcp_failed", ("adv_tcp_failed_connections",)),
+        "tcp_rtt_seconds": ("tcp_rtt", ("adv_tcp_rtt_seconds",)),
     }
     for name in ACCEPTED_METRIC_NAMES:
         kind, families = expected.get(name, (None, ()))

@@ -226,3 +226,24 @@ def test_shared_registry_as_the_agent_wires_it():
     assert "networkobservability_forward_count" in names and "networkobservability_adv_forward_count" in names
     assert [f.name for f in parse_openmetrics(mod.render(openmetrics=True))] == [
         n[: -len("_total")] if n.endswith("_total") else n for n in names]
+
+
+def test_histogram_families_render_in_both_formats():
+    """A histogram family's HistogramValue samples become cumulative ``_bucket`` samples with ``le`` (as
+    prometheus_client writes bounds), ``_sum`` and ``_count``; Prometheus' parser reads them back."""
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from metrics_module import HistogramValue, render, render_openmetrics
+
+    h = HistogramValue((0.00005, 0.01, 1.0), (1, 2, 0, 3), 7.5, 6)
+    fam = ("x_seconds", "histogram", "help", [((("pod", "a"),), h), ((), h)])
+    for text, parse in ((render([fam]), text_string_to_metric_families),
+                        (render_openmetrics([fam]), om_parse)):
+        (f,) = list(parse(text))
+        assert f.type == "histogram"
+        got = [(s.name, s.labels, s.value) for s in f.samples if s.labels.get("pod") == "a"]
+        bucket = "x_seconds_bucket"
+        assert got == [(bucket, {"pod": "a", "le": "5e-05"}, 1), (bucket, {"pod": "a", "le": "0.01"}, 3),
+                       (bucket, {"pod": "a", "le": "1.0"}, 3), (bucket, {"pod": "a", "le": "+Inf"}, 6),
+                       ("x_seconds_sum", {"pod": "a"}, 7.5), ("x_seconds_count", {"pod": "a"}, 6)], text

@@ -59,6 +59,7 @@ class Harness:
     def reset(self, **opts):
         self.prog.configure(LoadOptions(**opts))
         self.prog.conntrack.clear()
+        self.prog.bpf[b"tcp_attempts"].clear()
         self.reader.drain()
         self.sink.items.clear()
 
@@ -89,9 +90,9 @@ def ip6(s):
 def test_layouts_match_the_compiled_c(pp_program_low):
     """The Python mirror has the C compiler's sizes and offsets (bcc builds its ctypes from the C types)."""
     assert ct.sizeof(pp_program_low.conntrack.Key) == ct.sizeof(layout.CtKey) == 44
-    assert ct.sizeof(pp_program_low.conntrack.Leaf) == ct.sizeof(layout.CtEntry) == 160
-    assert ct.sizeof(pp_program_low.config_map.Leaf) == ct.sizeof(layout.PpConfig) == 56
-    assert ct.sizeof(layout.PacketEvent) == layout.EVENT_SIZE == 120
+    assert ct.sizeof(pp_program_low.conntrack.Leaf) == ct.sizeof(layout.CtEntry) == 176
+    assert ct.sizeof(pp_program_low.config_map.Leaf) == ct.sizeof(layout.PpConfig) == 64 + 8 * layout.HIST_MAX_BOUNDS
+    assert ct.sizeof(layout.PacketEvent) == layout.EVENT_SIZE == 128
     for ours, theirs in ((layout.CtKey, pp_program_low.conntrack.Key), (layout.CtEntry, pp_program_low.conntrack.Leaf)):
         for name, *_ in ours._fields_:
             if name.startswith("_"):
@@ -102,12 +103,12 @@ def test_layouts_match_the_compiled_c(pp_program_low):
     ev.ts_ns, ev.bytes, ev.packets, ev.ifindex, ev.packet_bytes = 1, 2, 3, 4, 5
     ev.src_port, ev.dst_port, ev.tcp_flags, ev.proto, ev.ip_version = 6, 7, 8, 9, 10
     ev.obs_point, ev.traffic_direction, ev.is_reply, ev.report_reason = 11, 12, 13, 14
-    ev.icmp_type, ev.icmp_code = 15, 16
+    ev.icmp_type, ev.icmp_code, ev.conn_event, ev.connect_latency_ns = 15, 16, 17, 2**40 + 18
     for i in range(10):
         ev.flag_counts[i] = 100 + i
     vals = layout.EVENT_STRUCT.unpack(bytes(ev))
-    assert vals[0:2] == (1, 2) and vals[4:18] == (3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16)
-    assert vals[19:29] == tuple(range(100, 110))
+    assert vals[0:2] == (1, 2) and vals[4:19] == (3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17)
+    assert vals[20:30] == tuple(range(100, 110)) and vals[31] == 2**40 + 18
 
 
 def test_low_every_packet_tcp_handshake_direction_and_flags(harness):
@@ -366,3 +367,79 @@ def test_ip_of_interest_filter(harness):
         flt.remove_owner("ns:lab")
         flt.remove_owner("pod:x")
         harness.reset()
+
+
+# --- connection attempts: connect latency and failed connections -----------------------------------------------
+
+BOUNDS_NS = (1_000, 10**9)  # 1 µs and 1 s: a test run's SYN -> SYN-ACK lands in the second bucket
+
+
+def test_connect_latency_and_failures_count_each_attempt_once(harness):
+    """Per attempt (5-tuple + ISN): retransmitted SYNs are one attempt; an acknowledging SYN-ACK is a latency
+    sample, an acknowledging RST a failure (reset), no answer until the sweep's timeout a failure (timeout); an
+    RST that does not acknowledge the SYN, and answers after the attempt was settled, count nothing."""
+    harness.reset(aggregation_high=True, report_interval_ns=3600 * 10**9, conn_enabled=True, bounds_ns=BOUNDS_NS)
+    before = harness.prog.tcp_counts()
+
+    def tcp(sport, dport, flags, seq=0, ack=0, reply=False):
+        src, dst = (B4, A4) if reply else (A4, B4)
+        ports = dict(sport=dport, dport=sport) if reply else dict(sport=sport, dport=dport)
+        return eth(IP(src=src, dst=dst) / TCP(flags=flags, seq=seq, ack=ack, **ports))
+
+    # 1: three transmissions of one SYN, then the SYN-ACK: one latency sample
+    for _ in range(3):
+        harness.run(tcp(42001, 80, "S", seq=1000))
+    harness.run(tcp(42001, 80, "SA", seq=9, ack=1001, reply=True), "retina_to_ep")
+    # 2: a closed port: RST-ACK acknowledging the SYN; then the tuple reused by a new attempt, reset again
+    harness.run(tcp(42002, 81, "S", seq=5000))
+    harness.run(tcp(42002, 81, "RA", ack=5001, reply=True), "retina_to_ep")
+    harness.run(tcp(42002, 81, "S", seq=6000))
+    harness.run(tcp(42002, 81, "S", seq=6000))
+    harness.run(tcp(42002, 81, "RA", ack=6001, reply=True), "retina_to_ep")
+    # 3: never answered (two transmissions)
+    harness.run(tcp(42003, 82, "S", seq=7000))
+    harness.run(tcp(42003, 82, "S", seq=7000))
+    # 4: an RST that does not acknowledge the SYN is no answer; the SYN-ACK then is
+    harness.run(tcp(42004, 83, "S", seq=9000))
+    harness.run(tcp(42004, 83, "RA", ack=1234, reply=True), "retina_to_ep")
+    harness.run(tcp(42004, 83, "SA", seq=1, ack=9001, reply=True), "retina_to_ep")
+    # 5: the initiator gives up with its own RST: not a failed connection
+    harness.run(tcp(42005, 84, "S", seq=3000))
+    harness.run(tcp(42005, 84, "R", seq=3001))
+    # 6: a new attempt (new ISN) on the same 5-tuple while the first is unanswered: the first failed (timeout,
+    # reported on the new SYN's event), the second is answered by an RST
+    harness.run(tcp(42006, 85, "S", seq=100))
+    harness.run(tcp(42006, 85, "S", seq=200))
+    harness.run(tcp(42006, 85, "RA", ack=201, reply=True), "retina_to_ep")
+
+    evs = harness.events()
+    outcomes = sorted((e.dst_port if not e.is_reply else e.src_port, e.conn_event) for e in evs if e.conn_event)
+    assert outcomes == [(80, R.CONN_ESTABLISHED), (81, R.CONN_RESET), (81, R.CONN_RESET), (83, R.CONN_ESTABLISHED),
+                        (85, R.CONN_RESET), (85, R.CONN_TIMEOUT)]
+    lat = [e.connect_latency_ns for e in evs if e.conn_event == R.CONN_ESTABLISHED]
+    assert all(BOUNDS_NS[0] < x <= BOUNDS_NS[1] for x in lat), lat
+    assert all(e.connect_latency_ns == 0 for e in evs if e.conn_event != R.CONN_ESTABLISHED)
+
+    sweeper = ConntrackSweeper(harness.prog, interval_ns=3600 * 10**9, connect_timeout_ns=1)
+    sweeper.sweep_once()
+    sweeper.sweep_once()  # settled once only
+    harness.run(tcp(42003, 82, "SA", seq=1, ack=7001, reply=True), "retina_to_ep")  # too late: not a sample
+    evs = harness.events()
+    timeouts = [e for e in evs if e.conn_event]
+    assert [(e.dst_port, e.conn_event, e.packets, e.report_reason) for e in timeouts] == [
+        (82, R.CONN_TIMEOUT, 0, layout.REPORT_CONNECT)]
+
+    after = harness.prog.tcp_counts()
+    delta = {k: after[k] - before[k] for k in ("reset", "timeout", "count")}
+    assert delta == {"reset": 3, "timeout": 2, "count": 2}
+    assert [a - b for a, b in zip(after["buckets"], before["buckets"])] == [0, 2, 0]
+    assert after["sum_ns"] - before["sum_ns"] == sum(lat)
+
+
+def test_connect_tracking_off_counts_nothing(harness):
+    harness.reset(conn_enabled=False, bounds_ns=BOUNDS_NS)
+    before = harness.prog.tcp_counts()
+    harness.run(eth(IP(src=A4, dst=B4) / TCP(sport=42010, dport=80, flags="S", seq=10)))
+    harness.run(eth(IP(src=B4, dst=A4) / TCP(sport=80, dport=42010, flags="RA", ack=11)), "retina_to_ep")
+    assert not any(e.conn_event for e in harness.events())
+    assert harness.prog.tcp_counts() == before

@@ -16,6 +16,7 @@
  */
 #include "common.h"
 #include "packetparser.h"
+#include "histogram.h"
 
 #ifndef CT_MAP_SIZE
 #define CT_MAP_SIZE 262144
@@ -26,17 +27,25 @@
 #ifndef FILTER_MAP_SIZE
 #define FILTER_MAP_SIZE 4096
 #endif
+#ifndef ATTEMPT_MAP_SIZE
+#define ATTEMPT_MAP_SIZE 65536
+#endif
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_TABLE("lru_hash", struct ct_key, struct ct_entry, conntrack, CT_MAP_SIZE);
 BPF_ARRAY(config, struct pp_config, 1);
 BPF_PERCPU_ARRAY(lost, __u64, LOST_SLOTS);
+/* Connection attempts (pp_config.conn_enabled): which interface owns each (see CONN_* in packetparser.h). */
+BPF_TABLE("lru_hash", struct attempt_key, __u32, tcp_attempts, ATTEMPT_MAP_SIZE);
+BPF_PERCPU_ARRAY(tcp_stats, __u64, TCP_STAT_SLOTS);
 /* IPs of interest (filled by user space from annotations); consulted only when pp_config.filter_enabled. */
 BPF_F_TABLE("lpm_trie", struct filter_key, __u8, retina_filter, FILTER_MAP_SIZE, BPF_F_NO_PREALLOC);
 
 struct parsed {
 	struct ct_key key;   /* as seen in this packet (not yet oriented to the initiator) */
 	__u32 len;
+	__u32 seq;           /* TCP sequence and acknowledgement numbers, host order */
+	__u32 ack;
 	__u16 tcp_flags;
 	__u8 icmp_type;
 	__u8 icmp_code;
@@ -73,6 +82,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct parsed *p)
 		p->key.src_port = ((__u16)hdr[0] << 8) | hdr[1];
 		p->key.dst_port = ((__u16)hdr[2] << 8) | hdr[3];
 		p->tcp_flags = hdr[13] | (((__u16)hdr[12] & 1) << 8);
+		p->seq = ((__u32)hdr[4] << 24) | ((__u32)hdr[5] << 16) | ((__u32)hdr[6] << 8) | hdr[7];
+		p->ack = ((__u32)hdr[8] << 24) | ((__u32)hdr[9] << 16) | ((__u32)hdr[10] << 8) | hdr[11];
 		p->has_l4 = 1;
 	} else if (l4proto == IPPROTO_UDP) {
 		__u8 hdr[4];
@@ -194,20 +205,99 @@ static __always_inline __u64 harvest(struct ct_counters *c, struct packet_event 
 
 static __always_inline void zero_event_tail(struct packet_event *e)
 {
+	e->conn_event = CONN_EV_NONE;
 	e->_pad = 0;
 	e->_pad2 = 0;
+	e->connect_latency_ns = 0;
+}
+
+static __always_inline void stat_add(__u32 slot, __u64 n)
+{
+	__u64 *v = tcp_stats.lookup(&slot);
+	if (v)
+		*v += n; /* per-CPU: no atomics needed */
+}
+
+/* Move the attempt from CONN_SYN_SENT to `to`; true for exactly one caller (packet path or sweep). */
+static __always_inline int conn_settle(struct ct_entry *e, __u64 to)
+{
+	return __sync_val_compare_and_swap(&e->conn_state, CONN_SYN_SENT, to) == CONN_SYN_SENT;
+}
+
+/* Connection-attempt tracking for one TCP packet of a tracked entry (pp_config.conn_enabled). Returns the
+ * CONN_EV_* outcome this packet settles (counted here, once per attempt and node) and sets *latency_ns for
+ * CONN_EV_ESTABLISHED. Costs nothing but a field read on packets of an entry that is not in CONN_SYN_SENT,
+ * except a SYN without ACK (one tcp_attempts update). */
+static __always_inline __u8 track_connect(struct ct_entry *e, struct parsed *p, __u8 dir, __u64 now,
+					  struct pp_config *cfg, __u64 *latency_ns)
+{
+	__u16 f = p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST);
+	if (dir == 0) {
+		if (f == TCP_FLAG_SYN) {
+			if (e->conn_state != CONN_NONE && e->syn_seq == p->seq)
+				return CONN_EV_NONE; /* a retransmission of this attempt's SYN */
+			/* A new attempt on the same 5-tuple while the previous one is unanswered: that one was given up
+			 * without an answer, a failure (timeout) that this SYN's event reports. */
+			__u8 ev = CONN_EV_NONE;
+			if (e->conn_state == CONN_SYN_SENT && conn_settle(e, CONN_TIMEOUT)) {
+				stat_add(TCP_STAT_TIMEOUT, 1);
+				ev = CONN_EV_TIMEOUT;
+			}
+			struct attempt_key k = {};
+			__builtin_memcpy(k.src_ip, p->key.src_ip, 16);
+			__builtin_memcpy(k.dst_ip, p->key.dst_ip, 16);
+			k.src_port = p->key.src_port;
+			k.dst_port = p->key.dst_port;
+			k.isn = p->seq;
+			k.ip_version = p->key.ip_version;
+			__u32 ifindex = p->key.ifindex;
+			int owner = tcp_attempts.insert(&k, &ifindex) == 0; /* BPF_NOEXIST: the first interface wins */
+			e->syn_seq = p->seq;
+			e->syn_ns = now;
+			e->conn_state = owner ? CONN_SYN_SENT : CONN_OBSERVER;
+			return ev;
+		} else if ((f & TCP_FLAG_RST) && e->conn_state == CONN_SYN_SENT) {
+			conn_settle(e, CONN_ABORTED);
+		}
+		return CONN_EV_NONE;
+	}
+	if (e->conn_state != CONN_SYN_SENT)
+		return CONN_EV_NONE;
+	if (f == (TCP_FLAG_SYN | TCP_FLAG_ACK)) {
+		if (p->ack != e->syn_seq + 1 || !conn_settle(e, CONN_ESTABLISHED))
+			return CONN_EV_NONE;
+		__u64 lat = now - e->syn_ns;
+		__u32 n = cfg->n_bounds;
+		stat_add(TCP_STAT_CONNECT_COUNT, 1);
+		stat_add(TCP_STAT_CONNECT_SUM_NS, lat);
+		stat_add(TCP_STAT_CONNECT_BUCKET0 + hist_bucket(cfg->bounds_ns, n, lat), 1);
+		*latency_ns = lat;
+		return CONN_EV_ESTABLISHED;
+	}
+	if (f & TCP_FLAG_RST) {
+		if ((f & TCP_FLAG_ACK) && p->ack != e->syn_seq + 1)
+			return CONN_EV_NONE; /* not an answer to this SYN (RFC 9293 3.10.7.3) */
+		if (!conn_settle(e, CONN_RESET))
+			return CONN_EV_NONE;
+		stat_add(TCP_STAT_RESET, 1);
+		return CONN_EV_RESET;
+	}
+	/* Any other reply: the handshake's SYN-ACK took a path this node does not see; no latency, no failure. */
+	conn_settle(e, CONN_ESTABLISHED);
+	return CONN_EV_NONE;
 }
 
 /* Report this packet (and the direction's unreported counts). Returns 0 on success. */
 static __always_inline int report_packet(struct parsed *p, struct ct_counters *c, __u64 now, __u8 obs_point,
-					 __u8 traffic_direction, __u8 is_reply, __u8 reason)
+					 __u8 traffic_direction, __u8 is_reply, __u8 reason, __u8 conn_event,
+					 __u64 latency_ns)
 {
 	struct packet_event *e = events.ringbuf_reserve(sizeof(struct packet_event));
 	if (!e) {
 		count_lost(LOST_RINGBUF_FULL);
 		return -1;
 	}
-	if (harvest(c, e) == 0) {
+	if (harvest(c, e) == 0 && conn_event == CONN_EV_NONE) {
 		/* Another CPU reported our packet together with its own: nothing left to say. */
 		events.ringbuf_discard(e, 0);
 		return 0;
@@ -229,6 +319,8 @@ static __always_inline int report_packet(struct parsed *p, struct ct_counters *c
 	e->icmp_type = p->icmp_type;
 	e->icmp_code = p->icmp_code;
 	zero_event_tail(e);
+	e->conn_event = conn_event;
+	e->connect_latency_ns = latency_ns;
 	events.ringbuf_submit(e, 0);
 	return 0;
 }
@@ -312,6 +404,8 @@ static __always_inline int process(struct __sk_buff *skb, __u8 obs_point)
 	__u8 is_reply = 0;
 	__u8 reason = REPORT_INTERVAL;
 	int force = 0;
+	__u8 conn_event = CONN_EV_NONE;
+	__u64 latency_ns = 0;
 	struct ct_entry *e = conntrack.lookup(&p.key);
 	if (!e) {
 		reverse_key(&rkey, &p.key);
@@ -401,6 +495,8 @@ static __always_inline int process(struct __sk_buff *skb, __u8 obs_point)
 			e->flags_seen[1] = 0;
 			seen = 0;
 		}
+		if (cfg->conn_enabled)
+			conn_event = track_connect(e, &p, dir, now, cfg, &latency_ns);
 		if (flags & TCP_FLAG_RST) {
 			e->state = CT_STATE_CLOSED;
 			e->eviction_ns = now + cfg->time_wait_ns;
@@ -441,7 +537,7 @@ static __always_inline int process(struct __sk_buff *skb, __u8 obs_point)
 	if (!force)
 		return TC_ACT_UNSPEC;
 
-	if (report_packet(&p, c, now, obs_point, e->traffic_direction, is_reply, reason) == 0)
+	if (report_packet(&p, c, now, obs_point, e->traffic_direction, is_reply, reason, conn_event, latency_ns) == 0)
 		e->last_report_ns[dir & 1] = now;
 	return TC_ACT_UNSPEC;
 }
@@ -464,6 +560,33 @@ int retina_ct_sweep(struct __sk_buff *skb)
 	int expired = (req.flags & SWEEP_F_EXPIRE) && now >= e->eviction_ns;
 	__u8 reason = expired ? REPORT_EXPIRED : REPORT_SWEEP;
 	int emitted = 0;
+
+	/* An attempt never answered: failed (timeout), counted by whoever settles it first. */
+	if ((req.flags & SWEEP_F_CONNECT_TIMEOUT) || expired) {
+		if (e->conn_state == CONN_SYN_SENT && conn_settle(e, CONN_TIMEOUT)) {
+			stat_add(TCP_STAT_TIMEOUT, 1);
+			struct packet_event *ev = events.ringbuf_reserve(sizeof(struct packet_event));
+			if (!ev) {
+				count_lost(LOST_RINGBUF_FULL);
+			} else {
+				__builtin_memset(ev, 0, sizeof(*ev));
+				ev->ts_ns = now;
+				__builtin_memcpy(ev->src_ip, req.key.src_ip, 16);
+				__builtin_memcpy(ev->dst_ip, req.key.dst_ip, 16);
+				ev->src_port = req.key.src_port;
+				ev->dst_port = req.key.dst_port;
+				ev->ifindex = req.key.ifindex;
+				ev->proto = req.key.proto;
+				ev->ip_version = req.key.ip_version;
+				ev->obs_point = e->obs_point[0];
+				ev->traffic_direction = e->traffic_direction;
+				ev->report_reason = REPORT_CONNECT;
+				ev->conn_event = CONN_EV_TIMEOUT;
+				events.ringbuf_submit(ev, 0);
+				emitted++;
+			}
+		}
+	}
 
 #pragma unroll
 	for (int dir = 0; dir < 2; dir++) {

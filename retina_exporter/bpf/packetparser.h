@@ -33,11 +33,39 @@
 #define REPORT_CLOSE 5        /* teardown: the final ACK after both FINs, or a packet after the close */
 #define REPORT_SWEEP 6        /* user-space sweep of a quiet connection's unreported counts (no packet) */
 #define REPORT_EXPIRED 7      /* sweep of an expired entry, just before it is deleted */
+#define REPORT_CONNECT 8      /* a connection attempt's outcome without a packet of its own (timeout, sweep) */
 
 /* Connection states kept in ct_entry.state. */
 #define CT_STATE_OPEN 0
 #define CT_STATE_CLOSING 1 /* FIN seen in both directions */
 #define CT_STATE_CLOSED 2  /* final ACK or RST seen */
+
+/* Connection-attempt state (ct_entry.conn_state), tracked in the initiator's entry on the interface where this
+ * node saw the attempt's first SYN (its "owner"; tcp_attempts decides): connect latency and failures are counted
+ * there only, so each attempt counts once per node however many of the node's interfaces it crosses. */
+#define CONN_NONE 0        /* no attempt seen (mid-stream entry), or tracking is off */
+#define CONN_SYN_SENT 1    /* SYN seen, no answer yet */
+#define CONN_ESTABLISHED 2 /* answered by a SYN-ACK acknowledging the SYN (or a reply without SYN seen) */
+#define CONN_RESET 3       /* answered by an RST: failed, reason "reset" */
+#define CONN_TIMEOUT 4     /* not answered within tcpMetrics.connectTimeout: failed, reason "timeout" */
+#define CONN_ABORTED 5     /* the initiator sent an RST before any answer: not a failure of the responder */
+#define CONN_OBSERVER 6    /* the attempt is owned by another interface of this node */
+
+/* packet_event.conn_event: the attempt outcome this event reports (counted once per attempt and node). */
+#define CONN_EV_NONE 0
+#define CONN_EV_ESTABLISHED 1 /* connect_latency_ns holds SYN -> SYN-ACK */
+#define CONN_EV_RESET 2
+#define CONN_EV_TIMEOUT 3
+
+/* Node-level TCP connection counters (per-CPU array tcp_stats). The connect-latency histogram's bucket i counts
+ * samples <= pp_config.bounds_ns[i] and > the bound before it; bucket n_bounds counts the rest (+Inf). */
+#define HIST_MAX_BOUNDS 32
+#define TCP_STAT_RESET 0
+#define TCP_STAT_TIMEOUT 1
+#define TCP_STAT_CONNECT_COUNT 2
+#define TCP_STAT_CONNECT_SUM_NS 3
+#define TCP_STAT_CONNECT_BUCKET0 4
+#define TCP_STAT_SLOTS (TCP_STAT_CONNECT_BUCKET0 + HIST_MAX_BOUNDS + 1)
 
 /* Default lifetimes in nanoseconds (as the reference agents); user space writes them into pp_config. */
 #define CT_LIFETIME_TCP_NS (360ULL * 1000000000ULL)
@@ -87,7 +115,7 @@ struct ct_counters {
 #define RARE_LANE_SYNACK 7
 
 /* Conntrack entry (LRU hash value). Index 0 of the pairs is the initiator->responder direction, 1 the reply
- * direction. 160 bytes. */
+ * direction. 176 bytes. */
 struct ct_entry {
 	__u64 eviction_ns;              /* 0: boot ns after which the entry is stale */
 	__u64 last_seen_ns;             /* 8 */
@@ -100,10 +128,26 @@ struct ct_entry {
 	__u8 direction_unknown;         /* 149: 1 when the handshake was not seen */
 	__u8 obs_point[2];              /* 150: observation point of each direction on this interface */
 	__u8 state;                     /* 152: CT_STATE_* */
-	__u8 _pad[7];                   /* 153 */
+	__u8 _pad[3];                   /* 153 */
+	__u32 syn_seq;                  /* 156: the attempt's initial sequence number (host order) */
+	__u64 conn_state;               /* 160: CONN_* (64 bits: changed with compare-and-swap, which bcc's
+					 * target has for 64-bit words only) */
+	__u64 syn_ns;                   /* 168: boot ns of the attempt's first SYN */
 };
 
-/* One event in the ring buffer. 120 bytes. */
+/* Key of tcp_attempts: one connection attempt on this node (initiator's 5-tuple and its ISN, no interface).
+ * The first interface to insert it owns the attempt. 44 bytes. */
+struct attempt_key {
+	__u8 src_ip[16];  /* 0 */
+	__u8 dst_ip[16];  /* 16 */
+	__u16 src_port;   /* 32 */
+	__u16 dst_port;   /* 34 */
+	__u32 isn;        /* 36: host order */
+	__u8 ip_version;  /* 40 */
+	__u8 _pad[3];     /* 41 */
+};
+
+/* One event in the ring buffer. 128 bytes. */
 struct packet_event {
 	__u64 ts_ns;             /* 0: boot ns */
 	__u64 bytes;             /* 8: bytes this event accounts for (this packet + unreported) */
@@ -123,9 +167,11 @@ struct packet_event {
 	__u8 report_reason;      /* 71: REPORT_* */
 	__u8 icmp_type;          /* 72 */
 	__u8 icmp_code;          /* 73 */
-	__u16 _pad;              /* 74 */
+	__u8 conn_event;         /* 74: CONN_EV_* */
+	__u8 _pad;               /* 75 */
 	__u32 flag_counts[FLAG_COUNT]; /* 76: per-flag packet counts over the packets accounted for */
 	__u32 _pad2;             /* 116 */
+	__u64 connect_latency_ns; /* 120: CONN_EV_ESTABLISHED: first SYN -> SYN-ACK as seen here; else 0 */
 };
 
 /* Runtime configuration (array map, index 0), written by user space before attaching. */
@@ -138,7 +184,10 @@ struct pp_config {
 	__u64 time_wait_ns;        /* 32: lifetime after both FINs or an RST */
 	__u64 nontcp_lifetime_ns;  /* 40: UDP, ICMP and other protocols */
 	__u32 filter_enabled;      /* 48: 1: only packets with an address in retina_filter are tracked/reported */
-	__u32 _pad;                /* 52 */
+	__u32 conn_enabled;        /* 52: 1: track connection attempts (connect latency, failed connections) */
+	__u32 n_bounds;            /* 56: connect-latency histogram bounds in use, 0..HIST_MAX_BOUNDS */
+	__u32 _pad;                /* 60 */
+	__u64 bounds_ns[HIST_MAX_BOUNDS]; /* 64: ascending upper bounds (ns) */
 };
 
 /* Key of the IP-of-interest LPM trie (retina_filter). Addresses are IPv6 or IPv4-mapped IPv6
@@ -155,6 +204,7 @@ struct sweep_request {
 };
 
 #define SWEEP_F_EXPIRE 1 /* delete the entry if it is past its eviction time (after harvesting) */
+#define SWEEP_F_CONNECT_TIMEOUT 2 /* the attempt was not answered in time: count it as failed (timeout) */
 
 /* ct_sweep return values (>= 0: events emitted) */
 #define SWEEP_RET_NO_ENTRY 0xff00

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes as ct
 import struct
 
-from retina_core.record import FLAG_NAMES, REPORT_REASONS
+from retina_core.record import CONN_EVENTS, FLAG_NAMES, REPORT_REASONS
 
 # packet_event.flag_counts: one count per retina_core.record FLAG_NAMES entry (FLAG_IDX_* in packetparser.h).
 FLAG_COUNT = len(FLAG_NAMES)
@@ -23,6 +23,29 @@ REPORT_INTERVAL = REPORT_REASONS.index("interval")
 REPORT_CLOSE = REPORT_REASONS.index("close")
 REPORT_SWEEP = REPORT_REASONS.index("sweep")
 REPORT_EXPIRED = REPORT_REASONS.index("expired")
+REPORT_CONNECT = REPORT_REASONS.index("connect")
+
+# Connection-attempt states (CONN_*) and the outcome an event reports (CONN_EV_*: retina_core.record CONN_EVENTS).
+CONN_NONE = 0
+CONN_SYN_SENT = 1
+CONN_ESTABLISHED = 2
+CONN_RESET = 3
+CONN_TIMEOUT = 4
+CONN_ABORTED = 5
+CONN_OBSERVER = 6
+CONN_EV_NONE = CONN_EVENTS.index("")
+CONN_EV_ESTABLISHED = CONN_EVENTS.index("established")
+CONN_EV_RESET = CONN_EVENTS.index("reset")
+CONN_EV_TIMEOUT = CONN_EVENTS.index("timeout")
+
+# Node-level TCP connection counters (tcp_stats per-CPU array).
+HIST_MAX_BOUNDS = 32
+TCP_STAT_RESET = 0
+TCP_STAT_TIMEOUT = 1
+TCP_STAT_CONNECT_COUNT = 2
+TCP_STAT_CONNECT_SUM_NS = 3
+TCP_STAT_CONNECT_BUCKET0 = 4
+TCP_STAT_SLOTS = TCP_STAT_CONNECT_BUCKET0 + HIST_MAX_BOUNDS + 1
 
 CT_STATE_OPEN = 0
 CT_STATE_CLOSING = 1
@@ -33,6 +56,7 @@ LOST_CT_FULL = 1
 LOST_SLOTS = 2
 
 SWEEP_F_EXPIRE = 1
+SWEEP_F_CONNECT_TIMEOUT = 2
 SWEEP_RET_NO_ENTRY = 0xFF00
 SWEEP_RET_RINGBUF_FULL = 0xFF01
 SWEEP_RET_BAD_REQUEST = 0xFF02
@@ -68,7 +92,7 @@ class CtCounters(ct.Structure):
 
 
 class CtEntry(ct.Structure):
-    """``struct ct_entry`` (160 bytes). Index 0 of each pair: initiator -> responder; 1: replies."""
+    """``struct ct_entry`` (176 bytes). Index 0 of each pair: initiator -> responder; 1: replies."""
 
     _fields_ = [
         ("eviction_ns", ct.c_uint64),
@@ -82,12 +106,29 @@ class CtEntry(ct.Structure):
         ("direction_unknown", ct.c_uint8),
         ("obs_point", ct.c_uint8 * 2),
         ("state", ct.c_uint8),
-        ("_pad", ct.c_uint8 * 7),
+        ("_pad", ct.c_uint8 * 3),
+        ("syn_seq", ct.c_uint32),
+        ("conn_state", ct.c_uint64),
+        ("syn_ns", ct.c_uint64),
+    ]
+
+
+class AttemptKey(ct.Structure):
+    """``struct attempt_key`` (44 bytes): one connection attempt (initiator's 5-tuple and ISN, no interface)."""
+
+    _fields_ = [
+        ("src_ip", ct.c_uint8 * 16),
+        ("dst_ip", ct.c_uint8 * 16),
+        ("src_port", ct.c_uint16),
+        ("dst_port", ct.c_uint16),
+        ("isn", ct.c_uint32),
+        ("ip_version", ct.c_uint8),
+        ("_pad", ct.c_uint8 * 3),
     ]
 
 
 class PacketEvent(ct.Structure):
-    """``struct packet_event`` (120 bytes), one ring-buffer record."""
+    """``struct packet_event`` (128 bytes), one ring-buffer record."""
 
     _fields_ = [
         ("ts_ns", ct.c_uint64),
@@ -108,9 +149,11 @@ class PacketEvent(ct.Structure):
         ("report_reason", ct.c_uint8),
         ("icmp_type", ct.c_uint8),
         ("icmp_code", ct.c_uint8),
-        ("_pad", ct.c_uint16),
+        ("conn_event", ct.c_uint8),
+        ("_pad", ct.c_uint8),
         ("flag_counts", ct.c_uint32 * FLAG_COUNT),
         ("_pad2", ct.c_uint32),
+        ("connect_latency_ns", ct.c_uint64),
     ]
 
 
@@ -126,7 +169,10 @@ class PpConfig(ct.Structure):
         ("time_wait_ns", ct.c_uint64),
         ("nontcp_lifetime_ns", ct.c_uint64),
         ("filter_enabled", ct.c_uint32),
+        ("conn_enabled", ct.c_uint32),
+        ("n_bounds", ct.c_uint32),
         ("_pad", ct.c_uint32),
+        ("bounds_ns", ct.c_uint64 * HIST_MAX_BOUNDS),
     ]
 
 
@@ -143,7 +189,7 @@ class SweepRequest(ct.Structure):
 
 
 # Hot-path decoder of PacketEvent: native byte order and no padding surprises (checked against ctypes in tests).
-EVENT_STRUCT = struct.Struct(f"=QQ16s16sIIIHHHBBBBBBBBH{FLAG_COUNT}II")
+EVENT_STRUCT = struct.Struct(f"=QQ16s16sIIIHHHBBBBBBBBBB{FLAG_COUNT}IIQ")
 EVENT_SIZE = EVENT_STRUCT.size
 
 CT_KEY_STRUCT = struct.Struct("=16s16sHHIBB2x")

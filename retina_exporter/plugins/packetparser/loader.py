@@ -49,6 +49,9 @@ class LoadOptions:
     # IP-of-interest filter (annotation opt-in): only packets with an address in retina_filter are tracked.
     filter_enabled: bool = False
     filter_map_size: int = 4096
+    # Connection attempts (tcpMetrics.connect): connect latency and failed connections, histogram bounds in ns.
+    conn_enabled: bool = False
+    bounds_ns: tuple[int, ...] = ()
 
 
 class PacketParserProgram(BccProgram):
@@ -61,7 +64,8 @@ class PacketParserProgram(BccProgram):
         self.options = options
         pages = ring_pages(options.ring_buffer_bytes, "packetParserRingBufferSize")
         defines = {"CT_MAP_SIZE": options.ct_map_size, "RINGBUF_PAGES": pages,
-                   "FILTER_MAP_SIZE": options.filter_map_size}
+                   "FILTER_MAP_SIZE": options.filter_map_size,
+                   "ATTEMPT_MAP_SIZE": max(1024, options.ct_map_size // 4)}
         self.bpf = compile_program("packetparser", SOURCE, defines)
         self.pins = open_pins(pin_root, "packetparser", SOURCE, defines)  # after compiling: the shortest gap
         if self.pins is not None:
@@ -71,6 +75,7 @@ class PacketParserProgram(BccProgram):
         self.conntrack = self.bpf[b"conntrack"]
         self.config_map = self.bpf[b"config"]
         self.lost = self.bpf[b"lost"]
+        self.tcp_stats = self.bpf[b"tcp_stats"]
         from retina_exporter.plugins.packetparser.filtermap import IpFilterMap
 
         self.filter = IpFilterMap(self.bpf[b"retina_filter"], options.filter_map_size)
@@ -87,11 +92,32 @@ class PacketParserProgram(BccProgram):
         cfg.time_wait_ns = options.time_wait_ns
         cfg.nontcp_lifetime_ns = options.nontcp_lifetime_ns
         cfg.filter_enabled = 1 if options.filter_enabled else 0
+        if len(options.bounds_ns) > layout.HIST_MAX_BOUNDS:
+            raise ValueError(f"at most {layout.HIST_MAX_BOUNDS} histogram bounds, got {len(options.bounds_ns)}")
+        cfg.conn_enabled = 1 if options.conn_enabled else 0
+        cfg.n_bounds = len(options.bounds_ns)
+        for i, b in enumerate(options.bounds_ns):
+            cfg.bounds_ns[i] = b
         self.config_map[ct.c_int(0)] = cfg
         self.options = options
 
     def prog_fd(self, name: str) -> int:
         return self.functions[name].fd
+
+    def tcp_counts(self) -> dict:
+        """Node-level connection counters summed over CPUs: ``reset``, ``timeout`` (failed attempts), and the
+        connect-latency histogram as ``count``, ``sum_ns`` and ``buckets`` (per bucket, not cumulative, the last
+        one +Inf)."""
+        values = [int(sum(self.tcp_stats[ct.c_int(i)])) for i in range(layout.TCP_STAT_SLOTS)]
+        n = len(self.options.bounds_ns)
+        first = layout.TCP_STAT_CONNECT_BUCKET0
+        return {
+            "reset": values[layout.TCP_STAT_RESET],
+            "timeout": values[layout.TCP_STAT_TIMEOUT],
+            "count": values[layout.TCP_STAT_CONNECT_COUNT],
+            "sum_ns": values[layout.TCP_STAT_CONNECT_SUM_NS],
+            "buckets": values[first:first + n + 1],
+        }
 
     def lost_counts(self) -> dict[str, int]:
         """Kernel-side lost counters summed over CPUs: ``ringbuf_full`` and ``conntrack_full``."""

@@ -13,7 +13,7 @@ import time
 from typing import Callable, Protocol
 
 from retina_exporter.datapath.ringreader import BpfRingReader
-from retina_core.record import FlowRecord
+from retina_core.record import EventRecord, FlowRecord
 from retina_exporter.bpf.packetparser import EVENT_SIZE, EVENT_STRUCT
 
 
@@ -39,15 +39,17 @@ class EventDecoder:
 
     def decode(self, buf, offset: int = 0) -> FlowRecord:
         (ts, nbytes, src, dst, packets, ifindex, packet_bytes, sport, dport, tcp_flags, proto, ipv, obs, direction,
-         is_reply, reason, icmp_type, icmp_code, _pad, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, _pad2
-         ) = self._unpack(buf, offset)
+         is_reply, reason, icmp_type, icmp_code, conn_event, _pad, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, _pad2,
+         latency) = self._unpack(buf, offset)
         if ipv == 4:
             src = src[:4]
             dst = dst[:4]
-        return FlowRecord(
+        # packets == 0: an attempt's timeout found by the sweep, an event but not a flow
+        return (FlowRecord if packets else EventRecord)(
             ts + self.offset_ns, ipv, src, dst, proto, sport, dport, tcp_flags, icmp_type, icmp_code, obs, direction,
             bool(is_reply), ifindex, self.ifnames.get(ifindex, ""), packets, nbytes, packet_bytes,
             (f0, f1, f2, f3, f4, f5, f6, f7, f8, f9) if proto == 6 else None, reason, self.node_name,
+            conn_event=conn_event, connect_latency_ns=latency,
         )
 
 

@@ -8,6 +8,12 @@ runs the ``ct_sweep`` program through ``BPF_PROG_TEST_RUN`` with that key. The h
 atomic exchanges, so a packet arriving at the same moment is never lost or counted twice; the events it emits go
 through the same ring buffer as packet events. After traffic stops, every packet is accounted for within
 ``1.5 x interval``.
+
+Connection attempts (``tcpMetrics.connect``): an entry still waiting for the answer to its SYN
+(``CONN_SYN_SENT``) ``connect_timeout_ns`` after that SYN is handed to ``ct_sweep`` with
+``SWEEP_F_CONNECT_TIMEOUT``: the kernel settles it as failed (timeout) with a compare-and-swap, so an answer
+arriving at the same moment and the sweep never both count it. The sweep then runs every
+``min(interval / 2, connect timeout)`` (at least 0.5 s), so a timeout is counted at most one period late.
 """
 
 from __future__ import annotations
@@ -40,9 +46,10 @@ class SweepStats:
 
 
 class ConntrackSweeper(Worker):
-    def __init__(self, program, interval_ns: int) -> None:
+    def __init__(self, program, interval_ns: int, connect_timeout_ns: int = 0) -> None:
         self._program = program
         self._interval_ns = interval_ns
+        self._connect_timeout_ns = connect_timeout_ns  # 0: connection attempts are not tracked
         super().__init__("conntrack-sweeper")
         self.last = SweepStats()
         self.sweeps = 0
@@ -57,6 +64,7 @@ class ConntrackSweeper(Worker):
         fd = self._program.prog_fd("retina_ct_sweep")
         table = self._program.conntrack
         todo: list[tuple[bytes, int]] = []
+        timeout = self._connect_timeout_ns
         try:
             items = table.items_lookup_batch()
             for key, entry in items:
@@ -66,10 +74,13 @@ class ConntrackSweeper(Worker):
                 stats.bytes_tx += entry.total_bytes[0]
                 stats.bytes_rx += entry.total_bytes[1]
                 pending = entry.unreported[0].packets or entry.unreported[1].packets
+                flags = 0
+                if timeout and entry.conn_state == layout.CONN_SYN_SENT and now - entry.syn_ns >= timeout:
+                    flags = layout.SWEEP_F_CONNECT_TIMEOUT
                 if now >= entry.eviction_ns:
-                    todo.append((bytes(key), layout.SWEEP_F_EXPIRE))
-                elif pending and (force or now - entry.last_seen_ns >= self._interval_ns):
-                    todo.append((bytes(key), 0))
+                    todo.append((bytes(key), flags | layout.SWEEP_F_EXPIRE))
+                elif flags or (pending and (force or now - entry.last_seen_ns >= self._interval_ns)):
+                    todo.append((bytes(key), flags))
         except Exception as exc:  # an empty map makes bcc's batch lookup raise ENOENT
             if "No such file" not in str(exc) and "ENOENT" not in str(exc):
                 raise
@@ -80,7 +91,7 @@ class ConntrackSweeper(Worker):
                 stats.ringbuf_full += 1
             elif ret < layout.SWEEP_RET_NO_ENTRY:
                 stats.harvested += ret
-                if flags:
+                if flags & layout.SWEEP_F_EXPIRE:
                     stats.expired += 1
         stats.seconds = time.monotonic() - started
         self.last = stats
@@ -88,7 +99,10 @@ class ConntrackSweeper(Worker):
         return stats
 
     def _run(self) -> None:
-        period = max(self._interval_ns / 2e9, 0.5)
+        period = self._interval_ns / 2e9
+        if self._connect_timeout_ns:
+            period = min(period, self._connect_timeout_ns / 1e9)
+        period = max(period, 0.5)
         while not self._stop.wait(period):
             try:
                 self.sweep_once()

@@ -1,0 +1,113 @@
+"""Pod-level TCP connection metrics: ``adv_tcp_connect_latency_seconds`` (histogram),
+``adv_tcp_failed_connections{reason}`` (counter) and ``adv_tcp_rtt_seconds`` (histogram).
+
+Their records are rare (one per connection attempt, or one RTT sample per socket and sample interval), so they
+take no plan cache: each one computes its label values (memoised per identity by the side specifications).
+
+Which records: a forwarded record whose ``conn_event`` is set (packetparser reports each attempt's outcome once
+per node, at the interface that saw its first SYN), and an RTT sample record (an
+:class:`~retina_core.record.EventRecord` with ``conn_event == CONN_RTT`` and ``rtt_ns``, from the tcp:tcp_probe
+program). Sides: the connection's *initiator* (the attempt's SYN sender; for an RTT sample the
+socket's own address) is the source, the other end the destination, whatever the direction of the packet that
+carried the outcome. Local context (one pod per series): the initiator if it is a pod in an admitted namespace,
+else the other end if it is; remote context: ``source_``/``destination_`` labels, counted when either side is
+such a pod.
+
+Histogram values are lists ``[bucket_0 … bucket_n (the +Inf one), sum_seconds, count]`` (per bucket, not
+cumulative), turned into :class:`~metrics_module.exposition.HistogramValue` at export.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from typing import Any
+
+from retina_core.histogram import HistogramValue
+from retina_core.record import CONN_ESTABLISHED, CONN_EVENTS, CONN_RTT
+
+FAILED = "adv_tcp_failed_connections"
+CONNECT_LATENCY = "adv_tcp_connect_latency_seconds"
+RTT = "adv_tcp_rtt_seconds"
+NAMES = (CONNECT_LATENCY, FAILED, RTT)
+
+
+def new_histogram(bounds: tuple[float, ...]) -> list:
+    return [0] * (len(bounds) + 1) + [0.0, 0]
+
+
+def observe(value: list, bounds: tuple[float, ...], seconds: float) -> None:
+    value[bisect_left(bounds, seconds)] += 1  # bucket i: bounds[i-1] < x <= bounds[i] (Prometheus "le")
+    value[-2] += seconds
+    value[-1] += 1
+
+
+def histogram_value(value: list, bounds: tuple[float, ...]) -> HistogramValue:
+    n = len(bounds) + 1
+    return HistogramValue(bounds, tuple(value[:n]), value[n], value[n + 1])
+
+
+def sides(rec: Any) -> tuple:
+    """((identity, packed ip, port) of the initiator, the same of the other end)."""
+    src = (rec.source, rec.src_ip, rec.src_port)
+    dst = (rec.destination, rec.dst_ip, rec.dst_port)
+    return (dst, src) if rec.is_reply else (src, dst)
+
+
+class TcpConnMetrics:
+    """The configured TCP connection families of one :class:`~metrics_module.advanced.AdvancedMetrics`."""
+
+    def __init__(self, metrics: list, bounds: tuple[float, ...], local: bool, local_pod, pod_in) -> None:
+        self.by_name = {m.name: m for m in metrics}
+        self.bounds = bounds
+        self.local = local
+        self._local_pod = local_pod  # (identity, allowed) -> bool: advanced's counting predicates
+        self._pod_in = pod_in
+
+    def add(self, rec: Any, now: float, allowed, overflow: dict) -> None:
+        """One record carrying a connection outcome (``conn_event``) or an RTT sample (``rtt_ns``)."""
+        ev = rec.conn_event
+        if ev == CONN_ESTABLISHED:
+            m = self.by_name.get(CONNECT_LATENCY)
+            fixed: tuple[str, ...] = ()
+            seconds = rec.connect_latency_ns / 1e9
+        elif ev == CONN_RTT:
+            m = self.by_name.get(RTT)
+            fixed = ()
+            seconds = rec.rtt_ns / 1e9
+        else:
+            m = self.by_name.get(FAILED)
+            fixed = (CONN_EVENTS[ev],)
+            seconds = None
+        if m is None:
+            return
+        ctx = self._context(m, rec, allowed)
+        if ctx is None:
+            return
+        e = m.entry(fixed + ctx, now)
+        if e is None:
+            overflow[m.name] = overflow.get(m.name, 0) + 1
+            return
+        e[1] = now
+        if seconds is None:
+            e[0] += 1
+            return
+        if e[0].__class__ is int:
+            e[0] = new_histogram(self.bounds)
+        observe(e[0], self.bounds, seconds)
+
+    def _context(self, m: Any, rec: Any, allowed) -> tuple[str, ...] | None:
+        ini, other = sides(rec)
+        proto = rec.proto
+        if self.local:
+            for ident, ip, port in (ini, other):
+                if self._local_pod(ident, allowed):
+                    return m.side.cached_values(ident, ip, port, proto)
+            return None
+        if not (self._pod_in(ini[0], allowed) or self._pod_in(other[0], allowed)):
+            return None
+        out: tuple[str, ...] = ()
+        if m.src is not None:
+            out = m.src.cached_values(ini[0], ini[1], ini[2], proto)
+        if m.dst is not None:
+            out += m.dst.cached_values(other[0], other[1], other[2], proto)
+        return out
