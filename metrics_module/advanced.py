@@ -97,7 +97,7 @@ from retina_core.record import (
     VERDICT_TCP_RETRANSMISSION,
 )
 from retina_core.telemetry import CONTROL_PLANE_PREFIX, LATENCY_BUCKETS_S, METRIC_PREFIX
-from metrics_module.tcpconn import TcpConnMetrics, histogram_value
+from metrics_module.tcpconn import TcpConnMetrics
 
 __all__ = [
     "AdvancedMetrics",
@@ -342,12 +342,11 @@ class AdvMetric:
 # Per-verdict pipelines
 
 
-def _prerendered_samples(m: AdvMetric, series: dict, bounds: tuple[float, ...]) -> Iterator[tuple[str, Any]]:
+def _prerendered_samples(m: AdvMetric, series: dict) -> Iterator[tuple[str, Any]]:
     rendered = m.rendered
-    hist = m.mtype == "histogram"
     for k, e in series.items():
         body = e[2]
-        yield (body if body is not None else rendered(k, e)), histogram_value(e[0], bounds) if hist else e[0]
+        yield (body if body is not None else rendered(k, e)), e[0]
 
 
 class _Pipeline:
@@ -800,14 +799,10 @@ class AdvancedMetrics:
         out = []
         for m, series in snap:
             if prerendered:
-                samples: Any = _prerendered_samples(m, series, self.latency_buckets)  # lazily: short-lived tuples
+                samples: Any = _prerendered_samples(m, series)  # lazily: short-lived tuples
             else:
                 names = m.label_names
-                if m.mtype == "histogram":
-                    samples = [(tuple(zip(names, k)), histogram_value(e[0], self.latency_buckets))
-                               for k, e in series.items()]
-                else:
-                    samples = [(tuple(zip(names, k)), e[0]) for k, e in series.items()]
+                samples = [(tuple(zip(names, k)), e[0]) for k, e in series.items()]
             out.append((m.full_name, m.mtype, m.help, samples))
         return out
 

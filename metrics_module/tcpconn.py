@@ -13,37 +13,20 @@ carried the outcome. Local context (one pod per series): the initiator if it is 
 else the other end if it is; remote context: ``source_``/``destination_`` labels, counted when either side is
 such a pod.
 
-Histogram values are lists ``[bucket_0 … bucket_n (the +Inf one), sum_seconds, count]`` (per bucket, not
-cumulative), turned into :class:`~metrics_module.exposition.HistogramValue` at export.
+Histogram series hold a :class:`~retina_core.histogram.Histogram` (``tcpMetrics.buckets``), snapshotted at export.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from typing import Any
 
-from retina_core.histogram import HistogramValue
+from retina_core.histogram import Histogram
 from retina_core.record import CONN_ESTABLISHED, CONN_EVENTS, CONN_RTT
 
 FAILED = "adv_tcp_failed_connections"
 CONNECT_LATENCY = "adv_tcp_connect_latency_seconds"
 RTT = "adv_tcp_rtt_seconds"
 NAMES = (CONNECT_LATENCY, FAILED, RTT)
-
-
-def new_histogram(bounds: tuple[float, ...]) -> list:
-    return [0] * (len(bounds) + 1) + [0.0, 0]
-
-
-def observe(value: list, bounds: tuple[float, ...], seconds: float) -> None:
-    value[bisect_left(bounds, seconds)] += 1  # bucket i: bounds[i-1] < x <= bounds[i] (Prometheus "le")
-    value[-2] += seconds
-    value[-1] += 1
-
-
-def histogram_value(value: list, bounds: tuple[float, ...]) -> HistogramValue:
-    n = len(bounds) + 1
-    return HistogramValue(bounds, tuple(value[:n]), value[n], value[n + 1])
 
 
 def sides(rec: Any) -> tuple:
@@ -92,8 +75,8 @@ class TcpConnMetrics:
             e[0] += 1
             return
         if e[0].__class__ is int:
-            e[0] = new_histogram(self.bounds)
-        observe(e[0], self.bounds, seconds)
+            e[0] = Histogram(self.bounds)
+        e[0].observe(seconds)
 
     def _context(self, m: Any, rec: Any, allowed) -> tuple[str, ...] | None:
         ini, other = sides(rec)
