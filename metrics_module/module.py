@@ -5,7 +5,7 @@ as Retina's metrics module follows the enricher's output), or -- as the agent ru
 the callers of :meth:`MetricsModule.count` (the plugin readers, through ``retina_exporter/pipeline.py``). Records
 a ring reader lost because the writer overtook it are counted in
 ``controlplane_networkobservability_lost_events_counter{type="buffered_channel", reason="metricModule"}``. The
-thread also runs the TTL sweeps (with ``ring=None``, that is all it does).
+thread also runs the TTL sweeps and the pod-departure checks (with ``ring=None``, that is all it does).
 
 :meth:`MetricsModule.families` yields, in order: node-level families published by plugins through
 :meth:`MetricsModule.register` (a :class:`~metrics_module.registry.FamilyRegistry`: the agent's, shared with the
@@ -151,6 +151,7 @@ class MetricsModule(Worker):
             try:
                 if reader is None:
                     stop.wait(SWEEP_POLL_S)
+                    self.check_departures()
                     self.advanced.sweep(self.clock(), due_only=True)
                     continue
                 batch = reader.next_batch(self.batch_size, timeout_s=SWEEP_POLL_S)
