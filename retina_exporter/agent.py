@@ -130,6 +130,7 @@ class Agent:
         self.ctx = PluginContext(config=cfg, flow_sink=flow_sink, telemetry=self.telemetry,
                                  metrics=self.metrics)
         self.manager = PluginManager(self.plugins, self.ctx)
+        self.metrics.register(self.manager.families)
         # Kubernetes control loop (MetricsConfiguration resources, or annotation opt-in): needs API access, i.e.
         # enrichment.source kubernetes or operator; None otherwise.
         from retina_exporter.k8s_control import build_for_agent
@@ -218,7 +219,8 @@ class Agent:
             "/debug/config": no_params("/debug/config", lambda q, h: json_response(self.cfg.to_dict())),
             "/debug/flows": self._debug_flows,
             "/debug/plugins": no_params("/debug/plugins", lambda q, h: json_response(
-                {p.name: p.debug() for p in self.manager.started})),
+                {p.name: {**p.debug(), "start_durations": self.manager.start_durations.get(p.name)}
+                 for p in self.manager.started})),
             "/debug/ipcache": self._debug_ipcache,
             "/debug/otlp": no_params("/debug/otlp", lambda q, h: json_response(
                 {**self.otlp.status(), "flow_logs": self.flow_logs.status() if self.flow_logs is not None else
