@@ -280,7 +280,7 @@ class Agent:
         # The metrics module's pre-rendered label text is the fast path (the same series, rendered once per series).
         families = (self.metrics_module.families(prerendered=True) if self.metrics_module is not None
                     else self.metrics.families())
-        return 200, content_type, renderer(families).encode()
+        return 200, content_type, renderer(families, chunks=True)  # written piece by piece
 
     def _debug_flows(self, q, _h):
         """The newest ``last`` records that match the query's filters (the same filter code as Hubble's)."""

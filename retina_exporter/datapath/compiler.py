@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from retina_core.heap import release_free_heap
 from retina_exporter.datapath.sysfs import missing_capabilities
 from retina_exporter.errors import StartupError
 
@@ -25,7 +26,6 @@ __all__ = [
     "check_kernel_headers",
     "compile_program",
     "load_functions",
-    "release_free_heap",
     "ring_pages",
     "source_path",
 ]
@@ -70,21 +70,9 @@ def ring_pages(nbytes: int, what: str, error: type[Exception] = StartupError) ->
 
 
 #: libbcc is not safe to call from two threads at once (two concurrent ``BPF()`` compiles crash the process with
-#: SIGSEGV, measured with bcc 0.29 on this kernel): compiles are serialised.
+#: SIGSEGV, measured with bcc 0.26 on this kernel): compiles are serialised. A compile frees most of what clang and
+#: LLVM allocated when it returns (~50 MiB for the default plugin set): given back at once (``release_free_heap``).
 _COMPILE_LOCK = threading.Lock()
-
-
-def release_free_heap() -> None:
-    """Give the C heap's free pages back to the kernel (glibc ``malloc_trim(0)``; a no-op elsewhere).
-
-    A bcc compile allocates ~30-50 MiB in clang/LLVM and frees most of it when it returns, but glibc keeps the
-    freed pages: after the default plugin set's compiles about 50 MiB of anonymous memory is free heap that stays
-    resident. Trimming once after a compile returns it (a few ms)."""
-    try:
-        trim = ct.CDLL(None).malloc_trim  # the process's own symbols: libc's
-    except (OSError, AttributeError):  # not glibc
-        return
-    trim(0)
 
 
 def compile_program(
