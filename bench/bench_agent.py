@@ -181,9 +181,12 @@ def connection_packets(connections: int, identities: int) -> list[bytes]:
     return out
 
 
-def drive(lab: Lab, frames: list[bytes]) -> None:
+def drive(lab: Lab, frames: list[bytes], repeat: int = 1, paced: bool = True, both: bool = True) -> int:
     """Run the agent's FROM_ENDPOINT program on pod veth 0 and its TO_ENDPOINT program on pod veth 1 (each with
-    its veth's ifindex in the skb) once per frame: the source pod's egress and the destination pod's ingress."""
+    its veth's ifindex in the skb) ``repeat`` times per frame: the source pod's egress and the destination pod's
+    ingress. ``paced``: pause every 256 frames so that the default 4095-record rings never overflow; otherwise as
+    fast as the kernel runs them (a flood). ``both=False``: FROM_ENDPOINT only. Returns the packets each program
+    saw."""
     from retina_exporter.datapath.syscall import prog_get_fd_by_id, prog_test_run
     from retina_exporter.datapath.tc import TcAttacher
 
@@ -199,19 +202,21 @@ def drive(lab: Lab, frames: list[bytes]) -> None:
         return prog_get_fd_by_id(ids[0]), bytes(ctx)
 
     def run():
-        progs = [program(lab.pods[0].host_ifname, "ingress", "retina_from_ep"),
-                 program(lab.pods[1].host_ifname, "egress", "retina_to_ep")]
+        progs = [program(lab.pods[0].host_ifname, "ingress", "retina_from_ep")]
+        if both:
+            progs.append(program(lab.pods[1].host_ifname, "egress", "retina_to_ep"))
         try:
             for i, f in enumerate(frames):
                 for fd, ctx in progs:
-                    prog_test_run(fd, f, ctx=ctx)
-                if i % 256 == 255:
-                    time.sleep(0.02)  # let the pipeline drain: the default 4095-record rings must not overflow
+                    prog_test_run(fd, f, repeat=repeat, ctx=ctx)
+                if paced and i % 256 == 255:
+                    time.sleep(0.02)
         finally:
             for fd, _ in progs:
                 os.close(fd)
 
     in_netns(lab.node_ns, run)
+    return len(frames) * repeat
 
 
 def series_count(body: bytes, prefix: bytes = b"networkobservability_adv_forward") -> int:
@@ -294,6 +299,51 @@ def otlp_export(lab: Lab, connections: int, identities: int, code_root: Path | N
     finally:
         agent.close()
         receiver.stop()
+        for f in tmp.iterdir():
+            f.unlink()
+        tmp.rmdir()
+
+
+def metric_sum(body: bytes, name: bytes, **labels: str) -> float:
+    """Sum of the samples of ``name`` in a text exposition whose labels include ``labels``."""
+    want = [f'{k}="{v}"'.encode() for k, v in labels.items()]
+    total = 0.0
+    for line in body.split(b"\n"):
+        if line.startswith(name + b"{") and all(w in line for w in want):
+            total += float(line.rsplit(b" ", 1)[1])
+    return total
+
+
+def loss_cost(lab: Lab, flows: int, repeat: int, code_root: Path | None = None) -> dict:
+    """A flood far above the reader's capacity (``flows`` pod-to-pod flows, ``repeat`` packets each back to back
+    through the sender's veth program (FROM_ENDPOINT) by BPF_PROG_TEST_RUN, unpaced, ``dataAggregationLevel:
+    low``): the pod counts (``adv_forward_count{direction="egress"}``) against the packets sent, once they stop
+    changing (deferred kernel counts arrive within 1.5 x ``conntrackReportInterval``), and the lost-record
+    counters."""
+    tmp = Path(tempfile.mkdtemp(prefix="retina-bench-"))
+    identities = max(2, min(flows, 200))
+    inventory = write_inventory(lab, identities, tmp / "inventory.yaml")
+    cfg = series_config(lab, inventory)
+    cfg["conntrackReportInterval"] = "2s"
+    cfg["metricsConfiguration"] = {"contextOptions": [{"metricName": "forward_count", "sourceLabels": ["podname"]}]}
+    agent, _ = start_agent(lab, cfg, code_root)
+    try:
+        frames = connection_packets(flows, identities)[::2]  # requests only: a reply never enters the sender's veth
+        sent = drive(lab, frames, repeat=repeat, paced=False, both=False)
+        deadline = time.monotonic() + 60
+        last = None
+        while time.monotonic() < deadline:
+            time.sleep(3.5)  # > 1.5 x conntrackReportInterval between looks
+            body = agent.get("/metrics", timeout=60)[1]
+            now = (metric_sum(body, b"networkobservability_adv_forward_count", direction="egress"),
+                   metric_sum(body, b"networkobservability_adv_forward_count", direction="ingress"))
+            if now == last:
+                break
+            last = now
+        lost = metric_sum(body, b"controlplane_networkobservability_lost_events_counter")
+        return {"sent": sent, "egress": last[0], "ingress": last[1], "lost_records": lost}
+    finally:
+        agent.close()
         for f in tmp.iterdir():
             f.unlink()
         tmp.rmdir()
