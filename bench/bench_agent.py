@@ -318,8 +318,9 @@ def loss_cost(lab: Lab, flows: int, repeat: int, code_root: Path | None = None) 
     """A flood far above the reader's capacity (``flows`` pod-to-pod flows, ``repeat`` packets each back to back
     through the sender's veth program (FROM_ENDPOINT) by BPF_PROG_TEST_RUN, unpaced, ``dataAggregationLevel:
     low``): the pod counts (``adv_forward_count{direction="egress"}``) against the packets sent, once they stop
-    changing (deferred kernel counts arrive within 1.5 x ``conntrackReportInterval``), and the lost-record
-    counters."""
+    changing (deferred kernel counts arrive within 1.5 x ``conntrackReportInterval``), the records user space
+    lost (``lost_events_counter`` other than ``type="kernel"``) and the kernel's failed reservations (``type=
+    "kernel"``: events lost, their counts kept in conntrack)."""
     tmp = Path(tempfile.mkdtemp(prefix="retina-bench-"))
     identities = max(2, min(flows, 200))
     inventory = write_inventory(lab, identities, tmp / "inventory.yaml")
@@ -341,7 +342,9 @@ def loss_cost(lab: Lab, flows: int, repeat: int, code_root: Path | None = None) 
                 break
             last = now
         lost = metric_sum(body, b"controlplane_networkobservability_lost_events_counter")
-        return {"sent": sent, "egress": last[0], "ingress": last[1], "lost_records": lost}
+        kernel = metric_sum(body, b"controlplane_networkobservability_lost_events_counter", type="kernel")
+        return {"sent": sent, "egress": last[0], "ingress": last[1], "lost_records": lost - kernel,
+                "kernel_deferred": kernel}
     finally:
         agent.close()
         for f in tmp.iterdir():

@@ -81,7 +81,8 @@ def agent_rows(lab: Lab, quick: bool, baseline_root: Path | None) -> None:
         r = bench_agent.loss_cost(lab, flows, repeat, root)
         short = r["sent"] - r["egress"]
         row(f"what a loss costs [{label}]", f"pod count {r['egress']:,.0f} ({short:+,.0f} short)",
-            f"sent {r['sent']:,} ({r['lost_records']:,.0f} records lost)", "pod counts exact", short == 0)
+            f"sent {r['sent']:,} ({r['lost_records']:,.0f} records lost in user space; "
+            f"{r['kernel_deferred']:,.0f} kernel events deferred)", "pod counts exact", short == 0)
     connections, identities, scrapes = (2000, 200, 3) if quick else (10_000, 1000, 6)
     mem = {}
     for label, root in roots:
