@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench fuzz clean-lab image test-image
+.PHONY: setup run test bench bench-parts fuzz clean-lab image test-image
 
 setup:
 	@bash scripts/setup.sh
@@ -13,7 +13,12 @@ run: setup
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Issue 13's table in one run (each figure with its same-run baseline and target). BENCH_ARGS: e.g. --quick,
+# --baseline-root /work/main (that checkout's agent as the "before"). bench-parts: the component benches.
 bench: setup
+	$(PY) bench/bench_all.py $(BENCH_ARGS)
+
+bench-parts: setup
 	$(PY) bench/bench_packetparser.py
 	$(PY) bench/bench_tcpmetrics.py
 	$(PY) bench/bench_ring.py

@@ -16,7 +16,7 @@ header.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from retina_core.histogram import HistogramValue
 
@@ -64,7 +64,13 @@ def _label_text(labels) -> str:
     return "{" + ",".join(f'{k}="{escape_label_value(v)}"' for k, v in labels) + "}"
 
 
-def _samples(out: list[str], name: str, samples) -> None:
+#: Lines per piece of rendered text (~64 KiB at ~250 bytes a line): pieces stay below glibc's mmap threshold, so a
+#: large scrape reuses the same heap memory each time instead of a fresh multi-MiB buffer.
+PIECE_LINES = 256
+
+
+def _sample_pieces(name: str, samples) -> Iterator[str]:
+    out: list[str] = []
     append = out.append
     for labels, value in samples:
         if labels.__class__ is not str:
@@ -73,6 +79,11 @@ def _samples(out: list[str], name: str, samples) -> None:
             _histogram_samples(out, name, labels, value)
             continue
         append(f"{name}{labels} {value if value.__class__ is int else _fmt(value)}\n")
+        if len(out) >= PIECE_LINES:
+            yield "".join(out)
+            out.clear()
+    if out:
+        yield "".join(out)
 
 
 def _histogram_samples(out: list[str], name: str, labels: str, h: HistogramValue) -> None:
@@ -86,24 +97,13 @@ def _histogram_samples(out: list[str], name: str, labels: str, h: HistogramValue
     out.append(f"{name}_sum{labels} {_fmt(float(h.sum))}\n{name}_count{labels} {h.count}\n")
 
 
-def render(families: Iterable[Family]) -> str:
-    """Text format 0.0.4."""
-    out: list[str] = []
+def _text_pieces(families: Iterable[Family]) -> Iterator[str]:
     for name, mtype, help_text, samples in families:
-        out.append(f"# HELP {name} {_escape_help(help_text)}\n# TYPE {name} {mtype}\n")
-        _samples(out, name, samples)
-    return "".join(out)
+        yield f"# HELP {name} {_escape_help(help_text)}\n# TYPE {name} {mtype}\n"
+        yield from _sample_pieces(name, samples)
 
 
-def render_openmetrics(families: Iterable[Family]) -> str:
-    """OpenMetrics 1.0.0 text, ending with ``# EOF``.
-
-    Retina's counters have no ``_total`` (``controlplane_networkobservability_lost_events_counter``). OpenMetrics
-    requires counter samples to end in ``_total``, which would rename every such series in the scraper's storage
-    depending on which format it negotiated, and break Retina's dashboards and ours. So a counter family whose name
-    does not end in ``_total`` is exposed with ``# TYPE <name> unknown`` and its samples keep Retina's name: the same
-    series names in both formats. A family named ``..._total`` is a proper OpenMetrics counter."""
-    out: list[str] = []
+def _openmetrics_pieces(families: Iterable[Family]) -> Iterator[str]:
     for name, mtype, help_text, samples in families:
         sample_name = name
         if mtype == "counter":
@@ -113,10 +113,32 @@ def render_openmetrics(families: Iterable[Family]) -> str:
                 mtype = "unknown"
         elif mtype not in ("gauge", "histogram", "summary", "info", "stateset", "gaugehistogram"):
             mtype = "unknown"
-        out.append(f"# HELP {name} {_escape_help_om(help_text)}\n# TYPE {name} {mtype}\n")
-        _samples(out, sample_name, samples)
-    out.append("# EOF\n")
-    return "".join(out)
+        yield f"# HELP {name} {_escape_help_om(help_text)}\n# TYPE {name} {mtype}\n"
+        yield from _sample_pieces(sample_name, samples)
+    yield "# EOF\n"
+
+
+def _output(pieces: Iterator[str], chunks: bool) -> str | list[bytes]:
+    if chunks:
+        return [p.encode() for p in pieces]
+    return "".join(pieces)
+
+
+def render(families: Iterable[Family], *, chunks: bool = False) -> str | list[bytes]:
+    """Text format 0.0.4; ``chunks``: as a list of UTF-8 pieces of about :data:`PIECE_LINES` lines (for a reply
+    written piece by piece: no whole-body string and bytes copies of a large scrape)."""
+    return _output(_text_pieces(families), chunks)
+
+
+def render_openmetrics(families: Iterable[Family], *, chunks: bool = False) -> str | list[bytes]:
+    """OpenMetrics 1.0.0 text, ending with ``# EOF``; ``chunks`` as for :func:`render`.
+
+    Retina's counters have no ``_total`` (``controlplane_networkobservability_lost_events_counter``). OpenMetrics
+    requires counter samples to end in ``_total``, which would rename every such series in the scraper's storage
+    depending on which format it negotiated, and break Retina's dashboards and ours. So a counter family whose name
+    does not end in ``_total`` is exposed with ``# TYPE <name> unknown`` and its samples keep Retina's name: the same
+    series names in both formats. A family named ``..._total`` is a proper OpenMetrics counter."""
+    return _output(_openmetrics_pieces(families), chunks)
 
 
 def _media_params(item: str) -> tuple[str, dict[str, str]]:

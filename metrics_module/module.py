@@ -11,8 +11,8 @@ thread also runs the TTL sweeps and the pod-departure checks (with ``ring=None``
 :meth:`MetricsModule.register` (a :class:`~metrics_module.registry.FamilyRegistry`: the agent's, shared with the
 plugins, when given as ``registry``), the advanced (``adv_*``) families, then control-plane families: the
 telemetry's (:class:`~retina_core.telemetry.ControlPlane`) -- unless a shared registry is given, whose owner
-registers them (as the agent does) -- and ``expired_metrics_counter`` and ``metrics_series_overflow_counter``. Scrape cost is proportional to the number of series (each series' label
-text is rendered once and cached), not to the number of records.
+registers them (as the agent does) -- and ``expired_metrics_counter`` and ``metrics_series_overflow_counter``. Scrape cost is proportional to the number of series (label text rendered at
+each scrape), not to the number of records.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 
 A handler takes ``(query, headers)`` — ``query`` as ``urllib.parse.parse_qs`` returns it (``{"last": ["20"]}``),
 ``headers`` the request's ``email.message.Message`` — and returns a :data:`Response` ``(status, content type,
-body bytes)``. A ``ValueError`` from a handler is a 400 with its message (the message names the parameter);
+body bytes)`` (or the body as a list of bytes pieces, written one after the other: no whole-body copy; after such a
+large reply the freed heap is returned to the kernel, :func:`retina_core.heap.release_free_heap`). A ``ValueError`` from a handler is a 400 with its message (the message names the parameter);
 any other exception a 500, logged; the server keeps serving. A client that goes away mid-reply is ignored.
 
 Hardening (:class:`Limits`): every connection has its own thread, and a request is read under limits so that a slow
@@ -35,11 +36,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from retina_core.heap import release_free_heap
+
 __all__ = ["Handler", "Limits", "Response", "RouteServer", "json_response", "text_response"]
 
 log = logging.getLogger(__name__)
 
-Response = tuple[int, str, bytes]
+Response = tuple[int, str, "bytes | list[bytes]"]
 Handler = Callable[[dict[str, list[str]], Any], Response]
 
 #: Most query parameters (name=value pairs) one request may carry; more is a 400.
@@ -238,22 +241,32 @@ class RouteServer:
                 self._reply(*text_response(reason + "\n", status), close=True)
                 return False
 
-            def _reply(self, status: int, ctype: str, body: bytes, *, close: bool = False,
+            def _reply(self, status: int, ctype: str, body: bytes | list[bytes], *, close: bool = False,
                        extra: tuple[tuple[str, str], ...] = ()) -> None:
                 if close:
                     self.close_connection = True
                 try:
+                    deadline = time.monotonic() + self.server.limits.write_timeout_s
                     self.connection.settimeout(self.server.limits.write_timeout_s)
                     self.send_response(status)
                     self.send_header("Content-Type", ctype)
-                    self.send_header("Content-Length", str(len(body)))
+                    pieces = body if body.__class__ is list else (body,)
+                    self.send_header("Content-Length", str(sum(map(len, pieces))))
                     for name, value in extra:
                         self.send_header(name, value)
                     if close:
                         self.send_header("Connection", "close")
                     self.end_headers()
                     if self.command != "HEAD":
-                        self.wfile.write(body)
+                        for piece in pieces:  # the write timeout holds for the whole reply
+                            left = deadline - time.monotonic()
+                            if left <= 0:
+                                raise TimeoutError
+                            self.connection.settimeout(left)
+                            self.wfile.write(piece)
+                    if body.__class__ is list:  # a large reply: its freed pieces go back to the kernel
+                        body = pieces = None
+                        release_free_heap()
                 except TimeoutError:
                     self.server.count("write_timeouts")
                     log.debug("http: %s: reply not taken within %.3gs, disconnected", self.client_address[0],

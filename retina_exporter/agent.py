@@ -134,6 +134,7 @@ class Agent:
         self.ctx = PluginContext(config=cfg, flow_sink=self.pipeline, telemetry=self.telemetry,
                                  metrics=self.metrics)
         self.manager = PluginManager(self.plugins, self.ctx)
+        self.metrics.register(self.manager.families)
         # Kubernetes control loop (MetricsConfiguration resources, or annotation opt-in): needs API access, i.e.
         # enrichment.source kubernetes or operator; None otherwise.
         from retina_exporter.k8s_control import build_for_agent
@@ -222,7 +223,8 @@ class Agent:
             "/debug/config": no_params("/debug/config", lambda q, h: json_response(self.cfg.to_dict())),
             "/debug/flows": self._debug_flows,
             "/debug/plugins": no_params("/debug/plugins", lambda q, h: json_response(
-                {p.name: p.debug() for p in self.manager.started})),
+                {p.name: {**p.debug(), "start_durations": self.manager.start_durations.get(p.name)}
+                 for p in self.manager.started})),
             "/debug/ipcache": self._debug_ipcache,
             "/debug/otlp": no_params("/debug/otlp", lambda q, h: json_response(
                 {**self.otlp.status(), "flow_logs": self.flow_logs.status() if self.flow_logs is not None else
@@ -280,7 +282,7 @@ class Agent:
         # The metrics module's pre-rendered label text is the fast path (the same series, rendered once per series).
         families = (self.metrics_module.families(prerendered=True) if self.metrics_module is not None
                     else self.metrics.families())
-        return 200, content_type, renderer(families).encode()
+        return 200, content_type, renderer(families, chunks=True)  # written piece by piece
 
     def _debug_flows(self, q, _h):
         """The newest ``last`` records that match the query's filters (the same filter code as Hubble's)."""

@@ -125,6 +125,14 @@ def test_plugins_healthy_and_debug(agent):
     assert dbg["tcpretrans"]["attached"] == ["tcp:tcp_retransmit_skb", "tcp:tcp_retransmit_synack"]
     m = scrape(agent)
     assert "networkobservability_tcp_retransmission_count" in m
+    # how long each plugin took to start: init compiles (never instant), start attaches; the same on /metrics
+    for name in ("dns", "tcpretrans"):
+        d = dbg[name]["start_durations"]
+        assert set(d) == {"init_s", "start_s"} and d["init_s"] > 0 and d["start_s"] >= 0, d
+    starts = {(labels["plugin"], labels["stage"]): v
+              for labels, v in m["controlplane_networkobservability_plugin_start_seconds"]}
+    assert starts == {(p, s[:-2]): dbg[p]["start_durations"][s] for p in ("dns", "tcpretrans")
+                      for s in ("init_s", "start_s")}
     assert agent.get("/readyz")[0] == 200 and agent.get("/healthz")[0] == 200
 
 

@@ -81,6 +81,8 @@ def make_server():
         srv.route("/metrics", lambda q, h: text_response(METRICS_BODY))
         big = b"x" * BIG
         srv.route("/big", lambda q, h: (200, "text/plain", big))
+        pieces = [bytes([65 + i % 26]) * (BIG // 64) for i in range(64)]  # the same size, as 64 pieces
+        srv.route("/pieces", lambda q, h: (200, "text/plain", pieces))
 
         def bad(q, h):
             raise ValueError(f"n={q.get('n', [''])[0]!r}: expected a number")
@@ -132,12 +134,14 @@ def test_client_not_reading_a_large_reply_does_not_delay_a_scrape(make_server):
         wait_until(lambda: len(srv.server.active) == 1, what="only the stalled connection left")
 
 
-def test_client_not_reading_is_disconnected_after_write_timeout(make_server):
+@pytest.mark.parametrize("path", ["/big", "/pieces"])
+def test_client_not_reading_is_disconnected_after_write_timeout(make_server, path):
+    """Also for a body written piece by piece: the timeout is for the whole reply, not for each piece."""
     srv = make_server(write_timeout_s=0.5)
     with socket.socket() as stalled:
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stalled.connect(("127.0.0.1", srv.port))
-        stalled.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        stalled.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         wait_until(lambda: srv.stats["write_timeouts"] == 1, what="the write timeout")
         wait_until(lambda: not srv.server.active, what="the connection to be closed")
         stalled.settimeout(BOUND_S)
@@ -149,6 +153,15 @@ def test_client_not_reading_is_disconnected_after_write_timeout(make_server):
             pass
         assert got < BIG  # cut off, not delivered
     assert get(srv.port, "/metrics")[0] == 200
+
+
+def test_body_in_pieces_arrives_whole(make_server):
+    srv = make_server()
+    want = b"".join(bytes([65 + i % 26]) * (BIG // 64) for i in range(64))
+    status, body, headers = get(srv.port, "/pieces")
+    assert status == 200 and body == want.decode() and int(headers["Content-Length"]) == len(want)
+    status, body, headers = get(srv.port, "/pieces", method="HEAD")
+    assert status == 200 and body == "" and int(headers["Content-Length"]) == len(want)
 
 
 def test_trickling_client_is_disconnected_after_read_timeout(make_server):

@@ -14,6 +14,7 @@ from retina_core.metricsconfig import parse_metrics_configuration
 from metrics_module.exposition import (
     CONTENT_TYPE,
     OPENMETRICS_CONTENT_TYPE,
+    PIECE_LINES,
     negotiate,
     render,
     render_openmetrics,
@@ -172,6 +173,31 @@ def test_render_openmetrics_families_directly():
     )
     assert [f.name for f in parse_openmetrics(text)] == ["x", "y", "z"]
     assert render(families[2:]) == '# HELP z h\n# TYPE z gauge\nz +Inf\nz{k="v"} NaN\n'
+
+
+def test_render_in_pieces_is_the_same_text():
+    """/metrics writes the body as pieces of PIECE_LINES lines: joined, they are exactly the text (both formats),
+    and no piece holds more than PIECE_LINES samples."""
+    n = 3 * PIECE_LINES + 7
+    families = [("a", "gauge", "h", [((("i", str(i)), ("q", 'x"\\é')), i) for i in range(n)]),
+                ("b", "counter", "h", [('{k="v"}', 1.5)]), ("c", "gauge", "h", [])]
+    for fn in (render, render_openmetrics):
+        pieces = fn(families, chunks=True)
+        assert b"".join(pieces) == fn(families).encode()
+        assert max(p.count(b"\n") for p in pieces) <= PIECE_LINES
+        assert len(pieces) >= n // PIECE_LINES
+
+
+def test_advanced_label_text_escapes_only_when_needed():
+    """Series keep no rendered text: it is rendered at each scrape, escaping the values that need it."""
+    mod = module()
+    mod.process([rec(packets=3, nbytes=300), rec(obs=OBS_TO_ENDPOINT, packets=3, nbytes=300)])
+    text = mod.render()
+    assert ('networkobservability_adv_forward_count{direction="egress",ip="10.0.0.5",podname="we\\"b\\\\1",'
+            'workload_kind="Deployment",workload_name="web"} 3\n') in text
+    assert ('networkobservability_adv_forward_count{direction="ingress",ip="10.0.0.6",podname="db-0",'
+            'workload_kind="unknown",workload_name="unknown"} 3\n') in text
+    assert mod.render() == text
 
 
 def test_negotiate():

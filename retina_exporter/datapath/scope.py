@@ -24,9 +24,8 @@ import socket
 import struct
 from typing import Iterable
 
-from pyroute2 import IPRoute
-
 from retina_core.netns import NETNS_RUN_DIR, run_in_netns
+from retina_exporter.datapath.rtnl import get_links
 from retina_exporter.datapath.vethwatch import is_pod_veth
 
 SCOPE_ALL = "all"
@@ -95,8 +94,7 @@ def candidate_namespaces() -> dict[int, str]:
 def _discover_here(excluded: set[str]) -> set[int]:
     """In the calling thread's namespace: its inode plus its pod veths' peer namespaces."""
     own = netns_inode("/proc/thread-self/ns/net")
-    with IPRoute() as ipr:
-        links = ipr.get_links()
+    links = get_links()
     wanted = set()
     for msg in links:
         if is_pod_veth(msg, excluded):

@@ -11,12 +11,10 @@ import select
 import threading
 from typing import Callable
 
-from pyroute2 import IPRoute
 from retina_core.worker import Worker
+from retina_exporter.datapath.rtnl import LinkMonitor, get_links
 
 log = logging.getLogger(__name__)
-
-RTMGRP_LINK = 0x1
 
 
 def link_attr(msg, name):
@@ -82,8 +80,7 @@ class VethWatcher(Worker):
 
     def scan(self) -> None:
         """Dump links now (start-up, and reconcile) and handle every pod veth not known yet."""
-        with IPRoute() as ipr:
-            links = list(ipr.get_links())
+        links = get_links()
         present = set()
         for msg in links:
             present.add(msg.get("index"))
@@ -95,9 +92,7 @@ class VethWatcher(Worker):
                 self._on_remove(index, name)
 
     def _run(self) -> None:
-        # pyroute2 (0.9) gives each thread its own netlink socket: subscribe from the thread that reads.
-        self._ipr = IPRoute()
-        self._ipr.bind(groups=RTMGRP_LINK)
+        self._ipr = LinkMonitor()  # subscribed before the scan below, so no link falls in between
         self._subscribed.set()
         # Links that appeared between the start-up scan and the subscription.
         try:

@@ -3,15 +3,22 @@
 A plugin that fails to init or start is stopped (to release whatever it got half-way) and recorded: the others
 keep running, ``/readyz`` lists the failure and ``controlplane_networkobservability_plugin_manager_failed_to_reconcile``
 counts it with ``reason=<plugin>``.
+
+How long each plugin took to start is kept in :attr:`PluginManager.start_durations` (``{plugin: {"init_s",
+"start_s"}}``, seconds; ``init`` compiles and loads the programs, ``start`` attaches them and starts the readers),
+shown on ``/debug/plugins`` and exported as ``controlplane_networkobservability_plugin_start_seconds{plugin,
+stage}``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from retina_exporter.errors import StartupError
 from retina_exporter.plugins.base import Plugin, PluginContext
+from retina_core.telemetry import CONTROL_PLANE_PREFIX
 from retina_core.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -26,6 +33,7 @@ class PluginManager(Worker):
         self.ctx = ctx
         self.failures: dict[str, str] = {}
         self.started: list[Plugin] = []
+        self.start_durations: dict[str, dict[str, float]] = {}
         self._period = reconcile_period_s
         super().__init__("plugin-reconcile")
         self._lock = threading.Lock()
@@ -39,8 +47,11 @@ class PluginManager(Worker):
     def start(self) -> None:
         for plugin in self.plugins:
             try:
+                t0 = time.monotonic()
                 plugin.init(self.ctx)
+                t1 = time.monotonic()
                 plugin.start()
+                self.start_durations[plugin.name] = {"init_s": t1 - t0, "start_s": time.monotonic() - t1}
             except StartupError:
                 # Something the user must fix (config key, interface, capability, headers): not a plugin
                 # failure to ride out. Release what was started and let the agent exit with status 2.
@@ -95,6 +106,15 @@ class PluginManager(Worker):
         for plugin in self.started:
             reasons.extend(f"plugin {plugin.name}: {r}" for r in plugin.health())
         return reasons
+
+    def families(self):
+        """``controlplane_networkobservability_plugin_start_seconds{plugin, stage}``: seconds each started plugin
+        took to init (compile, load) and to start (attach, readers)."""
+        samples = [((("plugin", name), ("stage", stage[:-2])), seconds)
+                   for name, d in sorted(self.start_durations.items()) for stage, seconds in d.items()]
+        return [(CONTROL_PLANE_PREFIX + "plugin_start_seconds", "gauge",
+                 "Seconds each plugin took to start: stage init (compile and load) and start (attach, readers)",
+                 samples)]
 
     def readers_alive(self) -> bool:
         return bool(self.started) and all(p.readers_alive() for p in self.started)

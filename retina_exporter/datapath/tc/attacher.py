@@ -36,7 +36,7 @@ from retina_exporter.datapath.pins import PinStore
 from retina_exporter.datapath.syscall import BpfError
 
 from . import tcx
-from .clsact import CLSACT_PARENT, Clsact, patch_pyroute2_cls_bpf
+from .clsact import CLSACT_PARENT, Clsact
 from .errors import PERM_HINT, AttachError, err_code
 from .netns import open_described
 from .records import DIRECTIONS, ETH_P_ALL, Attachment, AttachmentInfo
@@ -100,7 +100,6 @@ class TcAttacher:
         self._our_qdiscs: set[int] = set()  # ifindexes where we added the clsact qdisc
         self._tcx: bool | None = None
         self._fallback_logged = False
-        patch_pyroute2_cls_bpf()
 
     # --- lifecycle ------------------------------------------------------------------------------------
     def __enter__(self) -> "TcAttacher":
@@ -369,8 +368,6 @@ class TcAttacher:
     def remove_stale(self, iface: str | int, direction: str | None = None) -> int:
         """Remove programs of ours (by name prefix) that this attacher did not make, on one hook or on both
         (``direction=None``); returns how many were removed. See the package docstring."""
-        from pyroute2.netlink.exceptions import NetlinkError
-
         directions = DIRECTIONS if direction is None else (direction,)
         with self._ns():
             ifindex, ifname = self._resolve(iface)
@@ -380,16 +377,22 @@ class TcAttacher:
             # TCX programs (only where the kernel has TCX; the query is the same whatever our mode is)
             if self._tcx_supported():
                 removed += self._remove_stale_tcx(ifindex, ifname, directions)
-            # cls_bpf filters
+            # cls_bpf filters (pyroute2 is imported only when there is a clsact qdisc to look into)
             try:
-                if self._clsact.has_qdisc(ifindex):
+                has_qdisc = self._clsact.has_qdisc(ifindex)
+            except OSError as e:
+                raise self._wrap(e, "removing stale cls_bpf filters", ifname) from e
+            if has_qdisc:
+                from pyroute2.netlink.exceptions import NetlinkError
+
+                try:
                     removed_filters = self._remove_stale_filters(ifindex, ifname, directions)
                     if removed_filters:
                         removed += removed_filters
                         if self._maybe_remove_qdisc(ifindex, force_ownership=True):
                             log.info("removed the now empty clsact qdisc of %s (left by an earlier run)", ifname)
-            except NetlinkError as e:
-                raise self._wrap(e, "removing stale cls_bpf filters", ifname) from e
+                except NetlinkError as e:
+                    raise self._wrap(e, "removing stale cls_bpf filters", ifname) from e
         return removed
 
     def _remove_stale_tcx(self, ifindex: int, ifname: str, directions: tuple[str, ...]) -> int:

@@ -24,6 +24,8 @@ import contextlib
 import errno as _errno
 from typing import NamedTuple
 
+from retina_exporter.datapath.rtnl import get_qdiscs
+
 from .records import EGRESS, INGRESS
 
 __all__ = ["CLSACT_HANDLE", "CLSACT_PARENT", "TC_H_CLSACT", "Clsact", "Filter", "patch_pyroute2_cls_bpf"]
@@ -77,6 +79,7 @@ class Clsact:
         if self._ipr is None:
             from pyroute2 import IPRoute
 
+            patch_pyroute2_cls_bpf()  # pyroute2 is imported here first (TCX-only runs never import it)
             self._ipr = IPRoute()
         return self._ipr
 
@@ -101,10 +104,9 @@ class Clsact:
         return True
 
     def has_qdisc(self, ifindex: int) -> bool:
-        for q in self.rt.get_qdiscs(index=ifindex):
-            if q.get("index") == ifindex and q.get_attr("TCA_KIND") == "clsact":
-                return True
-        return False
+        """Whether the link has a clsact qdisc (asked without pyroute2: a TCX agent's stale-filter check then
+        never imports it); ``OSError`` when the kernel refuses."""
+        return any(q.get_attr("TCA_KIND") == "clsact" for q in get_qdiscs(ifindex))
 
     def del_qdisc(self, ifindex: int) -> None:
         """Delete the clsact qdisc (with whatever is on it); a missing qdisc or device is not an error."""

@@ -48,6 +48,7 @@ from retina_exporter.bpf.dns import HEADER_SIZE
 from retina_exporter.plugins.dns.config import DnsLatencyConfig
 from retina_exporter.plugins.dns.loader import DnsProgram
 from retina_exporter.plugins.dns.processor import DnsProcessor
+from retina_exporter.datapath.rtnl import get_link
 from retina_exporter.datapath.vethwatch import VethWatcher, link_attr
 from retina_core.netns import enter_netns
 from retina_exporter.plugins.tcattach import TcRingBufferPlugin
@@ -66,22 +67,19 @@ TC_HANDLE = 3
 
 def link_master(index: int) -> int:
     """IFLA_MASTER of an interface (0 when it has none or is gone)."""
-    from pyroute2 import IPRoute
-
     try:
-        with IPRoute() as ipr:
-            links = ipr.get_links(index)
+        link = get_link(index)
     except Exception:
         return 0
-    return (link_attr(links[0], "IFLA_MASTER") or 0) if links else 0
+    return (link_attr(link, "IFLA_MASTER") or 0) if link is not None else 0
 
 
 class _MasterAwareWatcher(VethWatcher):
     """packetparser's veth watcher, also reporting the master (bridge) of known veths when a link message
     carries a change of it (CNIs enslave a veth after creating it).
 
-    Link events come from the base class's reading thread, which subscribes itself (pyroute2 0.9's synchronous
-    ``IPRoute`` hands each thread its own netlink socket) and signals the subscription, so ``start()`` does not
+    Link events come from the base class's reading thread, which subscribes itself (a
+    :class:`~retina_exporter.datapath.rtnl.LinkMonitor`) and signals the subscription, so ``start()`` does not
     wait out its 5 s timeout."""
 
     def __init__(self, on_add, on_remove, on_master, excluded=None) -> None:
