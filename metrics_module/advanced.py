@@ -798,7 +798,7 @@ class AdvancedMetrics:
         ``prerendered=True`` as the exposition's pre-rendered ``{name="value",…}`` text (fast path for render)."""
         with self.lock:  # a dict copy is one C-level operation: cheap, and no per-series objects
             snap = [(m, m.series.copy() if m.mtype != "histogram" else
-                     {k: [e[0].value(), e[1], e[2]] for k, e in m.series.items()}) for m in self.metrics]
+                     {k: [e[0].value(), e[1]] for k, e in m.series.items()}) for m in self.metrics]
         out = []
         for m, series in snap:
             if prerendered:
