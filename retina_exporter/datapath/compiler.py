@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from retina_exporter.datapath.sysfs import missing_capabilities
+from retina_exporter.datapath.capabilities import LOAD_BPF, missing_capabilities
 from retina_exporter.errors import StartupError
 
 __all__ = [
@@ -81,7 +81,7 @@ def compile_program(
     is ``error`` naming the source; bcc prints the compiler output on stderr.
     """
     check_kernel_headers(error)
-    missing = missing_capabilities()
+    missing = missing_capabilities(LOAD_BPF)
     if missing:
         raise error(f"{plugin} needs {', '.join(missing)}: {CAPABILITY_FIX}")
     from bcc import BPF  # imported late: importing bcc needs libbcc, and the checks above say what is missing first

@@ -35,6 +35,7 @@ def load_options_from(cfg) -> LoadOptions:
 
 class PacketParserPlugin(TcRingBufferPlugin):
     name = "packetparser"
+    capabilities = ("CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN")
     reader_label = "ring-buffer reader"
     program_prefix = loader.PROGRAM_PREFIX
     host_programs = (loader.FROM_NETWORK, loader.TO_NETWORK)
