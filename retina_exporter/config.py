@@ -40,6 +40,7 @@ from retina_core.units import show_value as _show
 from retina_exporter.hubble.config import HUBBLE_SECTION, HubbleConfig
 from retina_exporter.plugins.dropreason.config import DROP_REASON_SECTION, DropReasonConfig
 from retina_exporter.plugins.tcpretrans.config import TCP_RETRANS_SECTION, TcpRetransConfig
+from retina_exporter.plugins.packetparser.config import CONNTRACK_LIFETIMES_SECTION, ConntrackLifetimes
 
 __all__ = [
     "ApiServerConfig",
@@ -150,6 +151,7 @@ class Config:
     enrichment: EnrichmentConfig = EnrichmentConfig()
     drop_reason: DropReasonConfig = DropReasonConfig()
     tcp_retrans: TcpRetransConfig = TcpRetransConfig()
+    conntrack_lifetimes: ConntrackLifetimes = ConntrackLifetimes()
     otlp: OtlpConfig = OtlpConfig()
     hubble: HubbleConfig = HubbleConfig()
     warnings: tuple[str, ...] = ()
@@ -298,6 +300,7 @@ SECTIONS: tuple[tuple[Section, str], ...] = (
     (HUBBLE_SECTION, "hubble"),
     (DROP_REASON_SECTION, "drop_reason"),
     (TCP_RETRANS_SECTION, "tcp_retrans"),
+    (CONNTRACK_LIFETIMES_SECTION, "conntrack_lifetimes"),
     (OTLP_SECTION, "otlp"),
 )
 _SECTION_LEAVES: dict[str, tuple[str, ...]] = {s.name: tuple(k.name for k in s.keys) for s, _ in SECTIONS}

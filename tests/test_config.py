@@ -28,6 +28,7 @@ from retina_exporter.config import (
 from retina_exporter.hubble.config import HubbleConfig
 from retina_exporter.plugins.dropreason.config import DropReasonConfig
 from retina_exporter.plugins.tcpretrans.config import TcpRetransConfig
+from retina_exporter.plugins.packetparser.config import ConntrackLifetimes
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "config.md"
 S = 1_000_000_000
@@ -198,6 +199,10 @@ ENV_ALL = {
     "RETINA_DROPREASON_SCOPE": "node",
     "RETINA_DROPREASON_IGNOREREASONS": "skb_drop_reason_not_specified,NO_SOCKET",
     "RETINA_TCPRETRANS_SCOPE": "node",
+    "RETINA_CONNTRACKLIFETIMES_TCP": "2m",
+    "RETINA_CONNTRACKLIFETIMES_SYNTIMEOUT": "20s",
+    "RETINA_CONNTRACKLIFETIMES_TIMEWAIT": "5s",
+    "RETINA_CONNTRACKLIFETIMES_OTHER": "1s",
     "RETINA_ENABLECONNTRACKMETRICS": "yes",
     "RETINA_ENABLEANNOTATIONS": "true",
     "RETINA_BYPASSLOOKUPIPOFINTEREST": "yes",
@@ -272,6 +277,8 @@ def test_every_key_from_env() -> None:
             operator_start_timeout_ns=0),
         drop_reason=DropReasonConfig(scope="node", ignore_reasons=("NOT_SPECIFIED", "NO_SOCKET")),
         tcp_retrans=TcpRetransConfig(scope="node"),
+        conntrack_lifetimes=ConntrackLifetimes(tcp_ns=120 * S, syn_timeout_ns=20 * S, time_wait_ns=5 * S,
+                                               other_ns=S),
         otlp=OtlpConfig(enabled=True, endpoint="http://otel:4317", protocol="grpc", interval_ns=15 * S,
                         timeout_ns=5 * S,
                         headers=(("authorization", "Bearer x"),), insecure=True, compression="none",
@@ -664,7 +671,7 @@ def test_unknown_key_without_match_lists_known_keys(tmp_path: pathlib.Path) -> N
         "hostInterfaces, nodeName, nodeIP, logLevel, outputRingCapacity, bpfPinPath, remoteContext, "
         "metricsIntervalDuration, enableConntrackMetrics, enableAnnotations, bypassLookupIPOfInterest, "
         "filterMapMaxEntries, metricsConfiguration, apiServer, debugServer, enrichment, hubble, dropReason, "
-        "tcpRetrans, otlp, metricsInterval"
+        "tcpRetrans, conntrackLifetimes, otlp, metricsInterval"
     )
     assert error_of(tmp_path, "apiServer: {zzz: 1}\n").endswith(
         ": unknown key 'apiServer.zzz'; known keys: apiServer.host, apiServer.port"
@@ -829,6 +836,7 @@ def test_to_dict_defaults() -> None:
         "metricsIntervalDuration": "10s",
         "dropReason": {"scope": "all", "ignoreReasons": ["NOT_DROPPED_YET", "CONSUMED", "NOT_SPECIFIED"]},
         "tcpRetrans": {"scope": "all"},
+        "conntrackLifetimes": {"tcp": "6m", "synTimeout": "1m", "timeWait": "30s", "other": "1m"},
         "enableConntrackMetrics": False,
         "enableAnnotations": False,
         "bypassLookupIPOfInterest": False,

@@ -2,21 +2,43 @@
 
 A pod veth is the host side of a veth pair whose peer lives in another network namespace: a ``veth`` link with
 ``IFLA_LINK_NETNSID`` set. Host interfaces named in ``hostInterfaces`` are never treated as pod veths.
+
+Events come from a plain ``NETLINK_ROUTE`` socket (parsed with pyroute2's marshal) with a 16 MiB receive buffer
+(``SO_RCVBUFFORCE``, which needs ``CAP_NET_ADMIN``; else ``SO_RCVBUF``, capped by ``net.core.rmem_max``): a burst
+of hundreds of veths created or deleted at once fits. Should the kernel still drop events (``ENOBUFS``, which
+pyroute2's own socket swallows), the watcher dumps the links again at once (``overflows`` counts it), instead of
+missing attachments and removals until the next reconcile.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import select
+import socket
 import threading
 from typing import Callable
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from retina_core.worker import Worker
 
 log = logging.getLogger(__name__)
 
 RTMGRP_LINK = 0x1
+SO_RCVBUFFORCE = 33  # asm-generic/socket.h (Python's socket module has no name for it)
+RCVBUF_BYTES = 16 << 20
+
+
+def link_events_socket(rcvbuf: int = RCVBUF_BYTES) -> socket.socket:
+    """A ``NETLINK_ROUTE`` socket subscribed to ``RTMGRP_LINK`` in the calling thread's network namespace."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.bind((0, RTMGRP_LINK))
+    return sock
 
 
 def link_attr(msg, name):
@@ -53,8 +75,10 @@ class VethWatcher(Worker):
         super().__init__("veth-watcher")
         self.known: dict[int, str] = {}
         self._lock = threading.RLock()
-        self._ipr = None
+        self._sock: socket.socket | None = None
         self._subscribed = threading.Event()
+        self.overflows = 0
+        """Times the kernel dropped link events (ENOBUFS) and the links were dumped again."""
 
     def _handle(self, msg) -> None:
         with self._lock:
@@ -95,25 +119,37 @@ class VethWatcher(Worker):
                 self._on_remove(index, name)
 
     def _run(self) -> None:
-        # pyroute2 (0.9) gives each thread its own netlink socket: subscribe from the thread that reads.
-        self._ipr = IPRoute()
-        self._ipr.bind(groups=RTMGRP_LINK)
+        # Subscribe from the thread that reads (the namespace the agent runs in), then dump: links that appeared
+        # between the start-up scan and the subscription are found too.
+        self._sock = link_events_socket()
         self._subscribed.set()
-        # Links that appeared between the start-up scan and the subscription.
         try:
             self.scan()
         except Exception:
             log.exception("link scan failed")
-        fd = self._ipr.fileno()
+        marshal = MarshalRtnl()
         while not self._stop.is_set():
-            ready, _, _ = select.select([fd], [], [], 0.5)
+            ready, _, _ = select.select([self._sock], [], [], 0.5)
             if not ready:
                 continue
             try:
-                for msg in self._ipr.get():
+                data = self._sock.recv(1 << 16)
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    log.exception("netlink read failed")
+                    continue
+                self.overflows += 1
+                log.warning("link events were dropped by the kernel (receive buffer full): dumping the links again")
+                try:
+                    self.scan()
+                except Exception:
+                    log.exception("link scan failed")
+                continue
+            try:
+                for msg in marshal.parse(data):
                     self._handle(msg)
             except Exception:
-                log.exception("netlink read failed")
+                log.exception("netlink message handling failed")
 
     def start(self) -> None:
         self.scan()
@@ -122,9 +158,7 @@ class VethWatcher(Worker):
 
     def stop(self, timeout_s: float = 5.0) -> bool:
         ended = super().stop(timeout_s)
-        if self._ipr is not None:
-            try:
-                self._ipr.close()
-            except Exception:
-                pass
+        if self._sock is not None and ended:
+            self._sock.close()
+            self._sock = None
         return ended
