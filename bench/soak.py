@@ -3,14 +3,14 @@ follower (``retina-exporter observe --follow`` in another process) and an OTLP p
 ``--interval`` seconds (default 30) it samples the agent process's
 
 * ``rss_mib``: resident memory (``VmRSS``, MiB),
-* ``fds``: open file descriptors (``/proc/<pid>/fd``),
+* ``fds``: open file descriptors (``/proc/<pid>/fd``, the least of 5 reads 50 ms apart),
 * ``threads``: ``Threads`` of ``/proc/<pid>/status``,
 * ``map_entries``: entries of the agent's hash maps (conntrack, DNS, ... found through ``/proc/<pid>/fdinfo``,
   counted with ``bpftool map dump``; arrays and ring buffers have a fixed size and are left out),
 * ``series``: sample lines of ``/metrics``,
 
 prints every sample, then the least-squares slope of each quantity per minute over the samples after the
-warm-up (the first 20 % of the run), and exits 1 when a slope exceeds its threshold:
+warm-up (the first 20 % of the run, ``--warmup``), and exits 1 when a slope exceeds its threshold:
 
 =============  ===================  ==============================================================================
 quantity       threshold (/minute)  why
@@ -99,6 +99,16 @@ def series_by_metric(body: str) -> dict[str, int]:
     return out
 
 
+def steady_fds(pid: int, reads: int = 5, gap_s: float = 0.05) -> int:
+    """Open descriptors, the least of a few reads ``gap_s`` apart: a connection that happens to be open for a
+    moment (an OTLP export, a Hubble or HTTP client) is not a leak."""
+    least = len(os.listdir(f"/proc/{pid}/fd"))
+    for _ in range(reads - 1):
+        time.sleep(gap_s)
+        least = min(least, len(os.listdir(f"/proc/{pid}/fd")))
+    return least
+
+
 def sample(agent: AgentProcess, maps: dict[int, str]) -> tuple[dict[str, float], dict[str, int], dict[str, int]]:
     """The sampled quantities, the entries per map and the series per metric."""
     pid = agent.proc.pid
@@ -106,7 +116,7 @@ def sample(agent: AgentProcess, maps: dict[int, str]) -> tuple[dict[str, float],
     status, body = agent.get("/metrics", timeout=30)
     per_metric = series_by_metric(body.decode()) if status == 200 else {}
     per_map = map_entries(maps)
-    row = {"rss_mib": int(st["VmRSS"].split()[0]) / 1024, "fds": len(os.listdir(f"/proc/{pid}/fd")),
+    row = {"rss_mib": int(st["VmRSS"].split()[0]) / 1024, "fds": steady_fds(pid),
            "threads": int(st["Threads"]), "map_entries": sum(per_map.values()),
            "series": sum(per_metric.values()) if status == 200 else float("nan")}
     return row, per_map, per_metric
@@ -186,6 +196,8 @@ def agent_config(lab: Lab, sock: Path, otlp_endpoint: str) -> dict:
             {"metricName": "forward_bytes", "sourceLabels": ["podname"]},
             {"metricName": "drop_count", "sourceLabels": ["podname"]},
             {"metricName": "dns_request_count", "sourceLabels": ["podname"]}]},
+        "dropReason": {"scope": "node"},  # this lab's drops and retransmissions, not those of whatever else runs
+        "tcpRetrans": {"scope": "node"},
         "hubble": {"enabled": True, "socketPath": str(sock)},
         "otlp": {"enabled": True, "protocol": "grpc", "interval": "10s", "insecure": True, "endpoint": otlp_endpoint},
     }
@@ -216,10 +228,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=20.0, help="length of the run (default 20)")
     ap.add_argument("--interval", type=float, default=30.0, help="seconds between samples (default 30)")
+    ap.add_argument("--warmup", type=float, default=0.2,
+                    help="fraction of the run left out of the slopes (default 0.2: conntrack entries level off after "
+                         "their longest lifetime, 60 s for non-TCP, 360 s for established TCP)")
     ap.add_argument("--port", type=int, default=10190, help="the agent's HTTP port in the lab's node namespace")
     args = ap.parse_args(argv)
     if args.minutes <= 0 or args.interval <= 0:
         ap.error("--minutes and --interval must be positive")
+    if not 0 <= args.warmup < 1:
+        ap.error("--warmup must be a fraction from 0 to below 1")
 
     tmp = Path(tempfile.mkdtemp(prefix="retina-soak-"))
     receiver = OtlpReceiver()
@@ -259,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{args.minutes:g} minutes, {len(rows)} samples every {args.interval:g} s; traffic rounds "
                   f"{loop.rounds} ({loop.errors} failed); Hubble follower {follower.flows} flows; OTLP exports "
                   f"received {receiver.count()}\n")
-            warmup = 0.2 * args.minutes * 60
+            warmup = args.warmup * args.minutes * 60
             ok = report(ts, rows, warmup)
             first = next((i for i, t in enumerate(ts) if t >= warmup), len(ts) - 1)
             print("\nfrom the first sample after the warm-up to the last:\n  map entries: "
