@@ -121,7 +121,7 @@ class VethWatcher(Worker):
     def _run(self) -> None:
         # Subscribe from the thread that reads (the namespace the agent runs in), then dump: links that appeared
         # between the start-up scan and the subscription are found too.
-        self._sock = link_events_socket()
+        self._sock = link_events_socket(RCVBUF_BYTES)
         self._subscribed.set()
         try:
             self.scan()
@@ -140,6 +140,7 @@ class VethWatcher(Worker):
                     continue
                 self.overflows += 1
                 log.warning("link events were dropped by the kernel (receive buffer full): dumping the links again")
+                self._drain()
                 try:
                     self.scan()
                 except Exception:
@@ -150,6 +151,18 @@ class VethWatcher(Worker):
                     self._handle(msg)
             except Exception:
                 log.exception("netlink message handling failed")
+
+    def _drain(self) -> None:
+        """Discard the queued events (the dump that follows supersedes them). An empty queue is also what makes
+        the kernel report the next overflow: while events stay queued after one, further drops go unreported."""
+        while True:
+            try:
+                self._sock.recv(1 << 16, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
 
     def start(self) -> None:
         self.scan()
