@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench bench-parts fuzz clean-lab image test-image
+.PHONY: setup run test bench bench-parts fuzz soak clean-lab image test-image
 
 setup:
 	@bash scripts/setup.sh
@@ -32,6 +32,12 @@ bench-parts: setup
 # fixed-seed 20k subset). FUZZ_ARGS: e.g. --cases 1000000 --seed 42.
 fuzz: setup
 	$(PY) bench/fuzz_kernel.py $(FUZZ_ARGS)
+
+# Soak (not part of `make test`): 20 minutes of lab traffic with every plugin, a Hubble follower and OTLP push;
+# RSS, fds, threads, BPF map entries and series sampled every 30 s, slopes after a 20 % warm-up checked against
+# the thresholds in bench/soak.py. SOAK_ARGS: e.g. --minutes 3 --interval 10.
+soak: setup
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 clean-lab: setup
 	$(PY) -m retina_exporter.cli lab down --all

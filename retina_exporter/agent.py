@@ -19,7 +19,8 @@ from retina_core.ring import Ring
 from retina_exporter.pipeline import FlowPipeline
 from retina_exporter.server.http import (AgentHTTPServer, check_params, json_response, parse_ip, parse_last,
                                          parse_since)
-from retina_exporter.datapath.sysfs import ensure_bpffs, missing_capabilities
+from retina_exporter.datapath.capabilities import missing_for
+from retina_exporter.datapath.sysfs import ensure_bpffs
 from retina_core.telemetry import CONTROL_PLANE_PREFIX, ControlPlane
 
 log = logging.getLogger(__name__)
@@ -402,11 +403,11 @@ class Agent:
 
     # --- lifecycle ----------------------------------------------------------------------------------------
     def start(self) -> None:
-        missing = missing_capabilities()
+        missing = missing_for({p.name: p.capabilities for p in self.plugins})
         if missing:
             raise StartupError(
-                f"missing capabilities {', '.join(missing)}: run the agent as root or add them to the container's "
-                "securityContext"
+                f"missing capabilities {missing}: run the agent as root or add them to the container's "
+                "securityContext (docs/deploy.md lists what each plugin needs)"
             )
         ensure_bpffs()
         import socket as _socket

@@ -41,7 +41,9 @@ from retina_exporter.hubble.config import HUBBLE_SECTION, HubbleConfig
 from retina_exporter.plugins.dns.config import DNS_LATENCY_SECTION, DnsLatencyConfig
 from retina_exporter.plugins.dropreason.config import DROP_REASON_SECTION, DropReasonConfig
 from retina_exporter.plugins.tcpretrans.config import TCP_RETRANS_SECTION, TcpRetransConfig
-from retina_exporter.plugins.packetparser.config import TCP_METRICS_SECTION, TcpMetricsConfig
+from retina_exporter.plugins.packetparser.config import (CONNTRACK_LIFETIMES_SECTION, TCP_METRICS_SECTION,
+                                                         ConntrackLifetimes, TcpMetricsConfig,
+                                                         check_connect_timeout)
 
 __all__ = [
     "ApiServerConfig",
@@ -160,6 +162,7 @@ class Config:
     tcp_retrans: TcpRetransConfig = TcpRetransConfig()
     dns_latency: DnsLatencyConfig = DnsLatencyConfig()
     tcp_metrics: TcpMetricsConfig = TcpMetricsConfig()
+    conntrack_lifetimes: ConntrackLifetimes = ConntrackLifetimes()
     otlp: OtlpConfig = OtlpConfig()
     hubble: HubbleConfig = HubbleConfig()
     warnings: tuple[str, ...] = ()
@@ -312,6 +315,7 @@ SECTIONS: tuple[tuple[Section, str], ...] = (
     (TCP_RETRANS_SECTION, "tcp_retrans"),
     (DNS_LATENCY_SECTION, "dns_latency"),
     (TCP_METRICS_SECTION, "tcp_metrics"),
+    (CONNTRACK_LIFETIMES_SECTION, "conntrack_lifetimes"),
     (OTLP_SECTION, "otlp"),
 )
 _SECTION_LEAVES: dict[str, tuple[str, ...]] = {s.name: tuple(k.name for k in s.keys) for s, _ in SECTIONS}
@@ -472,6 +476,7 @@ def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Confi
                 f"hubble.eventBufferCapacity ({buffer}) and outputRingCapacity ({cfg.output_ring_capacity}) size the "
                 "same flow ring; give one of them, or the same value")
         cfg = dataclasses.replace(cfg, output_ring_capacity=buffer)
+    check_connect_timeout(cfg.tcp_metrics, cfg.conntrack_lifetimes)
     spec = _MC_SECTION.parse(raw).get("metrics_configuration")
     if spec is not None:
         mc = parse_metrics_configuration(spec, path=_METRICS_CONFIGURATION, remote_context=cfg.remote_context)

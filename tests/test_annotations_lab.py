@@ -16,11 +16,9 @@ Needs the agent wiring of retina_exporter.k8s_control (``Agent.kube_control``, `
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from retina_exporter.k8s_control import OWNER_NAMESPACES, OWNER_PODS, supports_pod_include
 from retina_exporter.lab import traffic
@@ -28,6 +26,7 @@ from retina_exporter.lab.agent_process import AgentProcess
 from retina_exporter.lab.topology import Lab, in_netns
 from tests.support.kube_api_server import KubeApiServer
 from tests.support.kube_fixtures import node_body, run_pod, wait_for
+from tests.support.agent_metrics import scrape
 
 TEAM = {0: "team-a", 1: "team-a", 2: "team-b", 3: "team-b"}
 PARSED = "controlplane_networkobservability_parsed_packets_counter"
@@ -83,17 +82,6 @@ def agent(lab, api, tmp_path_factory):
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
-
-
-def scrape(agent) -> dict[str, list[tuple[dict, float]]]:
-    status, body = agent.get("/metrics")
-    assert status == 200
-    out = defaultdict(list)
-    for fam in text_string_to_metric_families(body.decode()):
-        for s in fam.samples:
-            name = fam.name if fam.type == "counter" and s.name == fam.name + "_total" else s.name
-            out[name].append((s.labels, s.value))
-    return out
 
 
 def total(samples, **match) -> float:

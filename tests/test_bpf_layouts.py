@@ -199,7 +199,7 @@ def test_hot_path_decoders_have_the_struct_sizes():
 
 
 def test_missing_capabilities_name_the_plugin_and_the_fix(monkeypatch):
-    monkeypatch.setattr(compiler, "missing_capabilities", lambda: ["CAP_NET_ADMIN", "CAP_BPF (or CAP_SYS_ADMIN)"])
+    monkeypatch.setattr(compiler, "missing_capabilities", lambda required: ["CAP_NET_ADMIN", "CAP_BPF (or CAP_SYS_ADMIN)"])
     want = r"^dns needs CAP_NET_ADMIN, CAP_BPF \(or CAP_SYS_ADMIN\): run the agent as root or grant"
     with pytest.raises(StartupError, match=want):
         compile_program("dns", "dns.bpf.c")

@@ -30,6 +30,7 @@ from retina_exporter.plugins.dns.config import DnsLatencyConfig
 from retina_exporter.plugins.dropreason.config import DropReasonConfig
 from retina_exporter.plugins.tcpretrans.config import TcpRetransConfig
 from retina_exporter.plugins.packetparser.config import TcpMetricsConfig
+from retina_exporter.plugins.packetparser.config import ConntrackLifetimes
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "config.md"
 S = 1_000_000_000
@@ -213,6 +214,10 @@ ENV_ALL = {
     "RETINA_TCPMETRICS_CONNECTTIMEOUT": "3s",
     "RETINA_TCPMETRICS_RTTSAMPLEINTERVAL": "500ms",
     "RETINA_TCPMETRICS_BUCKETS": "0.001, 0.01,1",
+    "RETINA_CONNTRACKLIFETIMES_TCP": "2m",
+    "RETINA_CONNTRACKLIFETIMES_SYNTIMEOUT": "20s",
+    "RETINA_CONNTRACKLIFETIMES_TIMEWAIT": "5s",
+    "RETINA_CONNTRACKLIFETIMES_OTHER": "1s",
     "RETINA_ENABLECONNTRACKMETRICS": "yes",
     "RETINA_ENABLEANNOTATIONS": "true",
     "RETINA_BYPASSLOOKUPIPOFINTEREST": "yes",
@@ -293,6 +298,8 @@ def test_every_key_from_env() -> None:
                                      max_pending=100),
         tcp_metrics=TcpMetricsConfig(connect=False, rtt=False, connect_timeout_ns=3 * S, rtt_sample_interval_ns=S // 2,
                                      buckets=(0.001, 0.01, 1.0)),
+        conntrack_lifetimes=ConntrackLifetimes(tcp_ns=120 * S, syn_timeout_ns=20 * S, time_wait_ns=5 * S,
+                                               other_ns=S),
         otlp=OtlpConfig(enabled=True, endpoint="http://otel:4317", protocol="grpc", interval_ns=15 * S,
                         timeout_ns=5 * S,
                         headers=(("authorization", "Bearer x"),), insecure=True, compression="none",
@@ -686,7 +693,7 @@ def test_unknown_key_without_match_lists_known_keys(tmp_path: pathlib.Path) -> N
         "remoteContext, "
         "metricsIntervalDuration, enableConntrackMetrics, enableAnnotations, bypassLookupIPOfInterest, "
         "filterMapMaxEntries, mergeQueuedEvents, metricsConfiguration, apiServer, debugServer, enrichment, hubble, "
-        "dropReason, tcpRetrans, dnsLatency, tcpMetrics, otlp, metricsInterval"
+        "dropReason, tcpRetrans, dnsLatency, tcpMetrics, conntrackLifetimes, otlp, metricsInterval"
     )
     assert error_of(tmp_path, "apiServer: {zzz: 1}\n").endswith(
         ": unknown key 'apiServer.zzz'; known keys: apiServer.host, apiServer.port"
@@ -860,6 +867,7 @@ def test_to_dict_defaults() -> None:
         "tcpMetrics": {"connect": True, "rtt": True, "connectTimeout": "10s", "rttSampleInterval": "10s",
                        "buckets": [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0]},
+        "conntrackLifetimes": {"tcp": "6m", "synTimeout": "1m", "timeWait": "30s", "other": "1m"},
         "enableConntrackMetrics": False,
         "enableAnnotations": False,
         "bypassLookupIPOfInterest": False,
@@ -983,4 +991,9 @@ def test_tcp_metrics_section(tmp_path: pathlib.Path) -> None:
                          (f"tcpMetrics: {{buckets: {list(range(1, 34))}}}", "33 buckets, at most 32")):
         assert reason in error_of(tmp_path, text + "\n"), text
     assert error_of(tmp_path, "tcpMetrics: {connectTimeout: 60s}\n").startswith(
-        "tcpMetrics.connectTimeout: 1m is not below the conntrack's handshake lifetime of 1m; set it lower")
+        "tcpMetrics.connectTimeout: 1m is not below conntrackLifetimes.synTimeout (1m), the conntrack's handshake "
+        "lifetime; set it lower (or raise synTimeout)")
+    assert error_of(tmp_path, "tcpMetrics: {connectTimeout: 5s}\nconntrackLifetimes: {synTimeout: 5s}\n").startswith(
+        "tcpMetrics.connectTimeout: 5s is not below conntrackLifetimes.synTimeout (5s)")
+    assert load_text(tmp_path, "tcpMetrics: {connect: false, connectTimeout: 5s}\n"
+                               "conntrackLifetimes: {synTimeout: 5s}\n").tcp_metrics.connect is False

@@ -6,29 +6,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections import defaultdict
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from retina_exporter.lab.agent_process import AgentProcess
 from retina_exporter.lab.topology import Lab
 from test_dns_support import DnsServer, dns_client
-
-
-def scrape(agent) -> dict[str, list[tuple[dict, float]]]:
-    status, body = agent.get("/metrics")
-    assert status == 200
-    out = defaultdict(list)
-    for fam in text_string_to_metric_families(body.decode()):
-        for s in fam.samples:
-            name = fam.name if fam.type == "counter" and s.name == fam.name + "_total" else s.name
-            out[name].append((s.labels, s.value))
-    return out
-
-
-def value(m, name, **match) -> float:
-    return sum(v for labels, v in m.get(name, []) if all(labels.get(k) == want for k, want in match.items()))
+from tests.support.agent_metrics import scrape, value
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections import defaultdict
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from retina_exporter.lab import traffic
 from retina_exporter.lab.agent_process import AgentProcess
 from retina_exporter.lab.topology import Lab
+from tests.support.agent_metrics import scrape
 
 REPORT_INTERVAL_S = 1
 ALL_CONTEXT = ["ip", "namespace", "podname", "workload", "service", "port", "zone"]
@@ -28,18 +27,6 @@ def lab(tmp_path_factory):
     with Lab(pods=2) as lab:
         lab.inventory_path = lab.write_inventory(tmp_path_factory.mktemp("inv") / "inventory.yaml")
         yield lab
-
-
-def scrape(agent) -> dict[str, list[tuple[dict, float]]]:
-    status, body = agent.get("/metrics")
-    assert status == 200
-    out = defaultdict(list)
-    for fam in text_string_to_metric_families(body.decode()):
-        for s in fam.samples:
-            # The parser renames counter samples to <name>_total; we expose Retina's names without it.
-            name = fam.name if fam.type == "counter" and s.name == fam.name + "_total" else s.name
-            out[name].append((s.labels, s.value))
-    return out
 
 
 def total(samples, **match) -> float:

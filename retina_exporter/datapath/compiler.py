@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from retina_core.heap import release_free_heap
-from retina_exporter.datapath.sysfs import missing_capabilities
+from retina_exporter.datapath.capabilities import LOAD_BPF, missing_capabilities
 from retina_exporter.errors import StartupError
 
 __all__ = [
@@ -90,7 +90,7 @@ def compile_program(
     not thread-safe) and the compiler's freed heap is given back afterwards (:func:`release_free_heap`).
     """
     check_kernel_headers(error)
-    missing = missing_capabilities()
+    missing = missing_capabilities(LOAD_BPF)
     if missing:
         raise error(f"{plugin} needs {', '.join(missing)}: {CAPABILITY_FIX}")
     from bcc import BPF  # imported late: importing bcc needs libbcc, and the checks above say what is missing first

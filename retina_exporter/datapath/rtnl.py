@@ -42,7 +42,8 @@ _TCA_KIND = 1
 _RTATTR = struct.Struct("=HH")
 _IFLA = {3: "IFLA_IFNAME", 10: "IFLA_MASTER", 18: "IFLA_LINKINFO", 37: "IFLA_LINK_NETNSID"}
 _IFLA_INFO_KIND = 1
-_RCVBUF = 1 << 20  # a burst of link events (many pods at once) must not overflow the monitor socket
+_RCVBUF = 16 << 20  # a burst of link events (hundreds of pods at once) must not overflow the monitor socket
+SO_RCVBUFFORCE = 33  # asm-generic/socket.h (Python's socket module has no name for it)
 
 
 class LinkMessage(dict):
@@ -158,12 +159,19 @@ def get_qdiscs(ifindex: int) -> list[LinkMessage]:
 
 class LinkMonitor:
     """A netlink socket subscribed to ``RTMGRP_LINK``: :meth:`fileno` for ``select``, :meth:`get` reads what is
-    there (one datagram; the kernel sends each event as its own)."""
+    there (one datagram; the kernel sends each event as its own) and raises ``OSError(ENOBUFS)`` when the kernel
+    dropped events because the receive buffer was full; :meth:`drain` then discards what is still queued.
 
-    def __init__(self) -> None:
+    ``rcvbuf``: receive buffer bytes, set with ``SO_RCVBUFFORCE`` (needs ``CAP_NET_ADMIN``; past
+    ``net.core.rmem_max``), else ``SO_RCVBUF`` (capped by ``rmem_max``)."""
+
+    def __init__(self, rcvbuf: int = _RCVBUF) -> None:
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
         try:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+            try:
+                self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+            except PermissionError:
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             self._sock.bind((0, RTMGRP_LINK))
         except OSError:
             self._sock.close()
@@ -174,6 +182,18 @@ class LinkMonitor:
 
     def get(self) -> list[LinkMessage]:
         return parse(self._sock.recv(1 << 16))[0]
+
+    def drain(self) -> None:
+        """Discard the queued events (a link dump that follows supersedes them). An empty queue is also what makes
+        the kernel report the next overflow: while events stay queued after one, further drops go unreported."""
+        while True:
+            try:
+                self._sock.recv(1 << 16, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
 
     def close(self) -> None:
         self._sock.close()

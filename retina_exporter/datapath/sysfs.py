@@ -47,29 +47,3 @@ def ensure_bpffs() -> bool:
 
 def ensure_tracefs() -> bool:
     return ensure_mount(TRACEFS, "tracefs")
-
-
-CAP_NET_ADMIN = 12
-CAP_SYS_ADMIN = 21
-CAP_PERFMON = 38
-CAP_BPF = 39
-
-
-def effective_capabilities(status_path: str = "/proc/self/status") -> int:
-    with open(status_path) as f:
-        for line in f:
-            if line.startswith("CapEff:"):
-                return int(line.split()[1], 16)
-    return 0
-
-
-def missing_capabilities(caps: int | None = None) -> list[str]:
-    """Capabilities the agent lacks for loading BPF and attaching TC programs (empty when it has them)."""
-    if caps is None:
-        caps = effective_capabilities()
-    missing = []
-    if not caps & (1 << CAP_NET_ADMIN):
-        missing.append("CAP_NET_ADMIN")
-    if not caps & (1 << CAP_SYS_ADMIN) and not caps & (1 << CAP_BPF):
-        missing.append("CAP_BPF (or CAP_SYS_ADMIN)")
-    return missing

@@ -2,10 +2,16 @@
 
 A pod veth is the host side of a veth pair whose peer lives in another network namespace: a ``veth`` link with
 ``IFLA_LINK_NETNSID`` set. Host interfaces named in ``hostInterfaces`` are never treated as pod veths.
+
+Events come from :class:`~retina_exporter.datapath.rtnl.LinkMonitor` with a 16 MiB receive buffer: a burst of
+hundreds of veths created or deleted at once fits. Should the kernel still drop events (``ENOBUFS``; pyroute2's own
+socket swallowed it), the watcher dumps the links again at once (``overflows`` counts it), instead of missing
+attachments and removals until the next reconcile.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import select
 import threading
@@ -15,6 +21,8 @@ from retina_core.worker import Worker
 from retina_exporter.datapath.rtnl import LinkMonitor, get_links
 
 log = logging.getLogger(__name__)
+
+RCVBUF_BYTES = 16 << 20  # the event socket's receive buffer: a burst of hundreds of veths fits
 
 
 def link_attr(msg, name):
@@ -53,6 +61,8 @@ class VethWatcher(Worker):
         self._lock = threading.RLock()
         self._ipr = None
         self._subscribed = threading.Event()
+        self.overflows = 0
+        """Times the kernel dropped link events (ENOBUFS) and the links were dumped again."""
 
     def _handle(self, msg) -> None:
         with self._lock:
@@ -92,7 +102,7 @@ class VethWatcher(Worker):
                 self._on_remove(index, name)
 
     def _run(self) -> None:
-        self._ipr = LinkMonitor()  # subscribed before the scan below, so no link falls in between
+        self._ipr = LinkMonitor(RCVBUF_BYTES)  # subscribed before the scan below, so no link falls in between
         self._subscribed.set()
         # Links that appeared between the start-up scan and the subscription.
         try:
@@ -105,10 +115,24 @@ class VethWatcher(Worker):
             if not ready:
                 continue
             try:
-                for msg in self._ipr.get():
+                msgs = self._ipr.get()
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    log.exception("netlink read failed")
+                    continue
+                self.overflows += 1
+                log.warning("link events were dropped by the kernel (receive buffer full): dumping the links again")
+                self._ipr.drain()
+                try:
+                    self.scan()
+                except Exception:
+                    log.exception("link scan failed")
+                continue
+            try:
+                for msg in msgs:
                     self._handle(msg)
             except Exception:
-                log.exception("netlink read failed")
+                log.exception("netlink message handling failed")
 
     def start(self) -> None:
         self.scan()

@@ -12,6 +12,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -33,9 +34,12 @@ def http_get(ns: str, url: str, timeout: float = 10.0) -> tuple[int, bytes]:
 
 
 class AgentProcess:
-    def __init__(self, netns: str, config: dict, port: int = 10093) -> None:
+    def __init__(self, netns: str, config: dict, port: int = 10093, prefix: Sequence[str] = ()) -> None:
+        """``prefix``: argv run between ``ip netns exec NS`` and the Python interpreter, which it must exec with
+        the remaining arguments (e.g. ``capsh --drop=... -- -c 'exec "$0" "$@"'``)."""
         self.netns = netns
         self.port = port
+        self.prefix = list(prefix)
         # Tests and the demo are about packetparser unless they say otherwise (the agent's default is Retina's
         # [dropreason, packetforward, linuxutil, dns]).
         config = {"apiServer": {"host": "127.0.0.1", "port": port}, "enabledPlugin": ["packetparser"], **config}
@@ -46,7 +50,7 @@ class AgentProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60.0) -> "AgentProcess":
-        argv = ["ip", "netns", "exec", self.netns, sys.executable, "-m", "retina_exporter.cli", "agent",
+        argv = ["ip", "netns", "exec", self.netns, *self.prefix, sys.executable, "-m", "retina_exporter.cli", "agent",
                 "--config", self._cfg.name]
         self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

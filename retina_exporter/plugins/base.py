@@ -20,6 +20,9 @@ class PluginContext:
 
 class Plugin(abc.ABC):
     name: str = "plugin"
+    #: The Linux capabilities this plugin needs (names as in ``retina_exporter.datapath.capabilities``); the agent
+    #: checks their union at start (exit status 2 naming what is missing). docs/deploy.md has the table.
+    capabilities: tuple[str, ...] = ()
 
     @abc.abstractmethod
     def init(self, ctx: PluginContext) -> None:

@@ -143,7 +143,9 @@ class TcRingBufferPlugin(RingBufferPlugin):
         self.attached[ifindex] = atts
 
     def forget_attached(self, ifindex: int) -> list:
-        """Drop ``ifindex`` from the bookkeeping; its attachments."""
+        """Drop ``ifindex`` from the bookkeeping (name too: a node sees thousands of pod veths come and go); its
+        attachments."""
+        self.ifnames.pop(ifindex, None)
         return self.attached.pop(ifindex, [])
 
     def on_veth_add(self, ifindex: int, ifname: str) -> None:

@@ -140,6 +140,7 @@ class _Reader(BpfRingReader):
 
 class DnsPlugin(TcRingBufferPlugin):
     name = "dns"
+    capabilities = ("CAP_BPF", "CAP_NET_ADMIN")
     program_prefix = loader.PROGRAM_PREFIX
     host_programs = (loader.FROM_NETWORK, loader.TO_NETWORK)
     endpoint_programs = (loader.FROM_ENDPOINT, loader.TO_ENDPOINT)

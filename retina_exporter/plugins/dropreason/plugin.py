@@ -52,6 +52,7 @@ READ_CACHE_S = 0.25
 
 class DropReasonPlugin(TracepointPlugin):
     name = "dropreason"
+    capabilities = ("CAP_BPF", "CAP_PERFMON")
     program: DropReasonProgram | None
     reader: DropEventReader | None
 

@@ -109,6 +109,7 @@ class PacketForwardPlugin(Plugin):
     """See the module docstring. ``program`` lets tests share one compiled program (not closed by ``stop``)."""
 
     name = "packetforward"
+    capabilities = ("CAP_BPF", "CAP_NET_ADMIN")
 
     def __init__(self, program: PacketForwardProgram | None = None, proc_root: str = PROC_ROOT) -> None:
         self._given_program = program

@@ -1,5 +1,6 @@
-"""The ``tcpMetrics`` config section (owned by the packetparser plugin): TCP connect latency, failed connections
-and round-trip time, which come with packetparser.
+"""The packetparser plugin's config sections.
+
+``tcpMetrics``: TCP connect latency, failed connections and round-trip time, which come with packetparser::
 
     tcpMetrics:
       connect: true            # ..._tcp_connect_latency_seconds and ..._tcp_failed_connections (opt-out)
@@ -7,6 +8,9 @@ and round-trip time, which come with packetparser.
       connectTimeout: 10s      # an attempt not answered within this is failed, reason "timeout"
       rttSampleInterval: 10s   # at most one RTT sample per connection in this interval
       buckets: [0.00005, ..., 10]   # histogram upper bounds in seconds, ascending, at most 32
+
+``conntrackLifetimes``: how long a connection without packets stays in the kernel conntrack map before the
+sweeper deletes it (CLOCK_BOOTTIME durations).
 """
 
 from __future__ import annotations
@@ -18,12 +22,11 @@ from retina_core.settings import BOOL_ACCEPTED, Invalid, Key, Section, boolean, 
 from retina_core.telemetry import LATENCY_BUCKETS_S
 from retina_core.units import NS_PER_S, ConfigError, format_duration
 
-__all__ = ["DEFAULT_BUCKETS", "MAX_BUCKETS", "TCP_METRICS_SECTION", "TcpMetricsConfig"]
+__all__ = ["CONNTRACK_LIFETIMES_SECTION", "DEFAULT_BUCKETS", "MAX_BUCKETS", "TCP_METRICS_SECTION",
+           "ConntrackLifetimes", "TcpMetricsConfig", "check_connect_timeout"]
 
 DEFAULT_BUCKETS = LATENCY_BUCKETS_S  # the RTT and connect-latency histograms' upper bounds (s): 50 µs to 10 s
 MAX_BUCKETS = 32  # HIST_MAX_BOUNDS in bpf/packetparser.h and bpf/tcprtt.h
-#: The conntrack keeps a handshake-only entry this long (CT_SYN_TIMEOUT_NS): a connect timeout must be shorter.
-SYN_ENTRY_LIFETIME_NS = 60 * NS_PER_S
 
 
 @dataclass(frozen=True)
@@ -66,10 +69,13 @@ def bucket_list(value: Any) -> tuple[float, ...]:
     return tuple(out)
 
 
-def _check(cfg: TcpMetricsConfig) -> None:
-    if cfg.connect_timeout_ns >= SYN_ENTRY_LIFETIME_NS:
-        raise ConfigError(f"tcpMetrics.connectTimeout: {format_duration(cfg.connect_timeout_ns)} is not below the "
-                          f"conntrack's handshake lifetime of {format_duration(SYN_ENTRY_LIFETIME_NS)}; set it lower")
+def check_connect_timeout(tcp: "TcpMetricsConfig", lifetimes: "ConntrackLifetimes") -> None:
+    """The conntrack keeps a handshake-only entry ``conntrackLifetimes.synTimeout``: a connect timeout must be
+    shorter, or the sweep would delete the attempt before settling it."""
+    if tcp.connect and tcp.connect_timeout_ns >= lifetimes.syn_timeout_ns:
+        raise ConfigError(f"tcpMetrics.connectTimeout: {format_duration(tcp.connect_timeout_ns)} is not below "
+                          f"conntrackLifetimes.synTimeout ({format_duration(lifetimes.syn_timeout_ns)}), the "
+                          "conntrack's handshake lifetime; set it lower (or raise synTimeout)")
 
 
 TCP_METRICS_SECTION = Section("tcpMetrics", TcpMetricsConfig, (
@@ -80,4 +86,28 @@ TCP_METRICS_SECTION = Section("tcpMetrics", TcpMetricsConfig, (
     Key("rttSampleInterval", "rtt_sample_interval_ns", duration_at_least(NS_PER_S // 1000),
         "a duration of at least 1ms", render=format_duration),
     Key("buckets", "buckets", bucket_list, f"1 to {MAX_BUCKETS} ascending positive numbers of seconds"),
-), check=_check)
+))
+
+
+@dataclass(frozen=True)
+class ConntrackLifetimes:
+    """Nanoseconds; the defaults are the reference agents'."""
+
+    tcp_ns: int = 360 * NS_PER_S
+    """An established TCP connection."""
+    syn_timeout_ns: int = 60 * NS_PER_S
+    """A TCP handshake that has not completed."""
+    time_wait_ns: int = 30 * NS_PER_S
+    """A TCP connection after FIN or RST."""
+    other_ns: int = 60 * NS_PER_S
+    """UDP, ICMP and every other protocol."""
+
+
+_DURATION = "a duration of at least 1s such as '30s'"
+
+CONNTRACK_LIFETIMES_SECTION = Section("conntrackLifetimes", ConntrackLifetimes, (
+    Key("tcp", "tcp_ns", duration_at_least(NS_PER_S), _DURATION, format_duration),
+    Key("synTimeout", "syn_timeout_ns", duration_at_least(NS_PER_S), _DURATION, format_duration),
+    Key("timeWait", "time_wait_ns", duration_at_least(NS_PER_S), _DURATION, format_duration),
+    Key("other", "other_ns", duration_at_least(NS_PER_S), _DURATION, format_duration),
+))

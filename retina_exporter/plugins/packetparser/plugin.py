@@ -44,6 +44,10 @@ def load_options_from(cfg) -> LoadOptions:
         aggregation_high=cfg.data_aggregation_level == "high",
         sampling_rate=max(1, cfg.data_sampling_rate),
         report_interval_ns=cfg.conntrack_report_interval_ns,
+        tcp_lifetime_ns=cfg.conntrack_lifetimes.tcp_ns,
+        syn_timeout_ns=cfg.conntrack_lifetimes.syn_timeout_ns,
+        time_wait_ns=cfg.conntrack_lifetimes.time_wait_ns,
+        nontcp_lifetime_ns=cfg.conntrack_lifetimes.other_ns,
         filter_enabled=cfg.enable_annotations and not cfg.bypass_lookup_ip_of_interest,
         filter_map_size=cfg.filter_map_max_entries,
         conn_enabled=tcp.connect,
@@ -53,6 +57,7 @@ def load_options_from(cfg) -> LoadOptions:
 
 class PacketParserPlugin(TcRingBufferPlugin):
     name = "packetparser"
+    capabilities = ("CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN")
     reader_label = "ring-buffer reader"
     program_prefix = loader.PROGRAM_PREFIX
     host_programs = (loader.FROM_NETWORK, loader.TO_NETWORK)

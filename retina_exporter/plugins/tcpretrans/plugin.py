@@ -88,6 +88,7 @@ class _Reader(BpfRingReader):
 
 class TcpRetransPlugin(TracepointPlugin):
     name = "tcpretrans"
+    capabilities = ("CAP_BPF", "CAP_PERFMON")
     program: TcpRetransProgram | None
     reader: _Reader | None
 
