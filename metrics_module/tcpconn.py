@@ -30,9 +30,16 @@ NAMES = (CONNECT_LATENCY, FAILED, RTT)
 
 
 def sides(rec: Any) -> tuple:
-    """((identity, packed ip, port) of the initiator, the same of the other end)."""
-    src = (rec.source, rec.src_ip, rec.src_port)
-    dst = (rec.destination, rec.dst_ip, rec.dst_port)
+    """((identity, packed ip, port) of the initiator, the same of the other end). Both sides carry the *service*
+    port, whatever their own: for an attempt's outcome the port the initiator connected to, for an RTT sample the
+    lower of the socket's two ports. A client's ephemeral port as a label would make one series per connection
+    (unbounded cardinality, and a counter that never rises within its series, so ``rate()`` shows nothing)."""
+    if rec.conn_event == CONN_RTT:
+        port = min(rec.src_port, rec.dst_port)
+        return (rec.source, rec.src_ip, port), (rec.destination, rec.dst_ip, port)
+    port = rec.src_port if rec.is_reply else rec.dst_port
+    src = (rec.source, rec.src_ip, port)
+    dst = (rec.destination, rec.dst_ip, port)
     return (dst, src) if rec.is_reply else (src, dst)
 
 

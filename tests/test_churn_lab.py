@@ -63,8 +63,9 @@ def fdinfo(pid: int) -> list[dict[str, str]]:
 
 
 def link_fds(pid: int) -> int:
-    """BPF link descriptors the process holds (TCX links of its attachments)."""
-    return sum(1 for info in fdinfo(pid) if "link_id" in info)
+    """TCX link descriptors the process holds (its attachments; tracepoint links such as packetparser's tcp_probe
+    are not counted)."""
+    return sum(1 for info in fdinfo(pid) if "link_id" in info and info.get("link_type") == "tcx")
 
 
 def conntrack_entries(pid: int) -> int:
@@ -183,6 +184,7 @@ def test_500_pod_veths_leave_nothing_behind(lab):
         "conntrackReportInterval": "1s",
         "conntrackMapSize": 4096,
         "conntrackLifetimes": {"tcp": "2s", "synTimeout": "2s", "timeWait": "2s", "other": "2s"},
+        "tcpMetrics": {"connectTimeout": "1s"},  # below synTimeout (the config check)
         "enrichment": {"source": "inventory", "inventoryFile": str(lab.inventory_path)},
         "nodeName": lab.node_name,
         "metricsConfiguration": {"contextOptions": [

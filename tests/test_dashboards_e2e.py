@@ -64,7 +64,8 @@ E2E_VARIABLES = {**cat_mod.TEST_VARIABLES, "__rate_interval": "30s", "__range": 
 ALL_PLUGINS = ["packetparser", "packetforward", "linuxutil", "dropreason", "dns", "tcpretrans"]
 ADV_METRICS = ["forward_count", "forward_bytes", "tcp_flag_gauges", "drop_count", "drop_bytes",
                "tcp_retransmission_count", "dns_request_count", "dns_response_count", "dns_latency_seconds",
-               "dns_unanswered_queries", "interzone_bytes", "interzone_count"]
+               "dns_unanswered_queries", "interzone_bytes", "interzone_count", "tcp_connect_latency_seconds",
+               "tcp_failed_connections", "tcp_rtt_seconds"]
 LOCAL_CONTEXT = ["ip", "namespace", "podname", "workload", "service", "port", "zone"]
 REMOTE_CONTEXT = ["namespace", "podname", "workload"]
 
@@ -252,6 +253,7 @@ def agent_config(lab: Lab, inventory: Path, remote: bool) -> dict:
         "enabledPlugin": [p for p in ALL_PLUGINS if p in PLUGINS],
         "enablePodLevel": True,
         "remoteContext": remote,
+        "mergeQueuedEvents": remote,  # one agent merges (and serves its merged-events counter)
         "dataAggregationLevel": "high",
         "conntrackReportInterval": "1s",
         "hostInterfaces": [lab.uplink],

@@ -485,8 +485,9 @@ def test_tcp_connection_outcomes_local_context_count_for_the_initiator():
     assert dict(labels) == {"podname": "web-1"}
     assert (h.bounds, h.counts, h.count) == ((0.001, 0.01), (1, 1, 1), 3)
     assert h.sum == pytest.approx(1.0025)
-    assert series(adv, FAILED) == {S(reason="reset", podname="web-1", port="40000"): 2,
-                                   S(reason="timeout", podname="web-1", port="40001"): 1}
+    # the port label is the service port connected to, not the initiator's ephemeral one (bounded series)
+    assert series(adv, FAILED) == {S(reason="reset", podname="web-1", port="80"): 2,
+                                   S(reason="timeout", podname="web-1", port="81"): 1}
     # the answers' own packets are forwarded packets as usual (TO_ENDPOINT of WEB: ingress); the timeout adds none
     assert series(adv) == {S(direction="ingress", podname="web-1"): 5}
     text = "".join(f"{n}{lbl} {v}\n" for n, _t, _h, samples in adv.families(prerendered=True)

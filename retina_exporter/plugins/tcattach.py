@@ -152,9 +152,12 @@ class TcRingBufferPlugin(RingBufferPlugin):
         self.attach_pair(ifindex, ifname, self.endpoint_programs)
 
     def on_veth_remove(self, ifindex: int, ifname: str) -> None:
-        for att in self.forget_attached(ifindex):
+        # Detach (close our fds) before the bookkeeping forgets the veth: whoever sees it gone from ``attached``
+        # (/debug/plugins) then also sees its links released.
+        for att in list(self.attached.get(ifindex, ())):
             try:
                 self.attacher.detach(att)  # the kernel already dropped it with the device; this closes our fds
             except Exception:
                 pass
+        self.forget_attached(ifindex)
         self._log.info("%s forgot %s (ifindex %d)", self.name, ifname, ifindex)

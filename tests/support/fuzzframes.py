@@ -653,7 +653,7 @@ class FuzzRig:
 
     def _pp_fields(self, raw: bytes) -> tuple:
         (_ts, nbytes, src, dst, packets, _ifindex, packet_bytes, sport, dport, tcp_flags, proto, ipv, obs,
-         _direction, _is_reply, _reason, icmp_type, icmp_code, _pad, *rest) = self._pp_unpack(raw)
+         _direction, _is_reply, _reason, icmp_type, icmp_code, _conn_event, _pad, *rest) = self._pp_unpack(raw)
         return (ipv, src, dst, proto, sport, dport, tcp_flags, icmp_type, icmp_code, packets, nbytes, packet_bytes,
                 obs, tuple(rest[:10]))
 
