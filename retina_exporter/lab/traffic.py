@@ -538,7 +538,8 @@ def background_traffic(lab: Lab, stop_event: threading.Event, interval: float = 
                 stats["ping_packets"] += ping(lab, a, "world", 2).sent
                 stats["ping"] += 1
             elif step == 5:
-                u = udp_burst(lab, a, "world", rng.randrange(1, 10), rng.randrange(40, 512), dport=53,
+                # not port 53: the demo's DNS server holds it in the world namespace
+                u = udp_burst(lab, a, "world", rng.randrange(1, 10), rng.randrange(40, 512), dport=5053,
                               ipv6=True, timeout=5, drain_timeout=1)
                 stats["udp"] += 1
                 stats["udp_datagrams"] += u.sent
