@@ -455,8 +455,6 @@ class TcAttacher:
     # --- detach -----------------------------------------------------------------------------------------
     def detach(self, att: Attachment) -> None:
         """Undo one attachment (idempotent). A vanished interface counts as detached."""
-        from pyroute2.netlink.exceptions import NetlinkError
-
         with self._lock:
             if not att.active:
                 return
@@ -473,6 +471,8 @@ class TcAttacher:
                     att.link_fd = -1
                     att.active = False
             else:
+                from pyroute2.netlink.exceptions import NetlinkError  # clsact only: a TCX agent never imports pyroute2
+
                 with self._ns():
                     try:
                         if not self._alive(att):
