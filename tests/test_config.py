@@ -997,3 +997,9 @@ def test_tcp_metrics_section(tmp_path: pathlib.Path) -> None:
         "tcpMetrics.connectTimeout: 5s is not below conntrackLifetimes.synTimeout (5s)")
     assert load_text(tmp_path, "tcpMetrics: {connect: false, connectTimeout: 5s}\n"
                                "conntrackLifetimes: {synTimeout: 5s}\n").tcp_metrics.connect is False
+
+
+def test_conntrack_lifetimes_below_minimum_named(tmp_path: pathlib.Path) -> None:
+    message = error_of(tmp_path, "conntrackLifetimes: {timeWait: 500ms}\n")
+    assert message.startswith("conntrackLifetimes.timeWait: invalid value '500ms'")
+    assert "below the minimum of 1s" in message and "a duration of at least 1s such as '30s'" in message
