@@ -2,7 +2,8 @@
 
 * Agent: `--cap-drop ALL --cap-add BPF,PERFMON,NET_ADMIN`, seccomp unconfined (the default profile allows bpf(2)
   and perf_event_open(2) only with CAP_SYS_ADMIN: docs/deploy.md), a read-only root filesystem with a tmpfs on
-  /lib/modules (as the chart's emptyDir) so the entrypoint links the image's kernel headers, inside a lab's node
+  /lib/modules (as the chart's emptyDir) so the entrypoint links the image's kernel headers, the host's
+  /sys/kernel/tracing read-only (as the chart's hostPath: packetparser's RTT reads tcp:tcp_probe), inside a lab's node
   namespace (`--net=ns:/run/netns/NAME`). packetforward's counts equal the uplink's counters and packetparser's
   flows equal the pod veths' counters, exactly; /metrics and /readyz answer; SIGTERM stops it with exit status 0
   and nothing left attached to the lab's interfaces.
@@ -29,6 +30,7 @@ import yaml
 
 from retina_core.version import __version__
 from retina_exporter.datapath import syscall as bpfsys
+from retina_exporter.datapath.sysfs import TRACEFS, ensure_tracefs
 from retina_exporter.lab import traffic
 from retina_exporter.lab.agent_process import http_get
 from retina_exporter.lab.topology import Lab
@@ -105,6 +107,8 @@ class ContainerAgent:
     def __init__(self, lab: Lab, config: dict, tmp_path: Path, port: int = 10093) -> None:
         self.lab, self.port = lab, port
         self.pin = f"/sys/fs/bpf/retina-imgtest-{uuid.uuid4().hex[:8]}"
+        # The chart mounts the host's tracefs (hostPath, read-only): the agent has no CAP_SYS_ADMIN to mount its own.
+        assert ensure_tracefs(), f"the host has no tracefs at {TRACEFS} and it cannot be mounted"
         cfg = {"apiServer": {"host": "127.0.0.1", "port": port}, "nodeName": "lab-node", "bpfPinPath": self.pin,
                **config}
         path = tmp_path / "config.yaml"
@@ -115,6 +119,7 @@ class ContainerAgent:
             "--read-only", "--tmpfs", "/lib/modules",
             "-v", f"{path}:/etc/retina/config.yaml:ro",
             "-v", "/sys/fs/bpf:/sys/fs/bpf",
+            "-v", f"{TRACEFS}:{TRACEFS}:ro",
         ])
 
     def get(self, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
