@@ -443,3 +443,45 @@ def test_connect_tracking_off_counts_nothing(harness):
     harness.run(eth(IP(src=B4, dst=A4) / TCP(sport=80, dport=42010, flags="RA", ack=11)), "retina_to_ep")
     assert not any(e.conn_event for e in harness.events())
     assert harness.prog.tcp_counts() == before
+
+
+def attempts(harness) -> set[tuple[int, int, int]]:
+    """``(src_port, dst_port, isn)`` of every tcp_attempts key."""
+    return {(k.src_port, k.dst_port, k.isn) for k in harness.prog.bpf[b"tcp_attempts"].keys()}
+
+
+def test_tcp_attempts_holds_only_live_attempts(harness):
+    """The attempt map forgets an attempt with its owner's conntrack entry (sweep expiry) and when the entry's
+    5-tuple starts a new attempt, so it stays flat under connection churn (make soak); an observer's expiry leaves
+    the owner's attempt alone."""
+    ms = 1_000_000
+    harness.reset(aggregation_high=True, report_interval_ns=3600 * 10**9, conn_enabled=True, bounds_ns=BOUNDS_NS,
+                  syn_timeout_ns=300 * ms, tcp_lifetime_ns=300 * ms, time_wait_ns=300 * ms)
+
+    def tcp(sport, flags, seq=0, ack=0, reply=False):
+        ips, ports = ((B4, A4), (80, sport)) if reply else ((A4, B4), (sport, 80))
+        return eth(IP(src=ips[0], dst=ips[1]) / TCP(sport=ports[0], dport=ports[1], flags=flags, seq=seq, ack=ack))
+
+    # An attempt another interface owns (its key is already there): this entry only observes it.
+    probe = tcp(42023, "S", seq=600)
+    harness.run(probe)
+    harness.prog.conntrack.clear()  # forget the entry that owned it: the next SYN meets the key "of another"
+    harness.run(probe)
+    harness.run(tcp(42020, "S", seq=100))                                        # answered
+    harness.run(tcp(42020, "SA", seq=1, ack=101, reply=True), "retina_to_ep")
+    harness.run(tcp(42021, "S", seq=300))                                        # unanswered
+    harness.run(tcp(42022, "S", seq=400))                                        # reset, then a new attempt
+    harness.run(tcp(42022, "RA", ack=401, reply=True), "retina_to_ep")
+    harness.run(tcp(42022, "S", seq=500))
+    assert attempts(harness) == {(42020, 80, 100), (42021, 80, 300), (42022, 80, 500), (42023, 80, 600)}
+    observer = [e for k, e in harness.prog.conntrack.items() if k.src_port == 42023]
+    assert [e.conn_state for e in observer] == [layout.CONN_OBSERVER]
+
+    sweeper = ConntrackSweeper(harness.prog, interval_ns=3600 * 10**9)
+    deadline = time.monotonic() + 10
+    while len(harness.prog.conntrack) and time.monotonic() < deadline:
+        sweeper.sweep_once()
+        time.sleep(0.05)
+    assert len(harness.prog.conntrack) == 0
+    assert attempts(harness) == {(42023, 80, 600)}  # the observer's expiry left the owner's attempt
+    harness.events()

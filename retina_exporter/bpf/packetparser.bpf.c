@@ -224,6 +224,32 @@ static __always_inline int conn_settle(struct ct_entry *e, __u64 to)
 	return __sync_val_compare_and_swap(&e->conn_state, CONN_SYN_SENT, to) == CONN_SYN_SENT;
 }
 
+/* The tcp_attempts key of the attempt with initial sequence number `isn` on the entry keyed `ck` (initiator's
+ * direction). */
+static __always_inline void attempt_key_of(struct attempt_key *k, const struct ct_key *ck, __u32 isn)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	__builtin_memcpy(k->src_ip, ck->src_ip, 16);
+	__builtin_memcpy(k->dst_ip, ck->dst_ip, 16);
+	k->src_port = ck->src_port;
+	k->dst_port = ck->dst_port;
+	k->isn = isn;
+	k->ip_version = ck->ip_version;
+}
+
+/* Remove the entry's attempt from tcp_attempts when this entry owns it (its SYN was first seen here), so the map
+ * holds only attempts whose owner entry is alive. An observer's entry leaves it: the owner's may still be alive,
+ * and a SYN retransmitted there must not elect a second owner. */
+static __always_inline void forget_attempt(struct ct_entry *e, const struct ct_key *ck)
+{
+	__u64 state = e->conn_state;
+	if (state == CONN_NONE || state == CONN_OBSERVER)
+		return;
+	struct attempt_key k;
+	attempt_key_of(&k, ck, e->syn_seq);
+	tcp_attempts.delete(&k);
+}
+
 /* Connection-attempt tracking for one TCP packet of a tracked entry (pp_config.conn_enabled). Returns the
  * CONN_EV_* outcome this packet settles (counted here, once per attempt and node) and sets *latency_ns for
  * CONN_EV_ESTABLISHED. Costs nothing but a field read on packets of an entry that is not in CONN_SYN_SENT,
@@ -243,13 +269,9 @@ static __always_inline __u8 track_connect(struct ct_entry *e, struct parsed *p, 
 				stat_add(TCP_STAT_TIMEOUT, 1);
 				ev = CONN_EV_TIMEOUT;
 			}
-			struct attempt_key k = {};
-			__builtin_memcpy(k.src_ip, p->key.src_ip, 16);
-			__builtin_memcpy(k.dst_ip, p->key.dst_ip, 16);
-			k.src_port = p->key.src_port;
-			k.dst_port = p->key.dst_port;
-			k.isn = p->seq;
-			k.ip_version = p->key.ip_version;
+			forget_attempt(e, &p->key); /* the entry's previous attempt on this 5-tuple, if it owned one */
+			struct attempt_key k;
+			attempt_key_of(&k, &p->key, p->seq);
 			__u32 ifindex = p->key.ifindex;
 			int owner = tcp_attempts.insert(&k, &ifindex) == 0; /* BPF_NOEXIST: the first interface wins */
 			e->syn_seq = p->seq;
@@ -630,7 +652,12 @@ int retina_ct_sweep(struct __sk_buff *skb)
 		e->last_report_ns[dir] = now;
 		emitted++;
 	}
-	if (expired)
+	if (expired) {
+		/* The attempt's owner forgets it with its entry, so tcp_attempts holds only live attempts (an
+		 * observer's entry leaves it: the owner's may still be live and a retransmitted SYN must not elect a
+		 * second owner). */
+		forget_attempt(e, &req.key);
 		conntrack.delete(&req.key);
+	}
 	return emitted;
 }
