@@ -7,9 +7,15 @@
  * at pod level, as an event to user space. A socket evicted from the LRU map (more live sockets than RTT_MAP_SIZE)
  * is sampled again on its next segment: the bound is per entry, not per socket, under that pressure.
  *
- * Tracepoint record offsets come from the format file (-DTP_OFF_*), never from headers. With -DOFF_SK_NET and
- * -DOFF_NET_INUM (BTF member offsets of sock.__sk_common.skc_net and net.ns.inum) samples can be limited to the
- * network namespaces in rtt_netns (the node's and its pods').
+ * rtt_forget, on sock:inet_sock_set_state, deletes a socket's rtt_last entry when the socket enters TCP_CLOSE
+ * (every TCP socket does, once, before it is freed), so rtt_last holds live sockets only and stays flat under
+ * connection churn instead of filling to RTT_MAP_SIZE and living on LRU eviction. It needs -DOFF_SK_COOKIE (BTF
+ * offset of sock.__sk_common.skc_cookie, the value tcp_probe's sock_cookie reads); without BTF it is not built
+ * and the LRU bound alone holds.
+ *
+ * Tracepoint record offsets come from the format files (-DTP_OFF_*, -DTP_CLOSE_OFF_*), never from headers. With
+ * -DOFF_SK_NET and -DOFF_NET_INUM (BTF member offsets of sock.__sk_common.skc_net and net.ns.inum) samples can be
+ * limited to the network namespaces in rtt_netns (the node's and its pods').
  */
 #include <uapi/linux/bpf.h>
 #include "tcprtt.h"
@@ -115,3 +121,23 @@ int rtt_probe(void *ctx)
 	rtt_events.ringbuf_submit(ev, 0);
 	return 0;
 }
+
+#ifdef OFF_SK_COOKIE
+#define TCP_CLOSE_ 7 /* include/net/tcp_states.h: stable since Linux 2.6 */
+
+/* sock:inet_sock_set_state: forget a closing socket. A socket never given a cookie (never sampled) has none. */
+int rtt_forget(void *ctx)
+{
+	int newstate = 0;
+	TP_READ(newstate, ctx, TP_CLOSE_OFF_NEWSTATE);
+	if (newstate != TCP_CLOSE_)
+		return 0;
+	__u64 sk = 0, cookie = 0;
+	TP_READ(sk, ctx, TP_CLOSE_OFF_SKADDR);
+	if (sk)
+		bpf_probe_read_kernel(&cookie, sizeof(cookie), (void *)(sk + OFF_SK_COOKIE));
+	if (cookie)
+		rtt_last.delete(&cookie);
+	return 0;
+}
+#endif

@@ -8,6 +8,11 @@ program bounds its cost: one LRU lookup per segment, and at most one sample per 
 from ``sock:inet_sock_set_state`` with ``tcp_sock.srtt_us`` read through BTF, costs less but says nothing about a
 long-lived connection until it ends.
 
+Socket state: ``rtt_last`` (sock_cookie -> time of its last sample) loses a socket's entry when the socket enters
+TCP_CLOSE (``rtt_forget`` on ``sock:inet_sock_set_state``, a few hits per connection), so the map tracks live
+sockets and stays flat under connection churn (``make soak``). Without kernel BTF (the cookie's offset in
+``struct sock``) or that tracepoint, entries are left to the LRU bound.
+
 Node level: ``networkobservability_tcp_rtt_seconds`` from the kernel's per-CPU histogram (exact over the samples
 taken, even when the ring overflows). Pod level (``enablePodLevel``): each sample as an
 :class:`~retina_core.record.EventRecord` (``conn_event == CONN_RTT``, ``rtt_ns``; source = the socket's own
@@ -25,7 +30,7 @@ from retina_exporter.bpf import tcprtt as layout
 from retina_exporter.datapath import btf as btfmod
 from retina_exporter.datapath.compiler import BPF_DIR, BccProgram, compile_program, load_functions, ring_pages
 from retina_exporter.datapath.ringreader import BpfRingReader
-from retina_exporter.datapath.tracepoint import DEFAULT_TRACEFS, read_format
+from retina_exporter.datapath.tracepoint import DEFAULT_TRACEFS, TracepointMissing, read_format
 from retina_exporter.errors import StartupError
 from retina_exporter.plugins.packetparser.reader import boot_to_wall_offset_ns
 
@@ -34,19 +39,46 @@ log = logging.getLogger(__name__)
 SOURCE = BPF_DIR / "tcprtt.bpf.c"
 PROGRAM = "rtt_probe"
 TRACEPOINT = ("tcp", "tcp_probe")
+FORGET_PROGRAM = "rtt_forget"
+CLOSE_TRACEPOINT = ("sock", "inet_sock_set_state")
+CLOSE_FIELDS = (("SKADDR", "skaddr", 8), ("NEWSTATE", "newstate", 4))
 # (define suffix, field, size)
 FIELDS = (("SADDR", "saddr", 28), ("DADDR", "daddr", 28), ("SPORT", "sport", 2), ("DPORT", "dport", 2),
           ("FAMILY", "family", 2), ("SRTT", "srtt", 4), ("SOCK_COOKIE", "sock_cookie", 8), ("SKADDR", "skaddr", 8))
 NETNS_OFFSETS = (("OFF_SK_NET", "sock", "__sk_common.skc_net.net"), ("OFF_NET_INUM", "net", "ns.inum"))
+COOKIE_OFFSET = ("OFF_SK_COOKIE", "sock", "__sk_common.skc_cookie")
 
 
-def netns_offsets(path: str = btfmod.VMLINUX) -> dict[str, int] | None:
+def btf_offsets(path: str = btfmod.VMLINUX) -> dict[str, int] | None:
+    """The ``-DOFF_*`` defines (byte offsets in kernel structs, from BTF): namespace scoping and the socket
+    cookie; None without kernel BTF."""
     try:
         b = btfmod.load(path)
-        return {define: b.member_offset(struct, member)[0] for define, struct, member in NETNS_OFFSETS}
+        return {define: b.member_offset(struct, member)[0]
+                for define, struct, member in (*NETNS_OFFSETS, COOKIE_OFFSET)}
     except (btfmod.BtfError, OSError) as exc:
-        log.warning("tcp RTT: no kernel BTF offsets (%s): samples from every network namespace", exc)
+        log.warning("tcp RTT: no kernel BTF offsets (%s): samples from every network namespace, and closed "
+                    "sockets' sample times left to the LRU bound", exc)
         return None
+
+
+def close_offsets(tracefs: str) -> dict[str, int] | None:
+    """``-DTP_CLOSE_OFF_*`` from sock:inet_sock_set_state's format; None (logged) when the kernel lacks it."""
+    try:
+        fmt = read_format(*CLOSE_TRACEPOINT, tracefs=tracefs, plugin="packetparser (tcpMetrics.rtt)",
+                          missing_hint="")
+    except TracepointMissing as exc:
+        log.warning("tcp RTT: %s: closed sockets' sample times are left to the LRU bound", exc)
+        return None
+    out = {}
+    for suffix, name, size in CLOSE_FIELDS:
+        f = fmt.fields.get(name)
+        if f is None or f.size != size:
+            log.warning("tcp RTT: %s has no %d-byte field %r: closed sockets' sample times are left to the LRU "
+                        "bound", fmt.path, size, name)
+            return None
+        out[f"TP_CLOSE_OFF_{suffix}"] = f.offset
+    return out
 
 
 class TcpRttProgram(BccProgram):
@@ -67,11 +99,17 @@ class TcpRttProgram(BccProgram):
                 raise StartupError(f"packetparser: tracepoint tcp:tcp_probe ({fmt.path}) has no {size}-byte field "
                                    f"{name!r}; set tcpMetrics.rtt: false on this kernel")
             defines[f"TP_OFF_{suffix}"] = f.offset
-        offsets = netns_offsets()
+        offsets = btf_offsets()
         self.can_scope = offsets is not None
+        close = close_offsets(tracefs) if offsets is not None else None
+        self.forgets_closed = close is not None
+        if close is None and offsets is not None:
+            del offsets[COOKIE_OFFSET[0]]  # rtt_forget is built only with both
         defines.update(offsets or {})
+        defines.update(close or {})
         self.bpf = compile_program("packetparser (tcpMetrics.rtt)", SOURCE, defines)
-        load_functions(self.bpf, (PROGRAM,), SOURCE, "TRACEPOINT")
+        load_functions(self.bpf, (PROGRAM, FORGET_PROGRAM) if self.forgets_closed else (PROGRAM,), SOURCE,
+                       "TRACEPOINT")
         self.config_map = self.bpf[b"rtt_config"]
         self.stats_map = self.bpf[b"rtt_stats"]
         self.netns_map = self.bpf[b"rtt_netns"]
@@ -101,20 +139,32 @@ class TcpRttProgram(BccProgram):
         cfg.filter_netns = 0 if netns is None or not self.can_scope else 1
         self.config_map[ct.c_int(0)] = cfg
 
+    def _tracepoints(self) -> list[tuple[bytes, bytes]]:
+        """``(system:event, program)`` pairs, the close hook first (a socket sampled before it is attached would
+        otherwise keep its entry)."""
+        pairs = [(b"%s:%s" % tuple(x.encode() for x in CLOSE_TRACEPOINT), FORGET_PROGRAM.encode())]
+        return (pairs if self.forgets_closed else []) + [(b"tcp:tcp_probe", PROGRAM.encode())]
+
     def attach(self) -> None:
         if not self.attached:
-            try:
-                self.bpf.attach_tracepoint(tp=b"tcp:tcp_probe", fn_name=PROGRAM.encode())
-            except Exception as exc:
-                raise StartupError(f"packetparser: attaching to tcp:tcp_probe failed: {exc}") from exc
+            done: list[bytes] = []
+            for tp, fn in self._tracepoints():
+                try:
+                    self.bpf.attach_tracepoint(tp=tp, fn_name=fn)
+                except Exception as exc:
+                    for t in done:
+                        self.bpf.detach_tracepoint(t)
+                    raise StartupError(f"packetparser: attaching to {tp.decode()} failed: {exc}") from exc
+                done.append(tp)
             self.attached = True
 
     def detach(self) -> None:
         if self.attached:
-            try:
-                self.bpf.detach_tracepoint(b"tcp:tcp_probe")
-            except Exception:
-                log.exception("detaching tcp:tcp_probe failed")
+            for tp, _ in reversed(self._tracepoints()):
+                try:
+                    self.bpf.detach_tracepoint(tp)
+                except Exception:
+                    log.exception("detaching %s failed", tp.decode())
             self.attached = False
 
     def stats(self) -> dict:
