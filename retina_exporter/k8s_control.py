@@ -374,7 +374,9 @@ class KubeControl(Worker):
                 "filter": {
                     "enabled": self.filter_enabled,
                     "written": self._filter_obj is not None,
-                    "owners": {k: sorted(v) for k, v in self._claims.items()},
+                    # what the kernel map holds (written), and whether claims are still being written
+                    "owners": {k: sorted(v) for k, v in self._pushed.items()},
+                    "pending": bool(self.filter_enabled) and self._pushed != self._claims,
                     "overflow": getattr(self._filter_obj, "overflow", 0),
                 },
             }
@@ -513,14 +515,14 @@ class KubeControl(Worker):
             if v.observed:
                 pod_claims.update(v.addresses)
                 pods_include.add((v.namespace, v.name))
-        self._claims = {OWNER_NAMESPACES: frozenset(ns_claims), OWNER_PODS: frozenset(pod_claims)}
-        self._ns_include = ns_observed
-        self._pods_include = frozenset(pods_include)
+        claims = {OWNER_NAMESPACES: frozenset(ns_claims), OWNER_PODS: frozenset(pod_claims)}
+        include = frozenset(pods_include)
+        self._claims = claims
 
         if self.metrics_module is not None:
             extra: dict[str, Any] = {}
             if supports_pod_include():
-                extra["pods_include"] = self._pods_include
+                extra["pods_include"] = include
             elif pods_include - {(ns, n) for ns, n in pods_include if ns in ns_observed}:
                 self._warn_once("pods_include", "kubernetes control: pods annotated retina.sh=observe outside "
                                 "annotated namespaces get no pod-level series: the metrics module has no per-pod "
@@ -528,17 +530,20 @@ class KubeControl(Worker):
             config = dataclasses.replace(self._template(file_cfg), namespaces_include=ns_observed,
                                          namespaces_exclude=None, **extra)
             self._apply("annotations", config)
+        # Published once applied: /debug/kubernetes reports what is in force, never what is about to be.
+        self._ns_include = ns_observed
+        self._pods_include = include
         if not self.filter_enabled or self.filter_map is None:
             return True
         flt = self.filter_map()
         if flt is None:
             return True  # no packetparser (yet): nothing to write
-        if flt is not self._filter_obj:
-            self._pushed = {}
-        for owner, addresses in self._claims.items():
-            if self._pushed.get(owner) != addresses:
-                flt.set_owner(owner, addresses)
-                self._pushed[owner] = addresses
+        pushed = dict(self._pushed) if flt is self._filter_obj else {}
+        for owner, addresses in claims.items():
+            if pushed.get(owner) != addresses:
+                flt.set_owner(owner, addresses)  # in the kernel map when it returns
+                pushed[owner] = addresses
+        self._pushed = pushed  # a new dict each time: status() reads it without a lock
         self._filter_obj = flt
         overflow = getattr(flt, "overflow", 0)
         if overflow:

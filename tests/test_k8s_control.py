@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 import time
 from types import SimpleNamespace
 
@@ -542,3 +543,36 @@ def test_build_for_agent(server):
         build_for_agent(agent, kube_config="/nonexistent/kubeconfig")
     agent.metrics_module = None  # enablePodLevel off: nothing to apply
     assert build_for_agent(agent, kube_config=server.configuration()) is None
+
+
+def test_status_reports_the_filter_as_written_not_as_wanted(server, control, flt, pp_program_low):
+    """/debug/kubernetes's filter owners are what the kernel map holds: while a claim is being written they still
+    show the old addresses (``pending``), so a caller waiting on them never races the write (the lab test did)."""
+    namespace(server, "shop")
+    pod(server, "web", "shop", ["10.0.0.5"])
+    gate, writing = threading.Event(), threading.Event()
+
+    class Gated:
+        overflow = 0
+        capacity = flt.capacity
+
+        def set_owner(self, owner, addresses):
+            if addresses:
+                writing.set()
+                assert gate.wait(10)
+            flt.set_owner(owner, addresses)
+
+    gated = Gated()
+    kc, mm = control(None, annotations=True, filter_map=gated)
+    wait_for(lambda: kc.reconciled and kc.status()["annotations"]["filter"]["owners"] ==
+             {OWNER_NAMESPACES: [], OWNER_PODS: []}, what="reconciled")
+    annotate(server, "namespaces", "shop", True)
+    assert writing.wait(BOUND_S)
+    st = kc.status()["annotations"]["filter"]
+    assert st["owners"] == {OWNER_NAMESPACES: [], OWNER_PODS: []} and st["pending"] is True
+    assert "10.0.0.5" not in kernel_addresses(pp_program_low)
+    gate.set()
+    wait_for(lambda: kc.status()["annotations"]["filter"]["owners"] == {OWNER_NAMESPACES: ["10.0.0.5"],
+                                                                      OWNER_PODS: []}, what="written")
+    assert "10.0.0.5" in kernel_addresses(pp_program_low)
+    assert kc.status()["annotations"]["filter"]["pending"] is False
