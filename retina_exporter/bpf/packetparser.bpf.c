@@ -653,9 +653,6 @@ int retina_ct_sweep(struct __sk_buff *skb)
 		emitted++;
 	}
 	if (expired) {
-		/* The attempt's owner forgets it with its entry, so tcp_attempts holds only live attempts (an
-		 * observer's entry leaves it: the owner's may still be live and a retransmitted SYN must not elect a
-		 * second owner). */
 		forget_attempt(e, &req.key);
 		conntrack.delete(&req.key);
 	}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 from retina_exporter.errors import StartupError
 
@@ -84,6 +85,22 @@ def parse_format(text: str, system: str = "", event: str = "", path: str = "") -
     if tp_id < 0:
         raise StartupError(f"tracepoint format {path or '(text)'} has no ID line")
     return TracepointFormat(system, event, tp_id, fields, print_fmt, path)
+
+
+def field_defines(fmt: TracepointFormat, prefix: str, fields: Iterable[tuple[str, str, int]], *, plugin: str,
+                  hint: str = "") -> dict[str, int]:
+    """``{prefix + suffix: byte offset}`` of ``fields`` (``(suffix, field name, size in bytes)``) in the record, for
+    the program's ``-D`` defines. :class:`StartupError` naming ``plugin``, the tracepoint and the field when one is
+    missing or has another size (``hint``: what the operator can do)."""
+    out = {}
+    for suffix, name, size in fields:
+        f = fmt.fields.get(name)
+        if f is None or f.size != size:
+            found = "it has none" if f is None else f"it is {f.size} bytes"
+            raise StartupError(f"{plugin}: tracepoint {fmt.system}:{fmt.event} ({fmt.path}) has no {size}-byte "
+                               f"field {name!r} ({found})" + (f"; {hint}" if hint else ""))
+        out[prefix + suffix] = f.offset
+    return out
 
 
 class TracepointMissing(RuntimeError):

@@ -30,7 +30,7 @@ from retina_exporter.bpf import tcprtt as layout
 from retina_exporter.datapath import btf as btfmod
 from retina_exporter.datapath.compiler import BPF_DIR, BccProgram, compile_program, load_functions, ring_pages
 from retina_exporter.datapath.ringreader import BpfRingReader
-from retina_exporter.datapath.tracepoint import DEFAULT_TRACEFS, TracepointMissing, read_format
+from retina_exporter.datapath.tracepoint import DEFAULT_TRACEFS, TracepointMissing, field_defines, read_format
 from retina_exporter.errors import StartupError
 from retina_exporter.plugins.packetparser.reader import boot_to_wall_offset_ns
 
@@ -40,6 +40,7 @@ SOURCE = BPF_DIR / "tcprtt.bpf.c"
 PROGRAM = "rtt_probe"
 TRACEPOINT = ("tcp", "tcp_probe")
 FORGET_PROGRAM = "rtt_forget"
+RTT_PLUGIN = "packetparser (tcpMetrics.rtt)"
 CLOSE_TRACEPOINT = ("sock", "inet_sock_set_state")
 CLOSE_FIELDS = (("SKADDR", "skaddr", 8), ("NEWSTATE", "newstate", 4))
 # (define suffix, field, size)
@@ -65,20 +66,11 @@ def btf_offsets(path: str = btfmod.VMLINUX) -> dict[str, int] | None:
 def close_offsets(tracefs: str) -> dict[str, int] | None:
     """``-DTP_CLOSE_OFF_*`` from sock:inet_sock_set_state's format; None (logged) when the kernel lacks it."""
     try:
-        fmt = read_format(*CLOSE_TRACEPOINT, tracefs=tracefs, plugin="packetparser (tcpMetrics.rtt)",
-                          missing_hint="")
-    except TracepointMissing as exc:
+        fmt = read_format(*CLOSE_TRACEPOINT, tracefs=tracefs, plugin=RTT_PLUGIN, missing_hint="")
+        return field_defines(fmt, "TP_CLOSE_OFF_", CLOSE_FIELDS, plugin=RTT_PLUGIN)
+    except (TracepointMissing, StartupError) as exc:
         log.warning("tcp RTT: %s: closed sockets' sample times are left to the LRU bound", exc)
         return None
-    out = {}
-    for suffix, name, size in CLOSE_FIELDS:
-        f = fmt.fields.get(name)
-        if f is None or f.size != size:
-            log.warning("tcp RTT: %s has no %d-byte field %r: closed sockets' sample times are left to the LRU "
-                        "bound", fmt.path, size, name)
-            return None
-        out[f"TP_CLOSE_OFF_{suffix}"] = f.offset
-    return out
 
 
 class TcpRttProgram(BccProgram):
@@ -89,16 +81,12 @@ class TcpRttProgram(BccProgram):
 
     def __init__(self, ring_buffer_bytes: int = 256 * 1024, map_size: int = 65536,
                  tracefs: str = DEFAULT_TRACEFS) -> None:
-        fmt = read_format(*TRACEPOINT, tracefs=tracefs, plugin="packetparser (tcpMetrics.rtt)",
+        fmt = read_format(*TRACEPOINT, tracefs=tracefs, plugin=RTT_PLUGIN,
                           missing_hint="set tcpMetrics.rtt: false")
         defines: dict[str, int] = {"RINGBUF_PAGES": ring_pages(ring_buffer_bytes, "tcp RTT ring buffer size"),
-                                   "RTT_MAP_SIZE": map_size}
-        for suffix, name, size in FIELDS:
-            f = fmt.fields.get(name)
-            if f is None or f.size != size:
-                raise StartupError(f"packetparser: tracepoint tcp:tcp_probe ({fmt.path}) has no {size}-byte field "
-                                   f"{name!r}; set tcpMetrics.rtt: false on this kernel")
-            defines[f"TP_OFF_{suffix}"] = f.offset
+                                   "RTT_MAP_SIZE": map_size,
+                                   **field_defines(fmt, "TP_OFF_", FIELDS, plugin=RTT_PLUGIN,
+                                                   hint="set tcpMetrics.rtt: false on this kernel")}
         offsets = btf_offsets()
         self.can_scope = offsets is not None
         close = close_offsets(tracefs) if offsets is not None else None
@@ -107,7 +95,7 @@ class TcpRttProgram(BccProgram):
             del offsets[COOKIE_OFFSET[0]]  # rtt_forget is built only with both
         defines.update(offsets or {})
         defines.update(close or {})
-        self.bpf = compile_program("packetparser (tcpMetrics.rtt)", SOURCE, defines)
+        self.bpf = compile_program(RTT_PLUGIN, SOURCE, defines)
         load_functions(self.bpf, (PROGRAM, FORGET_PROGRAM) if self.forgets_closed else (PROGRAM,), SOURCE,
                        "TRACEPOINT")
         self.config_map = self.bpf[b"rtt_config"]
@@ -142,8 +130,8 @@ class TcpRttProgram(BccProgram):
     def _tracepoints(self) -> list[tuple[bytes, bytes]]:
         """``(system:event, program)`` pairs, the close hook first (a socket sampled before it is attached would
         otherwise keep its entry)."""
-        pairs = [(b"%s:%s" % tuple(x.encode() for x in CLOSE_TRACEPOINT), FORGET_PROGRAM.encode())]
-        return (pairs if self.forgets_closed else []) + [(b"tcp:tcp_probe", PROGRAM.encode())]
+        pairs = [(CLOSE_TRACEPOINT, FORGET_PROGRAM)] if self.forgets_closed else []
+        return [(":".join(tp).encode(), fn.encode()) for tp, fn in (*pairs, (TRACEPOINT, PROGRAM))]
 
     def attach(self) -> None:
         if not self.attached:

@@ -19,8 +19,8 @@ from retina_exporter.datapath import btf as btfmod
 from retina_exporter.datapath.compiler import BPF_DIR, BccProgram, compile_program, load_functions, ring_pages
 from retina_exporter.datapath.tracepoint import (
     DEFAULT_TRACEFS,
-    TracepointFormat,
     TracepointMissing,
+    field_defines,
     read_format,
 )
 from retina_exporter.errors import StartupError
@@ -67,18 +67,6 @@ class LoadOptions:
     use_btf: bool = True
 
 
-def field_defines(fmt: TracepointFormat, prefix: str, fields) -> dict[str, int]:
-    out = {}
-    for suffix, name, size in fields:
-        f = fmt.fields.get(name)
-        if f is None:
-            raise StartupError(f"tcpretrans: tracepoint {fmt.system}:{fmt.event} has no field {name!r} ({fmt.path})")
-        if f.size != size:
-            raise StartupError(f"tcpretrans: field {name} of {fmt.system}:{fmt.event} is {f.size} bytes, expected {size}")
-        out[f"{prefix}{suffix}"] = f.offset
-    return out
-
-
 def kernel_offsets(path: str) -> dict[str, int] | None:
     """BTF member offsets, or None (logged) when the kernel has no usable BTF."""
     try:
@@ -104,14 +92,14 @@ class TcpRetransProgram(BccProgram):
         self.options = options
         pages = ring_pages(options.ring_buffer_bytes, "tcpretrans ring buffer size")
         skb_fmt = read_format(*TP_SKB, tracefs=options.tracefs, plugin="tcpretrans", missing_hint="")
-        defines = field_defines(skb_fmt, "TP_SKB_OFF_", SKB_FIELDS)
+        defines = field_defines(skb_fmt, "TP_SKB_OFF_", SKB_FIELDS, plugin="tcpretrans")
         err = skb_fmt.fields.get("err")
         if err is not None and err.size == 4:
             defines["TP_SKB_OFF_ERR"] = err.offset
             defines["TP_SKB_HAS_ERR"] = 1
         try:
             sa_fmt = read_format(*TP_SYNACK, tracefs=options.tracefs, plugin="tcpretrans", missing_hint="")
-            defines.update(field_defines(sa_fmt, "TP_SA_OFF_", SYNACK_FIELDS))
+            defines.update(field_defines(sa_fmt, "TP_SA_OFF_", SYNACK_FIELDS, plugin="tcpretrans"))
             defines["HAVE_SYNACK"] = 1
         except TracepointMissing:
             log.info("tcpretrans: no tcp:tcp_retransmit_synack tracepoint; SYN-ACK retransmissions are not counted")
